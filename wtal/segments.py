@@ -1,0 +1,65 @@
+"""Segment primitives shared by detection, pseudo labels and evaluation.
+
+Numpy only. Inside the pipeline every segment is in *snippet* units, half-open
+``[start, end)``; :func:`snippets_to_seconds` is the one place where snippets become
+seconds, and :func:`seconds_to_snippets` the one place where seconds become snippets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def snippets_to_seconds(x: np.ndarray | float, fps: float, snippet_frames: float) -> np.ndarray:
+    """Convert snippet positions to seconds.
+
+    Snippet ``i`` covers frames ``[i * snippet_frames, (i + 1) * snippet_frames)``, so
+    position ``x`` (snippets, may be fractional) is at ``x * snippet_frames / fps`` seconds.
+
+    Args:
+        x: positions in snippets, any shape.
+        fps: frame rate of the features' source video (THUMOS14 I3D: 25).
+        snippet_frames: frames per feature snippet (THUMOS14 I3D: 16).
+
+    Returns:
+        float64 array of the same shape, seconds.
+    """
+    return np.asarray(x, dtype=np.float64) * (float(snippet_frames) / float(fps))
+
+
+def seconds_to_snippets(t: np.ndarray | float, fps: float, snippet_frames: float) -> np.ndarray:
+    """Convert seconds to fractional snippet positions (inverse of :func:`snippets_to_seconds`).
+
+    Args:
+        t: times in seconds, any shape.
+        fps: frame rate of the features' source video.
+        snippet_frames: frames per feature snippet.
+
+    Returns:
+        float64 array of the same shape, snippet units (not rounded: callers choose).
+    """
+    return np.asarray(t, dtype=np.float64) * (float(fps) / float(snippet_frames))
+
+
+def pairwise_tiou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Temporal IoU between every segment of ``a`` and every segment of ``b``.
+
+    Follows the ActivityNet definition on continuous coordinates:
+    ``inter / (len_a + len_b - inter)`` with ``inter = max(0, min(ends) - max(starts))``.
+    A pair whose union is 0 (two zero-length segments at the same point) gets 0.
+
+    Args:
+        a: (N, 2) float, [start, end].
+        b: (M, 2) float, [start, end].
+
+    Returns:
+        (N, M) float64 tIoU in [0, 1].
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
+    inter = np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    inter = np.clip(inter, 0.0, None)  # (N, M)
+    union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter  # (N, M)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tiou = np.where(union > 0, inter / union, 0.0)
+    return tiou
