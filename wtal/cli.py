@@ -9,8 +9,11 @@ status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from wtal import __version__
 from wtal.io import InputError
@@ -62,6 +65,60 @@ def _add_score_parser(sub: argparse._SubParsersAction) -> None:
     score.set_defaults(func=cmd_score)
 
 
+# ----------------------------------------------------------------------------- train
+
+
+def _run_dir_for(config_path: str | None) -> Path:
+    stem = Path(config_path).stem if config_path else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from wtal.config import load_config
+    from wtal.engine import fit
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.path={args.data!r}")
+    if args.device:
+        overrides.append(f"train.device={args.device!r}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise InputError(run_dir, "not a run folder (no config.yaml)")
+        if args.config or overrides:
+            raise InputError(run_dir, "--resume continues a run as configured; drop CONFIG/--set")
+        cfg = load_config(run_dir / "config.yaml")
+    else:
+        if not args.config:
+            raise InputError(None, "wtal train needs CONFIG (a YAML file) or --resume RUN_DIR")
+        cfg = load_config(args.config, overrides)
+        if not cfg.data.path:
+            raise InputError(args.config, "data.path is empty: pass --data PATH")
+        run_dir = Path(args.run_dir) if args.run_dir else _run_dir_for(args.config)
+    print(f"run folder: {run_dir}")
+    metrics = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    print(json.dumps({"average_map": metrics["headline"]}, indent=None))
+    return 0
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train a model (base stage and pseudo-label rounds)")
+    train.add_argument("config", nargs="?", help="YAML config (only what differs from defaults)")
+    train.add_argument("--data", help="dataset root (sets data.path)")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=10 (repeatable)",
+    )
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    train.add_argument("--run-dir", help="run folder (default runs/<config>-<timestamp>)")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="sets train.device")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -74,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data_parser(sub)
     _add_score_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 

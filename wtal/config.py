@@ -1,0 +1,406 @@
+"""Typed, frozen configuration.
+
+Every tunable value of the method is a field here, with its reference value as the default
+and a docstring under it saying what it does and where the value comes from (paper.md
+section or the authors' ``file:line``). YAML files hold only what differs from these
+defaults; unknown keys and values of the wrong type are errors; ``--set a.b=v`` overrides
+any field; the fully resolved config is saved with every run.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wtal.io import InputError, atomic_path
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    """Dataset root: a per-video layout folder (annotations JSON + features/) or a W-TALC bundle."""
+    layout: str = "auto"
+    """``auto``, ``pervideo`` or ``wtalc`` (the latter unpickles the bundle: trusted files only)."""
+    train_subset: str = "validation"
+    """Subset used for training. W-TALC THUMOS14 trains on ``validation`` (paper.md §5.1)."""
+    test_subset: str = "test"
+    """Subset used for evaluation."""
+    fps: float = 25.0
+    """Frame rate the features were extracted at (THUMOS14 I3D: 25, paper.md §5.1)."""
+    snippet_frames: float = 16.0
+    """Frames per feature snippet (THUMOS14 I3D: 16 non-overlapping frames)."""
+    num_segments: int = 0
+    """Fixed-length resampling to this many snippets per video; 0 keeps the native length
+    (THUMOS14 feeds whole videos; ActivityNet recipes sample 75, paper.md §5.2)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.layout in ("auto", "pervideo", "wtalc"),
+            "data.layout",
+            self.layout,
+            "one of auto, pervideo, wtalc",
+        )
+        _check(
+            self.fps > 0 and self.snippet_frames > 0,
+            "data.fps/snippet_frames",
+            (self.fps, self.snippet_frames),
+            "positive numbers",
+        )
+        _check(self.num_segments >= 0, "data.num_segments", self.num_segments, ">= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Keyword arguments of :class:`wtal.model.WTALModel` (paper.md §1.2, §2)."""
+
+    embed_dim: int = 2048
+    """Width of the embedding layer (``--out-feat-num``, options.py:33)."""
+    dropout: float = 0.6
+    """Embedding dropout (options.py:45; ActivityNet 0.7)."""
+    scale: float = 20.0
+    """Cosine-classifier logit scale s (options.py:35; ActivityNet 10)."""
+    num_bases: int = 8
+    """EM bases per video (``--mu-num``)."""
+    em_iters: int = 2
+    """EM iterations (``--em-iter``)."""
+    em_sharpness: float = 5.0
+    """Softmax sharpness of the EM and random-walk affinities (main_branch.py:29,113)."""
+    walk_weight: float = 0.5
+    """Random-walk propagation weight w (``--w``)."""
+    queue_len: int = 5
+    """Memory slots per class (``--mu-queue-len``)."""
+    memory_index_bug: bool = False
+    """Reproduce the reference's memory indexing bug that always uses class 0's queue
+    (paper.md §7 Q1). Off: each class reads and writes its own queue."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the base-model losses (paper.md §1.3, §1.8)."""
+
+    fore_weight: float = 1.0
+    """Weight of the foreground normalized cross-entropy L_fore."""
+    back_weight: float = 0.2
+    """Weight of the background normalized cross-entropy L_back."""
+    att_weight: float = 0.1
+    """Weight of the attention loss L_att."""
+    att_topk_divisor: int = 8
+    """Top/bottom-k of the attention loss uses k = max(T // divisor, 1) (method.py:54)."""
+    memory_branch_weight: float = 0.5
+    """Factor of the inter-video (r) branch terms in L_fore and L_back (method.py:294-296)."""
+    spl_temperature: float = 0.2
+    """Temperature of the snippet-level distillation L_spl (``--T``)."""
+    spl_memory_mix: float = 0.2
+    """Share of the r branch in the L_spl target once memory is on (0.2 S_r + 0.8 S_m)."""
+    spl_milestones: tuple[int, ...] = (101, 201)
+    """0-based epochs at which the next value of ``spl_weights`` starts (method.py:233-259)."""
+    spl_weights: tuple[float, ...] = (1.0, 0.5, 1.0)
+    """λ_spl: 1.0 for e <= 100, 0.5 for 100 < e <= 200, 1.0 after."""
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.spl_weights) == len(self.spl_milestones) + 1,
+            "loss.spl_weights",
+            self.spl_weights,
+            "one more value than loss.spl_milestones",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and schedule of training (paper.md §1.8)."""
+
+    epochs: int = 350
+    """Total epochs (``--max-epoch``). Epochs 0-199 are the RSKP base stage."""
+    lr_milestones: tuple[int, ...] = (80, 200, 245, 260)
+    """0-based epochs at which the next learning rate of ``lr_values`` starts (method.py:354-368,
+    ``Step_change_lr`` with current_epoch = e + 1)."""
+    lr_values: tuple[float, ...] = (5e-5, 4e-5, 2.048e-5, 5.12e-7, 2.56e-7)
+    """Piecewise-constant learning rates (``changeLR_value``; 5.12e-8 is never reached, §7 Q7)."""
+    weight_decay: float = 5e-4
+    """Adam's coupled L2 weight decay."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas (method.py:101-103)."""
+    videos_per_step: int = 10
+    """Videos whose summed (not averaged) losses make one optimizer step (``--batch-size``)."""
+    batch_size: int = 10
+    """Videos per forward pass (padded and masked); must divide ``videos_per_step``."""
+    warmup_epoch: int = 100
+    """The inter-video memory branch is used for e > warmup_epoch; the memory is initialised
+    after epoch ``warmup_epoch`` (method.py:288-298, 330-334)."""
+    seed: int = 2
+    """Seed of every random draw: initialisation, shuffling, dropout (main.py:18 uses 2)."""
+    checkpoint_every: int = 5
+    """Also keep ``epoch_XXX.pt`` every this many epochs (0: only ``last.pt``)."""
+    eval_every: int = 0
+    """Evaluate on the test subset every this many epochs (0: only at the end). Results are
+    logged, never used to select a checkpoint (paper.md §7 Q15)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.lr_values) == len(self.lr_milestones) + 1,
+            "train.lr_values",
+            self.lr_values,
+            "one more value than train.lr_milestones",
+        )
+        _check(
+            self.batch_size >= 1 and self.videos_per_step % self.batch_size == 0,
+            "train.batch_size",
+            self.batch_size,
+            "a divisor of train.videos_per_step",
+        )
+        _check(
+            self.device in ("auto", "cpu", "cuda"),
+            "train.device",
+            self.device,
+            "one of auto, cpu, cuda",
+        )
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Scores, proposals and fusion at test time (paper.md §1.4-1.5)."""
+
+    video_mix: float = 0.6
+    """Video score = video_mix * p_o + (1 - video_mix) * p_m (eval.py:69)."""
+    cas_mix: float = 0.85
+    """CAS = (cas_mix * softmax(S_o) + (1 - cas_mix) * softmax(S_m)) * attention (``frm_coef``)."""
+    class_threshold: float = 0.16
+    """Classes with video score below this get no proposals (``--class-threshold``)."""
+    thresholds: tuple[float, float, float] = (0.001, 0.04, 0.002)
+    """CAS thresholds as ``np.arange(start, stop, step)``: 20 values 0.001 ... 0.039."""
+    min_length: int = 2
+    """Shortest run kept as a proposal, in snippets."""
+    outer_scale: float = 0.0785
+    """Outer band of the outer-inner score: outer_scale * L ** outer_power snippets per side
+    (detectionMAP.py:130; the textbook form is 0.25 * L ** 1)."""
+    outer_power: float = 0.9
+    """Exponent of the outer band (see ``outer_scale``)."""
+    inclusive_end: bool = True
+    """Reproduce the reference's proposals that include one snippet past the run (paper.md E3)."""
+    fusion: str = "gaussian"
+    """``gaussian`` (weighted fusion), ``nms``, ``soft-nms`` or ``none``."""
+    temperature: float = 0.2
+    """Fusion temperature T of the weights exp(inner / T) (``--eval_temperature``)."""
+    overlap_threshold: float = 0.25
+    """Proposals overlapping the top one by more than this are fused or suppressed."""
+    soft_nms_sigma: float = 0.5
+    """Gaussian soft-NMS decay sigma (ablation only)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.fusion in ("gaussian", "nms", "soft-nms", "none"),
+            "detect.fusion",
+            self.fusion,
+            "one of gaussian, nms, soft-nms, none",
+        )
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """Pseudo labels from fused detections on training videos (paper.md §1.6-1.8)."""
+
+    enabled: bool = True
+    """Train with LP pseudo labels after the base stage (False: base model only)."""
+    regen_epochs: tuple[int, ...] = (200, 230, 245, 260, 275, 300)
+    """0-based epochs before whose first batch pseudo labels are regenerated (``dist_epoch``)."""
+    temperatures: tuple[float, ...] = (0.02, 0.02, 0.02, 0.002, 0.002, 0.0016)
+    """Fusion temperature of each regeneration: 0.02 x [1, 1, 1, 0.1, 0.1, 0.08] (method.py:177)."""
+    cas_mix: float = 0.8
+    """CAS mix of o and m for pseudo labels, and the o/m weights of L_dist (``frm_coef_pseudo``)."""
+    teacher_dropout: bool = True
+    """Run the teacher copy in train mode, dropout on, as the reference does (paper.md §7 Q3)."""
+    gt_classes_only: bool = False
+    """Restrict pseudo labels to the GT video classes plus background (reference: predicted
+    classes, §7 Q4)."""
+    delta: bool = True
+    """Use delta pseudo labels alpha * (Y_latest - Y_previous) in the last phase (§1.7)."""
+    delta_start: int = 251
+    """First 0-based epoch trained on delta pseudo labels."""
+    delta_coefficients: tuple[float, float] = (2.0, 2.15)
+    """alpha before / from ``delta_switch`` (method.py:252,258)."""
+    delta_switch: int = 301
+    """First epoch of the second delta coefficient."""
+    dist_weight: float = 10.0
+    """λ_dist at the first regeneration epoch (``--dist_loss``)."""
+    dist_growth: float = 1.035
+    """Per-epoch growth of λ_dist (``--dist_loss_increase``)."""
+    dist_max: float = 50.0
+    """Cap on λ_dist (``--max_dist_weight``)."""
+    reset_memory: bool = True
+    """Zero the inter-video memory at every regeneration (method.py:173)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.temperatures) == len(self.regen_epochs),
+            "pseudo.temperatures",
+            self.temperatures,
+            "one temperature per entry of pseudo.regen_epochs",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How detections are scored (paper.md §4)."""
+
+    preset: str = "thumos"
+    """tIoU thresholds: ``thumos`` (0.1:0.1:0.7) or ``anet`` (0.5:0.05:0.95)."""
+    protocol: str = "official"
+    """Headline protocol: ``official`` ActivityNet semantics or the legacy ``wtalc`` one.
+    Both are always computed and saved."""
+    ambiguous_filter: bool = False
+    """Legacy protocol only: drop predictions overlapping an ambiguous segment."""
+
+    def __post_init__(self) -> None:
+        _check(self.preset in ("thumos", "anet"), "eval.preset", self.preset, "thumos or anet")
+        _check(
+            self.protocol in ("official", "wtalc"),
+            "eval.protocol",
+            self.protocol,
+            "official or wtalc",
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(InputError):
+    """A config file or override that does not fit the dataclasses."""
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(None, f"{key} = {value!r}: expected {expected}")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                pass
+        raise ConfigError(source, f"{key} = {value!r}: expected {tp}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(source, f"{key} = {value!r}: expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(source, f"{key} = {value!r}: expected a list of {len(args)} values")
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]", source)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(source, f"{key} = {value!r}: expected {getattr(tp, '__name__', tp)}")
+
+
+def from_dict(cls: type, data: dict[str, Any], source: str | None = None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(source, f"unknown config key {name!r} (known here: {known})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, source, f"{name}.")
+        else:
+            kwargs[key] = _coerce(value, tp, name, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.what) from None
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(None, f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string such as `--set train.device=cpu`
+    return key.strip().split("."), value
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Defaults, updated by the YAML file at ``path`` (if any), then by ``section.key=value``
+    overrides."""
+    data: dict[str, Any] = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(path, "config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, f"malformed YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(path, "expected a mapping of sections at the top level")
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(source, f"--set {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return from_dict(Config, data, source)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (lists instead of tuples), for YAML, JSON and checkpoints."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, tuple | list):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the fully resolved config as YAML (atomically)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
