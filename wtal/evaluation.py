@@ -136,7 +136,7 @@ class DetectionMetrics:
 
     def format_table(self, per_class: bool = False) -> str:
         """Human-readable summary; with ``per_class`` one AP row per class."""
-        name_w = max([len("mAP")] + ([len(c) for c in self.class_names] if per_class else []))
+        name_w = max([len("tIoU")] + ([len(c) for c in self.class_names] if per_class else []))
         name_w = min(name_w, 32)  # long ActivityNet names are cut, the table stays readable
 
         def row(name: str, values: Sequence[float]) -> str:
