@@ -221,25 +221,37 @@ def _segment(seg: Any) -> tuple[float, float] | None:
     return None
 
 
+def _locator(
+    video_ids: list[str], counts: list[int], noun: str
+) -> Callable[[int], tuple[str, str]]:
+    """Flat item index -> (video, "noun k"), for error messages only."""
+
+    def where(i: int) -> tuple[str, str]:
+        ends = np.cumsum(counts)
+        v = int(np.searchsorted(ends, i, side="right"))
+        return video_ids[v], f"{noun} {i - int(ends[v] - counts[v])}"
+
+    return where
+
+
 def _check_segments(
-    segments: np.ndarray, where: Callable[[int], tuple[str, str]], source: str | os.PathLike
-) -> None:
-    """Raise for the first non-finite or reversed segment. ``where(i)`` -> (video, item)."""
-    bad = ~np.isfinite(segments).all(axis=1)
-    bad |= segments[:, 1] < segments[:, 0]
+    starts: list, ends: list, where: Callable[[int], tuple[str, str]], source: str | os.PathLike
+) -> np.ndarray:
+    """(N, 2) float64 segments; raise for the first non-finite or reversed one."""
+    segments = np.stack([np.asarray(starts, np.float64), np.asarray(ends, np.float64)], axis=1)
+    bad = ~np.isfinite(segments).all(axis=1) | (segments[:, 1] < segments[:, 0])
     if bad.any():
         i = int(np.argmax(bad))
         video, item = where(i)
-        start, end = segments[i]
         what = f"{item}: field 'segment': expected finite [start, end] with end >= start, "
-        raise InputError(source, what + f"got [{start!r}, {end!r}]", video=video)
+        raise InputError(source, what + f"got [{starts[i]!r}, {ends[i]!r}]", video=video)
+    return segments
 
 
 def _parse_ground_truth(data: Any, source: str | os.PathLike) -> _GroundTruth:
     database = _require_dict(data, "database", source)
-    video_ids, subsets, ann_video, labels, segments = [], [], [], [], []
-    amb_video, amb_segments = [], []
-    ann_item, amb_item = [], []  # for error messages only
+    video_ids, subsets, counts, labels, starts, ends = [], [], [], [], [], []
+    amb_video, amb_starts, amb_ends, amb_item = [], [], [], []
 
     def add_ambiguous(v: int, video_id: str, intervals: Any) -> None:
         if not isinstance(intervals, list):
@@ -250,8 +262,9 @@ def _parse_ground_truth(data: Any, source: str | os.PathLike) -> _GroundTruth:
                 what = f"ambiguous {k}: expected [start, end] numbers, got {_short(interval)}"
                 raise InputError(source, what, video=video_id)
             amb_video.append(v)
-            amb_segments.append(seg)
-            amb_item.append(f"ambiguous {k}")
+            amb_starts.append(seg[0])
+            amb_ends.append(seg[1])
+            amb_item.append((video_id, f"ambiguous {k}"))
 
     for v, (video_id, video) in enumerate(database.items()):
         if not isinstance(video, dict):
@@ -263,21 +276,25 @@ def _parse_ground_truth(data: Any, source: str | os.PathLike) -> _GroundTruth:
         if not isinstance(annotations, list):
             what = f"field 'annotations': expected a list, got {_short(annotations)}"
             raise InputError(source, what, video=video_id)
-        video_ids.append(video_id)
-        subsets.append(subset)
         for k, ann in enumerate(annotations):
-            label = ann.get("label") if isinstance(ann, dict) else None
-            seg = _segment(ann.get("segment")) if isinstance(ann, dict) else None
-            if not isinstance(label, str) or seg is None:
+            # fast path: a few lookups per instance; the message is built only on failure
+            try:
+                label = ann["label"]
+                start, end = ann["segment"]
+            except (KeyError, TypeError, ValueError):
+                label = start = end = None
+            if type(label) is not str or type(start) not in _NUMBER or type(end) not in _NUMBER:
                 what = (
                     f"annotation {k}: expected {{'label': str, 'segment': [start, end]}}, "
                     f"got {_short(ann)}"
                 )
                 raise InputError(source, what, video=video_id)
-            ann_video.append(v)
             labels.append(label)
-            segments.append(seg)
-            ann_item.append(f"annotation {k}")
+            starts.append(start)
+            ends.append(end)
+        video_ids.append(video_id)
+        subsets.append(subset)
+        counts.append(len(annotations))
         if "ambiguous" in video:
             add_ambiguous(v, video_id, video["ambiguous"])
 
@@ -291,34 +308,39 @@ def _parse_ground_truth(data: Any, source: str | os.PathLike) -> _GroundTruth:
         if video_id in index:
             add_ambiguous(index[video_id], video_id, intervals)
 
-    gt = _GroundTruth(
+    return _GroundTruth(
         video_ids=video_ids,
         subsets=subsets,
-        ann_video=np.asarray(ann_video, dtype=np.int64),
+        ann_video=np.repeat(np.arange(len(video_ids)), counts),
         ann_labels=labels,
-        ann_segments=np.asarray(segments, dtype=np.float64).reshape(-1, 2),
+        ann_segments=_check_segments(
+            starts, ends, _locator(video_ids, counts, "annotation"), source
+        ),
         amb_video=np.asarray(amb_video, dtype=np.int64),
-        amb_segments=np.asarray(amb_segments, dtype=np.float64).reshape(-1, 2),
+        amb_segments=_check_segments(amb_starts, amb_ends, amb_item.__getitem__, source),
     )
-    _check_segments(gt.ann_segments, lambda i: (video_ids[ann_video[i]], ann_item[i]), source)
-    _check_segments(gt.amb_segments, lambda i: (video_ids[amb_video[i]], amb_item[i]), source)
-    return gt
 
 
 def _parse_results(data: Any, source: str | os.PathLike) -> _Results:
     results = _require_dict(data, "results", source)
-    counts, labels, scores, segments = [], [], [], []
+    counts, labels, scores, starts, ends = [], [], [], [], []
     for video_id, predictions in results.items():
         if not isinstance(predictions, list):
             what = f"expected a list of predictions, got {_short(predictions)}"
             raise InputError(source, what, video=video_id)
         for k, pred in enumerate(predictions):
-            # The fast path costs a few dict lookups per prediction; diagnose only on failure.
+            # fast path: a few lookups per prediction; the message is built only on failure
             try:
-                label, score, seg = pred["label"], pred["score"], _segment(pred["segment"])
-            except (KeyError, TypeError):
-                label = score = seg = None
-            if not isinstance(label, str) or type(score) not in _NUMBER or seg is None:
+                label, score = pred["label"], pred["score"]
+                start, end = pred["segment"]
+            except (KeyError, TypeError, ValueError):
+                label = score = start = end = None
+            if (
+                type(label) is not str
+                or type(score) not in _NUMBER
+                or type(start) not in _NUMBER
+                or type(end) not in _NUMBER
+            ):
                 what = (
                     f"prediction {k}: expected {{'label': str, 'score': number, "
                     f"'segment': [start, end]}}, got {_short(pred)}"
@@ -326,29 +348,25 @@ def _parse_results(data: Any, source: str | os.PathLike) -> _Results:
                 raise InputError(source, what, video=video_id)
             labels.append(label)
             scores.append(score)
-            segments.append(seg)
+            starts.append(start)
+            ends.append(end)
         counts.append(len(predictions))
     video_ids = list(results)
-    parsed = _Results(
-        video_ids=video_ids,
-        counts=np.asarray(counts, dtype=np.int64),
-        labels=labels,
-        scores=np.asarray(scores, dtype=np.float64),
-        segments=np.asarray(segments, dtype=np.float64).reshape(-1, 2),
-    )
-
-    def where(i: int) -> tuple[str, str]:
-        v = int(np.searchsorted(np.cumsum(parsed.counts), i, side="right"))
-        return video_ids[v], f"prediction {i - int(parsed.counts[:v].sum())}"
-
-    finite = np.isfinite(parsed.scores)
+    where = _locator(video_ids, counts, "prediction")
+    score_array = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(score_array)
     if not finite.all():
         i = int(np.argmin(finite))
         video, item = where(i)
-        what = f"{item}: field 'score': expected a finite number, got {parsed.scores[i]!r}"
+        what = f"{item}: field 'score': expected a finite number, got {scores[i]!r}"
         raise InputError(source, what, video=video)
-    _check_segments(parsed.segments, where, source)
-    return parsed
+    return _Results(
+        video_ids=video_ids,
+        counts=np.asarray(counts, dtype=np.int64),
+        labels=labels,
+        scores=score_array,
+        segments=_check_segments(starts, ends, where, source),
+    )
 
 
 def load_ground_truth(path: str | os.PathLike) -> dict:
@@ -496,20 +514,23 @@ def _match(
     pair_rank = rank[pair_p]
     bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
 
+    run_start = np.flatnonzero(np.r_[True, pair_p[1:] != pair_p[:-1]])  # a run per prediction
+    run_bounds = np.searchsorted(run_start, bounds)
+    num_pairs = len(pair_p)
+    position = np.arange(num_pairs)
     locked = np.zeros((len(tious), len(gt_group)), dtype=bool)  # (T, G) per-threshold locks
     above = pair_tiou[None, :] >= tious[:, None]  # (T, K)
     for r in range(len(bounds) - 1):
         lo, hi = bounds[r], bounds[r + 1]
+        starts = run_start[run_bounds[r] : run_bounds[r + 1]]
         if lo == hi:
             continue
-        p, g = pair_p[lo:hi], pair_g[lo:hi]
-        starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])  # one run per prediction
-        free = above[:, lo:hi] & ~locked[:, g]  # (T, n)
-        position = np.where(free, np.arange(hi - lo), hi - lo)
-        chosen = np.minimum.reduceat(position, starts, axis=1)  # (T, runs): best free pair
-        hit_t, hit_run = np.nonzero(chosen < hi - lo)
-        tp[hit_t, p[starts[hit_run]]] = True
-        locked[hit_t, g[chosen[hit_t, hit_run]]] = True
+        free = above[:, lo:hi] & ~locked[:, pair_g[lo:hi]]  # (T, n)
+        candidate = np.where(free, position[lo:hi], num_pairs)  # (T, n)
+        chosen = np.minimum.reduceat(candidate, starts - lo, axis=1)  # (T, runs) best free pair
+        hit_t, hit_run = np.nonzero(chosen < num_pairs)
+        tp[hit_t, pair_p[starts[hit_run]]] = True
+        locked[hit_t, pair_g[chosen[hit_t, hit_run]]] = True
     return tp
 
 
