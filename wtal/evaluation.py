@@ -507,6 +507,10 @@ def _match(
     rank[by_group] = np.arange(num_pred) - first
 
     pair_tiou = _paired_tiou(pred_segments[pair_p], gt_segments[pair_g], zero_union)
+    useful = pair_tiou >= tious.min()  # a pair below every threshold never matches
+    pair_p, pair_g, pair_tiou = pair_p[useful], pair_g[useful], pair_tiou[useful]
+    if len(pair_p) == 0:
+        return tp
     gt_tie = -pair_g if later_gt_first else pair_g
     # rounds by rank; inside a round by prediction; inside a prediction by preference
     perm = np.lexsort((gt_tie, -pair_tiou, pair_p, rank[pair_p]))
