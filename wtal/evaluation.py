@@ -25,6 +25,12 @@ matching protocols share one vectorized kernel:
     class without predictions scores AP 0 for that class only; ``compat=True`` restores the
     reference rule that zeroes every mAP then.
 
+Both protocols ignore (and count) predictions for videos outside the evaluated subset and
+for labels absent from its GT; the official evaluator would count the former as false
+positives (``unknown_videos_are_false_positives=True``) and crash on the latter. Ambiguous
+intervals (THUMOS14) are never GT; ``ambiguous_filter=True`` drops the predictions that
+overlap one, as the W-TALC code does.
+
 Numbers are percentages. The reported averages (THUMOS14 0.1:0.7, 0.1:0.5, 0.3:0.7;
 ActivityNet 0.5:0.95) are in :data:`REPORTED_AVERAGES`.
 """
