@@ -210,8 +210,12 @@ def fixture_names():
 
 
 def test_fixture_list_is_complete(fixtures):
-    _, expected, _ = fixtures
-    assert sorted(expected) == sorted(fixture_names())
+    # a new prediction file or recorded number must be added to the parametrization below
+    folder, expected, _ = fixtures
+    on_disk = sorted(p.name for p in folder.glob("*_pred_*.json"))
+    assert sorted(expected) == sorted(fixture_names()) == on_disk
+    with_legacy = sorted(n for n, e in expected.items() if "wtalc_legacy" in e)
+    assert with_legacy == sorted(n for n in fixture_names() if n.startswith("thumos"))
 
 
 @pytest.mark.parametrize("name", fixture_names())
