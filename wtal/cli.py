@@ -55,13 +55,91 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    raise InputError(None, "wtal score is not available yet")
+    import json
+    import warnings
+
+    from wtal import evaluation
+
+    if args.tiou is not None:
+        bad = [t for t in args.tiou if not 0.0 < t <= 1.0]
+        if bad:
+            raise InputError(None, f"--tiou: thresholds must be in (0, 1], got {bad}")
+        tious = args.tiou
+    else:  # W-TALC numbers are THUMOS14 numbers; otherwise the official evaluator's default
+        tious = args.preset or ("thumos" if args.protocol == "wtalc" else "anet")
+    for flag, value in (("--fps", args.fps), ("--snippet-frames", args.snippet_frames)):
+        if not value > 0:
+            raise InputError(None, f"{flag}: expected a number > 0, got {value}")
+    ground_truth = evaluation.load_ground_truth(args.gt)
+    results = evaluation.load_results(args.results)
+    subset = evaluation.resolve_subset(ground_truth, args.subset, source=args.gt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = evaluation.evaluate_detections(
+            ground_truth,
+            results,
+            tious,
+            subset=subset,
+            protocol=args.protocol,
+            fps=args.fps,
+            snippet_frames=args.snippet_frames,
+            ambiguous_filter=args.ambiguous_filter,
+            compat=args.compat,
+        )
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(metrics.as_dict(), indent=1))
+    else:
+        print(metrics.format_table(per_class=args.per_class))
+    return 0
 
 
 def _add_score_parser(sub: argparse._SubParsersAction) -> None:
-    score = sub.add_parser("score", help="evaluate a detections file against ground truth")
+    score = sub.add_parser(
+        "score",
+        help="evaluate a detections file against ground truth",
+        description="Detection mAP of an ActivityNet-format results file. Subset by default: "
+        "the GT's only subset, else 'test', else 'validation'. tIoU thresholds by default: "
+        "the 'thumos' preset for --protocol wtalc, else the 'anet' preset.",
+    )
     score.add_argument("gt", help="ground truth JSON (ActivityNet format)")
     score.add_argument("results", help="detections JSON (ActivityNet results format)")
+    score.add_argument("--subset", help="GT subset to evaluate (default: automatic)")
+    tiou = score.add_mutually_exclusive_group()
+    tiou.add_argument("--tiou", type=float, nargs="+", metavar="T", help="tIoU thresholds")
+    tiou.add_argument(
+        "--preset",
+        choices=["thumos", "anet"],
+        help="thumos: 0.1:0.1:0.7; anet: 0.5:0.05:0.95",
+    )
+    score.add_argument(
+        "--protocol",
+        choices=["official", "wtalc"],
+        default="official",
+        help="official: ActivityNet evaluator on seconds; wtalc: W-TALC snippet grid",
+    )
+    score.add_argument(
+        "--ambiguous-filter",
+        action="store_true",
+        help="drop predictions that overlap an ambiguous interval of their video",
+    )
+    score.add_argument(
+        "--compat",
+        action="store_true",
+        help="reference W-TALC rule: a class without predictions zeroes every mAP",
+    )
+    score.add_argument(
+        "--fps", type=float, default=25.0, help="feature frame rate for --protocol wtalc"
+    )
+    score.add_argument(
+        "--snippet-frames",
+        type=float,
+        default=16.0,
+        help="frames per feature snippet for --protocol wtalc",
+    )
+    score.add_argument("--per-class", action="store_true", help="print per-class AP")
+    score.add_argument("--json", action="store_true", help="print the metrics as JSON")
     score.set_defaults(func=cmd_score)
 
 

@@ -1,0 +1,797 @@
+"""Temporal action detection metrics: tIoU mAP and video classification mAP.
+
+Numpy only (no torch anywhere in the import chain, so ``wtal score`` starts fast). Two
+matching protocols share one vectorized kernel:
+
+``"official"``
+    The ActivityNet evaluator (``Evaluation/eval_detection.py``, ``ANETdetection``), on
+    continuous seconds. Per class, predictions are ranked by the order of
+    ``scores.argsort()[::-1]`` with a *stable* sort, i.e. descending score and, on ties, the
+    prediction that comes later in the results file first. Each prediction takes, per tIoU
+    threshold, the unmatched ground truth (GT) of its video with the highest tIoU >= the
+    threshold; among equal tIoUs the later GT of the class comes first (again the reversed
+    stable argsort). Locks are per threshold. AP is VOC all-point interpolated. mAP is the mean
+    over the classes present in the GT of the subset; a class without predictions scores 0.
+    A zero-length prediction against a zero-length GT of the same video gives tIoU 0/0 = NaN
+    there, which its matching loop accepts at every threshold, ahead of any finite tIoU; we
+    reproduce that (``zero_union_matches=True``).
+
+``"wtalc"``
+    The W-TALC / RSKP / GauFuse ``getLocMAP`` protocol on the snippet grid: seconds become
+    snippet indices with round-half-to-even, an empty prediction range is widened to one
+    snippet, tIoU is the IoU of the index sets, predictions are ranked by descending score
+    (file order on ties) and take the highest-IoU unmatched GT (the first one on ties). Only
+    videos of the subset with at least one GT instance are evaluated. Unlike the reference, a
+    class without predictions scores AP 0 for that class only; ``compat=True`` restores the
+    reference rule that zeroes every mAP then.
+
+Both protocols ignore (and count) predictions for videos outside the evaluated subset and
+for labels absent from its GT; the official evaluator would count the former as false
+positives (``unknown_videos_are_false_positives=True``) and crash on the latter. Ambiguous
+intervals (THUMOS14) are never GT; ``ambiguous_filter=True`` drops the predictions that
+overlap one, as the W-TALC code does.
+
+Numbers are percentages. The reported averages (THUMOS14 0.1:0.7, 0.1:0.5, 0.3:0.7;
+ActivityNet 0.5:0.95) are in :data:`REPORTED_AVERAGES`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wtal.io import InputError, read_json
+from wtal.segments import seconds_to_snippets
+
+TIOU_PRESETS: dict[str, tuple[float, ...]] = {
+    # Decimal literals, not np.arange/linspace: a tIoU that is a ratio of small integers (the
+    # snippet grid) can sit exactly on a threshold, and 0.1 * 3 != 0.3 in floating point.
+    "thumos": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    "anet": (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),
+}
+"""Standard tIoU threshold sets: THUMOS14 0.1:0.1:0.7 and ActivityNet 0.5:0.05:0.95."""
+
+REPORTED_AVERAGES: dict[str, tuple[float, float]] = {
+    "0.1:0.7": (0.1, 0.7),
+    "0.1:0.5": (0.1, 0.5),
+    "0.3:0.7": (0.3, 0.7),
+    "0.5:0.95": (0.5, 0.95),
+}
+"""Averages papers report: name -> inclusive tIoU range. Reported when the evaluated
+thresholds cover both ends of the range."""
+
+PROTOCOLS = ("official", "wtalc")
+
+_NUMBER = (int, float)  # JSON numbers; ``type(x) in _NUMBER`` rejects bool on purpose
+_THRESHOLD_ATOL = 1e-9  # two thresholds closer than this are the same threshold
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class DetectionMetrics:
+    """Result of :func:`evaluate_detections`. All AP / mAP values are percentages.
+
+    Attributes:
+        protocol: ``"official"`` or ``"wtalc"``.
+        subset: the GT subset evaluated.
+        tious: (T,) thresholds.
+        class_names: (C,) the classes averaged, in order of first appearance in the GT.
+        ap_per_class: (C, T) AP of each class at each threshold.
+        map_per_tiou: (T,) mAP at each threshold.
+        average: mean of ``map_per_tiou``.
+        averages: name -> mean mAP over a range of :data:`REPORTED_AVERAGES`.
+        num_videos: videos evaluated.
+        num_ground_truth: GT instances evaluated.
+        num_predictions: predictions in the results.
+        num_evaluated: predictions that took part in the matching.
+        ignored_unknown_video: predictions for videos outside the evaluated subset.
+        ignored_unknown_label: predictions for labels absent from the subset's GT.
+        ignored_ambiguous: predictions dropped by the ambiguous filter.
+        classes_without_predictions: classes that got no prediction (AP 0).
+    """
+
+    protocol: str
+    subset: str
+    tious: tuple[float, ...]
+    class_names: tuple[str, ...]
+    ap_per_class: np.ndarray
+    map_per_tiou: np.ndarray
+    average: float
+    averages: dict[str, float]
+    num_videos: int
+    num_ground_truth: int
+    num_predictions: int
+    num_evaluated: int
+    ignored_unknown_video: int
+    ignored_unknown_label: int
+    ignored_ambiguous: int
+    classes_without_predictions: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable dict (tIoU keys formatted like ``"0.50"``)."""
+        keys = [_tiou_key(t) for t in self.tious]
+        return {
+            "protocol": self.protocol,
+            "subset": self.subset,
+            "tiou_thresholds": list(self.tious),
+            "mAP": dict(zip(keys, map(float, self.map_per_tiou), strict=True)),
+            "average_mAP": float(self.average),
+            "averages": dict(self.averages),
+            "per_class_AP": {
+                name: [float(x) for x in row]
+                for name, row in zip(self.class_names, self.ap_per_class, strict=True)
+            },
+            "counts": {
+                "videos": self.num_videos,
+                "ground_truth": self.num_ground_truth,
+                "predictions": self.num_predictions,
+                "evaluated": self.num_evaluated,
+                "ignored_unknown_video": self.ignored_unknown_video,
+                "ignored_unknown_label": self.ignored_unknown_label,
+                "ignored_ambiguous": self.ignored_ambiguous,
+            },
+            "classes_without_predictions": list(self.classes_without_predictions),
+        }
+
+    def format_table(self, per_class: bool = False) -> str:
+        """Human-readable summary; with ``per_class`` one AP row per class."""
+        name_w = max([len("tIoU")] + ([len(c) for c in self.class_names] if per_class else []))
+        name_w = min(name_w, 32)  # long ActivityNet names are cut, the table stays readable
+
+        def row(name: str, values: Sequence[float]) -> str:
+            return f"{name[:name_w]:<{name_w}} " + " ".join(f"{v:6.2f}" for v in values)
+
+        ignored = self.num_predictions - self.num_evaluated
+        lines = [
+            f"protocol {self.protocol}, subset {self.subset!r}: {self.num_videos} videos, "
+            f"{self.num_ground_truth} ground truth instances, {len(self.class_names)} classes",
+            f"predictions {self.num_predictions}: {self.num_evaluated} evaluated, {ignored} "
+            f"ignored ({self.ignored_unknown_video} unknown video, {self.ignored_unknown_label} "
+            f"unknown label, {self.ignored_ambiguous} ambiguous)",
+            f"{'tIoU':<{name_w}} " + " ".join(f"{t:6.2f}" for t in self.tious) + "    avg",
+            row("mAP", [*self.map_per_tiou, self.average]),
+        ]
+        if self.averages:
+            lines.append(
+                "average mAP: " + ", ".join(f"{k} {v:.2f}" for k, v in self.averages.items())
+            )
+        if self.classes_without_predictions:
+            lines.append(
+                f"{len(self.classes_without_predictions)} classes without predictions (AP 0): "
+                + ", ".join(self.classes_without_predictions)
+            )
+        if per_class:
+            lines.append("")
+            for name, ap in zip(self.class_names, self.ap_per_class, strict=True):
+                lines.append(row(name, [*ap, ap.mean()]))
+        return "\n".join(lines)
+
+
+def _tiou_key(t: float) -> str:
+    return f"{t:.2f}" if abs(round(t, 2) - t) < _THRESHOLD_ATOL else repr(float(t))
+
+
+# ----------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class _GroundTruth:
+    """Flattened ActivityNet-format GT. Segments in seconds, file order kept."""
+
+    video_ids: list[str]  # (V,)
+    subsets: list[str]  # (V,) subset of each video
+    ann_video: np.ndarray  # (A,) int index into video_ids
+    ann_labels: list[str]  # (A,)
+    ann_segments: np.ndarray  # (A, 2) float64 [start, end]
+    amb_video: np.ndarray  # (B,) int index into video_ids
+    amb_segments: np.ndarray  # (B, 2) float64 ambiguous (not GT) intervals
+
+
+@dataclass(frozen=True)
+class _Results:
+    """Flattened ActivityNet-format results, file order kept."""
+
+    video_ids: list[str]  # (R,) videos of the results file
+    counts: np.ndarray  # (R,) predictions of each video
+    labels: list[str]  # (P,)
+    scores: np.ndarray  # (P,) float64
+    segments: np.ndarray  # (P, 2) float64 seconds
+
+
+def _short(x: Any, limit: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _require_dict(obj: Any, key: str, source: str | os.PathLike) -> dict:
+    if not isinstance(obj, dict) or key not in obj:
+        raise InputError(source, f"missing top-level field {key!r}")
+    if not isinstance(obj[key], dict):
+        raise InputError(source, f"field {key!r}: expected an object, got {_short(obj[key])}")
+    return obj[key]
+
+
+def _segment(seg: Any) -> tuple[float, float] | None:
+    """``[start, end]`` of two JSON numbers, else None (range and finiteness checked later)."""
+    if isinstance(seg, list | tuple) and len(seg) == 2:
+        start, end = seg
+        if type(start) in _NUMBER and type(end) in _NUMBER:
+            return start, end
+    return None
+
+
+def _locator(
+    video_ids: list[str], counts: list[int], noun: str
+) -> Callable[[int], tuple[str, str]]:
+    """Flat item index -> (video, "noun k"), for error messages only."""
+
+    def where(i: int) -> tuple[str, str]:
+        ends = np.cumsum(counts)
+        v = int(np.searchsorted(ends, i, side="right"))
+        return video_ids[v], f"{noun} {i - int(ends[v] - counts[v])}"
+
+    return where
+
+
+def _check_segments(
+    starts: list, ends: list, where: Callable[[int], tuple[str, str]], source: str | os.PathLike
+) -> np.ndarray:
+    """(N, 2) float64 segments; raise for the first non-finite or reversed one."""
+    segments = np.stack([np.asarray(starts, np.float64), np.asarray(ends, np.float64)], axis=1)
+    bad = ~np.isfinite(segments).all(axis=1) | (segments[:, 1] < segments[:, 0])
+    if bad.any():
+        i = int(np.argmax(bad))
+        video, item = where(i)
+        what = f"{item}: field 'segment': expected finite [start, end] with end >= start, "
+        raise InputError(source, what + f"got [{starts[i]!r}, {ends[i]!r}]", video=video)
+    return segments
+
+
+def _parse_ground_truth(data: Any, source: str | os.PathLike) -> _GroundTruth:
+    database = _require_dict(data, "database", source)
+    video_ids, subsets, counts, labels, starts, ends = [], [], [], [], [], []
+    amb_video, amb_starts, amb_ends, amb_item = [], [], [], []
+
+    def add_ambiguous(v: int, video_id: str, intervals: Any) -> None:
+        if not isinstance(intervals, list):
+            raise InputError(source, "field 'ambiguous': expected a list", video=video_id)
+        for k, interval in enumerate(intervals):
+            seg = _segment(interval)
+            if seg is None:
+                what = f"ambiguous {k}: expected [start, end] numbers, got {_short(interval)}"
+                raise InputError(source, what, video=video_id)
+            amb_video.append(v)
+            amb_starts.append(seg[0])
+            amb_ends.append(seg[1])
+            amb_item.append((video_id, f"ambiguous {k}"))
+
+    for v, (video_id, video) in enumerate(database.items()):
+        if not isinstance(video, dict):
+            raise InputError(source, f"expected an object, got {_short(video)}", video=video_id)
+        subset, annotations = video.get("subset"), video.get("annotations")
+        if not isinstance(subset, str):
+            what = f"field 'subset': expected a string, got {_short(subset)}"
+            raise InputError(source, what, video=video_id)
+        if not isinstance(annotations, list):
+            what = f"field 'annotations': expected a list, got {_short(annotations)}"
+            raise InputError(source, what, video=video_id)
+        for k, ann in enumerate(annotations):
+            # fast path: a few lookups per instance; the message is built only on failure
+            try:
+                label = ann["label"]
+                start, end = ann["segment"]
+            except (KeyError, TypeError, ValueError):
+                label = start = end = None
+            if type(label) is not str or type(start) not in _NUMBER or type(end) not in _NUMBER:
+                what = (
+                    f"annotation {k}: expected {{'label': str, 'segment': [start, end]}}, "
+                    f"got {_short(ann)}"
+                )
+                raise InputError(source, what, video=video_id)
+            labels.append(label)
+            starts.append(start)
+            ends.append(end)
+        video_ids.append(video_id)
+        subsets.append(subset)
+        counts.append(len(annotations))
+        if "ambiguous" in video:
+            add_ambiguous(v, video_id, video["ambiguous"])
+
+    # Top-level {"ambiguous": {video_id: [[s, e], ...]}} (the fixture layout); intervals of
+    # videos absent from the database cannot affect any prediction and are skipped.
+    top_ambiguous = data.get("ambiguous", {})
+    if not isinstance(top_ambiguous, dict):
+        raise InputError(source, "field 'ambiguous': expected an object {video_id: [[s, e]]}")
+    index = {video_id: v for v, video_id in enumerate(video_ids)}
+    for video_id, intervals in top_ambiguous.items():
+        if video_id in index:
+            add_ambiguous(index[video_id], video_id, intervals)
+
+    return _GroundTruth(
+        video_ids=video_ids,
+        subsets=subsets,
+        ann_video=np.repeat(np.arange(len(video_ids)), counts),
+        ann_labels=labels,
+        ann_segments=_check_segments(
+            starts, ends, _locator(video_ids, counts, "annotation"), source
+        ),
+        amb_video=np.asarray(amb_video, dtype=np.int64),
+        amb_segments=_check_segments(amb_starts, amb_ends, amb_item.__getitem__, source),
+    )
+
+
+def _parse_results(data: Any, source: str | os.PathLike) -> _Results:
+    results = _require_dict(data, "results", source)
+    counts, labels, scores, starts, ends = [], [], [], [], []
+    for video_id, predictions in results.items():
+        if not isinstance(predictions, list):
+            what = f"expected a list of predictions, got {_short(predictions)}"
+            raise InputError(source, what, video=video_id)
+        for k, pred in enumerate(predictions):
+            # fast path: a few lookups per prediction; the message is built only on failure
+            try:
+                label, score = pred["label"], pred["score"]
+                start, end = pred["segment"]
+            except (KeyError, TypeError, ValueError):
+                label = score = start = end = None
+            if (
+                type(label) is not str
+                or type(score) not in _NUMBER
+                or type(start) not in _NUMBER
+                or type(end) not in _NUMBER
+            ):
+                what = (
+                    f"prediction {k}: expected {{'label': str, 'score': number, "
+                    f"'segment': [start, end]}}, got {_short(pred)}"
+                )
+                raise InputError(source, what, video=video_id)
+            labels.append(label)
+            scores.append(score)
+            starts.append(start)
+            ends.append(end)
+        counts.append(len(predictions))
+    video_ids = list(results)
+    where = _locator(video_ids, counts, "prediction")
+    score_array = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(score_array)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        video, item = where(i)
+        what = f"{item}: field 'score': expected a finite number, got {scores[i]!r}"
+        raise InputError(source, what, video=video)
+    return _Results(
+        video_ids=video_ids,
+        counts=np.asarray(counts, dtype=np.int64),
+        labels=labels,
+        scores=score_array,
+        segments=_check_segments(starts, ends, where, source),
+    )
+
+
+def load_ground_truth(path: str | os.PathLike) -> dict:
+    """Read and validate an ActivityNet-format GT JSON file.
+
+    Args:
+        path: ``{"database": {video_id: {"subset": str, "annotations": [{"label": str,
+            "segment": [start_s, end_s]}], optional "duration", "fps", "ambiguous":
+            [[start_s, end_s], ...]}}, optional "ambiguous": {video_id: [[s, e], ...]}}``.
+
+    Returns:
+        The parsed JSON object, unchanged.
+
+    Raises:
+        InputError: unreadable or malformed file, missing fields, non-finite numbers or
+            ``end < start``; the message names the file, the video and the field.
+    """
+    data = read_json(path)
+    _parse_ground_truth(data, path)
+    return data
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read and validate an ActivityNet-format results JSON file.
+
+    Args:
+        path: ``{"results": {video_id: [{"label": str, "score": number, "segment":
+            [start_s, end_s]}]}}``; ``version`` / ``external_data`` are not required.
+
+    Returns:
+        The parsed JSON object, unchanged.
+
+    Raises:
+        InputError: as :func:`load_ground_truth`, also for a non-finite score.
+    """
+    data = read_json(path)
+    _parse_results(data, path)
+    return data
+
+
+def resolve_subset(
+    ground_truth: dict, subset: str | None = None, source: str | os.PathLike = "ground truth"
+) -> str:
+    """The GT subset to evaluate.
+
+    ``None`` picks automatically: the only subset if there is one, else the subset named
+    ``test`` (any case), else ``validation`` (any case); anything else is ambiguous.
+
+    Raises:
+        InputError: the subset is absent, or the automatic choice is ambiguous.
+    """
+    database = _require_dict(ground_truth, "database", source)
+    present = sorted({v.get("subset") for v in database.values() if isinstance(v, dict)}, key=str)
+    if subset is not None:
+        if subset not in present:
+            raise InputError(source, f"subset {subset!r} not found (present: {present})")
+        return subset
+    if len(present) == 1:
+        return present[0]
+    for preferred in ("test", "validation"):
+        for name in present:
+            if isinstance(name, str) and name.lower() == preferred:
+                return name
+    raise InputError(source, f"cannot choose a subset among {present}: pass one explicitly")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _pairs_by_key(key_a: np.ndarray, key_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``(i, j)`` with ``key_a[i] == key_b[j]``, without a Python loop.
+
+    Returns:
+        pair_a, pair_b: (K,) int; ``i`` ascending, and for one ``i`` the ``j`` ascending.
+    """
+    order_b = np.argsort(key_b, kind="stable")
+    sorted_b = key_b[order_b]
+    lo = np.searchsorted(sorted_b, key_a, side="left")
+    counts = np.searchsorted(sorted_b, key_a, side="right") - lo  # (N_a,)
+    pair_a = np.repeat(np.arange(len(key_a)), counts)
+    # pair k of row i sits at sorted position lo[i] + (k - first pair of row i)
+    shift = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    pair_b = order_b[np.arange(len(pair_a)) + shift]
+    return pair_a, pair_b
+
+
+def _paired_tiou(a: np.ndarray, b: np.ndarray, zero_union: float) -> np.ndarray:
+    """tIoU of ``a[k]`` with ``b[k]`` ((K, 2) each), ActivityNet formula and float order.
+
+    ``zero_union`` is the value of a pair whose union is 0 (two zero-length segments).
+    """
+    inter = np.clip(np.minimum(a[:, 1], b[:, 1]) - np.maximum(a[:, 0], b[:, 0]), 0.0, None)
+    union = (b[:, 1] - b[:, 0]) + (a[:, 1] - a[:, 0]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, zero_union)
+
+
+def _match(
+    pred_group: np.ndarray,
+    pred_segments: np.ndarray,
+    gt_group: np.ndarray,
+    gt_segments: np.ndarray,
+    tious: np.ndarray,
+    *,
+    later_gt_first: bool,
+    zero_union: float,
+) -> np.ndarray:
+    """Greedy one-to-one matching at every threshold at once.
+
+    Predictions must already be in ranking order. Only a prediction and a GT of the same
+    group (video, class) can match, so the groups are independent: round ``r`` handles the
+    ``r``-th ranked prediction of every group together, and the loop runs over ranks (the
+    largest group size), never over predictions.
+
+    Args:
+        pred_group: (P,) int group of each prediction, in ranking order.
+        pred_segments: (P, 2) float.
+        gt_group: (G,) int.
+        gt_segments: (G, 2) float.
+        tious: (T,) thresholds.
+        later_gt_first: among equal tIoUs prefer the later GT (official) or the first (wtalc).
+        zero_union: tIoU of a pair of zero-length segments (``inf`` = matches first, always).
+
+    Returns:
+        (T, P) bool, True where the prediction is a true positive at that threshold.
+    """
+    num_pred = len(pred_group)
+    tp = np.zeros((len(tious), num_pred), dtype=bool)
+    pair_p, pair_g = _pairs_by_key(pred_group, gt_group)
+    if len(pair_p) == 0:
+        return tp
+    # rank of each prediction inside its group (the stable sort keeps the ranking order)
+    by_group = np.argsort(pred_group, kind="stable")
+    sorted_group = pred_group[by_group]
+    is_first = np.r_[True, sorted_group[1:] != sorted_group[:-1]]
+    first = np.maximum.accumulate(np.where(is_first, np.arange(num_pred), 0))
+    rank = np.empty(num_pred, dtype=np.int64)
+    rank[by_group] = np.arange(num_pred) - first
+
+    pair_tiou = _paired_tiou(pred_segments[pair_p], gt_segments[pair_g], zero_union)
+    useful = pair_tiou >= tious.min()  # a pair below every threshold never matches
+    pair_p, pair_g, pair_tiou = pair_p[useful], pair_g[useful], pair_tiou[useful]
+    if len(pair_p) == 0:
+        return tp
+    gt_tie = -pair_g if later_gt_first else pair_g
+    # rounds by rank; inside a round by prediction; inside a prediction by preference
+    perm = np.lexsort((gt_tie, -pair_tiou, pair_p, rank[pair_p]))
+    pair_p, pair_g, pair_tiou = pair_p[perm], pair_g[perm], pair_tiou[perm]
+    pair_rank = rank[pair_p]
+    bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
+
+    run_start = np.flatnonzero(np.r_[True, pair_p[1:] != pair_p[:-1]])  # a run per prediction
+    run_bounds = np.searchsorted(run_start, bounds)
+    num_pairs = len(pair_p)
+    position = np.arange(num_pairs)
+    locked = np.zeros((len(tious), len(gt_group)), dtype=bool)  # (T, G) per-threshold locks
+    above = pair_tiou[None, :] >= tious[:, None]  # (T, K)
+    for r in range(len(bounds) - 1):
+        lo, hi = bounds[r], bounds[r + 1]
+        starts = run_start[run_bounds[r] : run_bounds[r + 1]]
+        if lo == hi:
+            continue
+        free = above[:, lo:hi] & ~locked[:, pair_g[lo:hi]]  # (T, n)
+        candidate = np.where(free, position[lo:hi], num_pairs)  # (T, n)
+        chosen = np.minimum.reduceat(candidate, starts - lo, axis=1)  # (T, runs) best free pair
+        hit_t, hit_run = np.nonzero(chosen < num_pairs)
+        tp[hit_t, pair_p[starts[hit_run]]] = True
+        locked[hit_t, pair_g[chosen[hit_t, hit_run]]] = True
+    return tp
+
+
+def _interpolated_ap(tp: np.ndarray, num_positives: int) -> np.ndarray:
+    """VOC all-point interpolated AP of ranked hits.
+
+    Args:
+        tp: (T, N) bool, true positives in ranking order.
+        num_positives: GT instances of the class (> 0).
+
+    Returns:
+        (T,) AP in [0, 1]: sum over hits of (1 / num_positives) times the best precision at
+        that rank or below, which is the area under the monotone precision envelope.
+    """
+    if tp.shape[1] == 0:
+        return np.zeros(tp.shape[0])
+    precision = np.cumsum(tp, axis=1) / np.arange(1, tp.shape[1] + 1)
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    return (envelope * tp).sum(axis=1) / num_positives
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _resolve_tious(tious: Sequence[float] | str) -> tuple[float, ...]:
+    if isinstance(tious, str):
+        if tious not in TIOU_PRESETS:
+            raise ValueError(f"unknown tIoU preset {tious!r}; choose from {list(TIOU_PRESETS)}")
+        return TIOU_PRESETS[tious]
+    values = tuple(float(t) for t in np.atleast_1d(np.asarray(tious, dtype=np.float64)))
+    if not values or not all(0.0 < t <= 1.0 for t in values):
+        raise ValueError(f"tIoU thresholds must be a non-empty list in (0, 1], got {values}")
+    return values
+
+
+def _to_grid(segments: np.ndarray, fps: float, snippet_frames: float) -> np.ndarray:
+    """Seconds -> snippet indices with Python's ``round`` (half to even), ends exclusive."""
+    return np.rint(seconds_to_snippets(segments, fps, snippet_frames))
+
+
+def _named_averages(tious: tuple[float, ...], map_per_tiou: np.ndarray) -> dict[str, float]:
+    t = np.asarray(tious)
+    averages = {}
+    for name, (low, high) in REPORTED_AVERAGES.items():
+        has_ends = (
+            np.isclose(t, low, atol=_THRESHOLD_ATOL).any()
+            and np.isclose(t, high, atol=_THRESHOLD_ATOL).any()
+        )
+        inside = (t >= low - _THRESHOLD_ATOL) & (t <= high + _THRESHOLD_ATOL)
+        if has_ends:
+            averages[name] = float(map_per_tiou[inside].mean())
+    return averages
+
+
+def evaluate_detections(
+    ground_truth: dict,
+    results: dict,
+    tious: Sequence[float] | str = "anet",
+    *,
+    subset: str | None = None,
+    protocol: str = "official",
+    fps: float = 25.0,
+    snippet_frames: float = 16.0,
+    ambiguous_filter: bool = False,
+    compat: bool = False,
+    unknown_videos_are_false_positives: bool = False,
+    zero_union_matches: bool = True,
+) -> DetectionMetrics:
+    """Detection AP per class and tIoU, mAP and reported averages.
+
+    Args:
+        ground_truth: ActivityNet GT ``{"database": {video_id: {"subset", "annotations":
+            [{"segment": [start_s, end_s], "label"}], optional "ambiguous": [[s, e]]}}}``
+            (see :func:`load_ground_truth`). A per-video ``fps`` field is not used: the
+            snippet grid of ``"wtalc"`` is the feature grid, given by ``fps``.
+        results: ActivityNet results ``{"results": {video_id: [{"label", "score",
+            "segment": [start_s, end_s]}]}}``.
+        tious: thresholds in (0, 1], or a :data:`TIOU_PRESETS` name.
+        subset: GT subset; ``None`` chooses as :func:`resolve_subset`.
+        protocol: ``"official"`` (ActivityNet, seconds) or ``"wtalc"`` (snippet grid).
+        fps: feature frame rate, for ``"wtalc"`` (THUMOS14 I3D: 25).
+        snippet_frames: frames per feature snippet, for ``"wtalc"`` (THUMOS14 I3D: 16).
+        ambiguous_filter: drop predictions that overlap (intersection > 0, on the grid for
+            ``"wtalc"``) an ambiguous interval of their video. They count neither as true nor
+            as false positives.
+        compat: reproduce the reference W-TALC rule: if any class has no prediction, every
+            mAP is 0 (per-class APs are still reported).
+        unknown_videos_are_false_positives: predictions for videos outside the subset count
+            as false positives, as in the official evaluator, instead of being ignored.
+        zero_union_matches: a zero-length prediction and a zero-length GT of one video match
+            at every threshold (the official evaluator's 0/0 = NaN behaviour); False gives them
+            tIoU 0.
+
+    Returns:
+        :class:`DetectionMetrics`, percentages.
+
+    Raises:
+        InputError: malformed GT or results, or an absent subset.
+        ValueError: unknown protocol or invalid thresholds / grid.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    if not (fps > 0 and snippet_frames > 0):
+        raise ValueError(f"fps and snippet_frames must be > 0, got {fps}, {snippet_frames}")
+    thresholds = _resolve_tious(tious)
+    gt = _parse_ground_truth(ground_truth, "ground truth")
+    res = _parse_results(results, "results")
+    subset = resolve_subset(ground_truth, subset)
+    wtalc = protocol == "wtalc"
+
+    # Evaluated videos: the subset (wtalc: only videos with at least one GT instance).
+    in_subset = np.array([s == subset for s in gt.subsets], dtype=bool)
+    if wtalc:
+        in_subset &= np.bincount(gt.ann_video, minlength=len(gt.video_ids)) > 0
+    video_index = np.full(len(gt.video_ids), -1, dtype=np.int64)
+    video_index[in_subset] = np.arange(int(in_subset.sum()))
+    num_videos = int(in_subset.sum())
+
+    # Classes: those of the subset's GT, in order of first appearance (official order).
+    keep_gt = in_subset[gt.ann_video]
+    gt_labels = [lab for lab, k in zip(gt.ann_labels, keep_gt, strict=True) if k]
+    class_index = {name: c for c, name in enumerate(dict.fromkeys(gt_labels))}
+    class_names = tuple(class_index)
+    gt_video = video_index[gt.ann_video[keep_gt]]
+    gt_class = np.array([class_index[lab] for lab in gt_labels], dtype=np.int64)
+    gt_segments = gt.ann_segments[keep_gt]
+
+    # Predictions -> (video, class); unknown ones are ignored and counted.
+    gt_video_pos = {v: i for i, v in enumerate(gt.video_ids)}
+    per_video = np.array([gt_video_pos.get(v, -1) for v in res.video_ids], dtype=np.int64)
+    per_video = np.where(per_video >= 0, video_index[per_video], -1)
+    if unknown_videos_are_false_positives:  # a fresh video id with no GT: always false
+        unknown = per_video < 0
+        per_video[unknown] = num_videos + np.arange(int(unknown.sum()))
+    pred_video = np.repeat(per_video, res.counts)
+    pred_class = np.array([class_index.get(lab, -1) for lab in res.labels], dtype=np.int64)
+    known_video = pred_video >= 0
+    known = known_video & (pred_class >= 0)
+    ignored_video = int((~known_video).sum())
+    ignored_label = int((known_video & (pred_class < 0)).sum())
+    file_order = np.flatnonzero(known)
+    pred_video, pred_class = pred_video[known], pred_class[known]
+    pred_scores, pred_segments = res.scores[known], res.segments[known]
+
+    amb_keep = video_index[gt.amb_video] >= 0 if len(gt.amb_video) else np.zeros(0, bool)
+    amb_video = video_index[gt.amb_video[amb_keep]]
+    amb_segments = gt.amb_segments[amb_keep]
+    if wtalc:
+        gt_segments = _to_grid(gt_segments, fps, snippet_frames)
+        amb_segments = _to_grid(amb_segments, fps, snippet_frames)
+        pred_segments = _to_grid(pred_segments, fps, snippet_frames)
+        # an empty prediction range would never match: the reference widens it to one snippet
+        pred_segments[:, 1] = np.maximum(pred_segments[:, 1], pred_segments[:, 0] + 1)
+
+    ignored_ambiguous = 0
+    if ambiguous_filter and len(amb_video) and len(pred_video):
+        pair_p, pair_a = _pairs_by_key(pred_video, amb_video)
+        a, b = pred_segments[pair_p], amb_segments[pair_a]
+        overlap = np.minimum(a[:, 1], b[:, 1]) - np.maximum(a[:, 0], b[:, 0]) > 0
+        drop = np.zeros(len(pred_video), dtype=bool)
+        drop[pair_p[overlap]] = True
+        ignored_ambiguous = int(drop.sum())
+        keep = ~drop
+        pred_video, pred_class = pred_video[keep], pred_class[keep]
+        pred_scores, pred_segments = pred_scores[keep], pred_segments[keep]
+        file_order = file_order[keep]
+
+    # Ranking per class. Official: the reversed stable argsort of the scores (later wins
+    # ties). wtalc: stable descending sort (earlier wins ties).
+    tie = -file_order if not wtalc else file_order
+    order = np.lexsort((tie, -pred_scores, pred_class))
+    pred_video, pred_class = pred_video[order], pred_class[order]
+    pred_segments = pred_segments[order]
+
+    num_classes = len(class_names)
+    group_stride = max(num_videos, int(pred_video.max(initial=-1)) + 1)
+    tp = _match(
+        pred_class * group_stride + pred_video,
+        pred_segments,
+        gt_class * group_stride + gt_video,
+        gt_segments,
+        np.asarray(thresholds),
+        later_gt_first=not wtalc,
+        zero_union=np.inf if zero_union_matches and not wtalc else 0.0,
+    )
+
+    num_positives = np.bincount(gt_class, minlength=num_classes)
+    class_bounds = np.searchsorted(pred_class, np.arange(num_classes + 1))
+    ap = np.zeros((num_classes, len(thresholds)))
+    for c in range(num_classes):  # per-class envelopes; classes are few
+        lo, hi = class_bounds[c], class_bounds[c + 1]
+        ap[c] = _interpolated_ap(tp[:, lo:hi], int(num_positives[c]))
+    ap *= 100.0
+    empty = np.diff(class_bounds) == 0
+    map_per_tiou = ap.mean(axis=0) if num_classes else np.zeros(len(thresholds))
+    if compat and empty.any():
+        map_per_tiou = np.zeros(len(thresholds))
+    if len(pred_video) == 0:
+        warnings.warn(
+            f"no prediction matches a video and label of subset {subset!r}: mAP is 0",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    return DetectionMetrics(
+        protocol=protocol,
+        subset=subset,
+        tious=thresholds,
+        class_names=class_names,
+        ap_per_class=ap,
+        map_per_tiou=map_per_tiou,
+        average=float(map_per_tiou.mean()),
+        averages=_named_averages(thresholds, map_per_tiou),
+        num_videos=num_videos,
+        num_ground_truth=len(gt_class),
+        num_predictions=len(res.labels),
+        num_evaluated=len(pred_video),
+        ignored_unknown_video=ignored_video,
+        ignored_unknown_label=ignored_label,
+        ignored_ambiguous=ignored_ambiguous,
+        classes_without_predictions=tuple(np.asarray(class_names, dtype=object)[empty]),
+    )
+
+
+def classification_map(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Video-level classification mAP (W-TALC ``getClassificationMAP``), percent.
+
+    Per class: rank the videos by descending score (stable: earlier video first on ties)
+    and take the non-interpolated AP, the mean precision at the ranks of the positives.
+
+    Args:
+        scores: (N, C) float video-level class scores.
+        labels: (N, C) multi-hot ground truth (> 0 is positive).
+
+    Returns:
+        Mean AP over the classes with at least one positive video, in percent (the
+        reference divides by zero for a class without positives; we leave it out).
+
+    Raises:
+        ValueError: shapes differ, or no class has a positive video.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels) > 0
+    if scores.ndim != 2 or scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be (N, C)")
+    num_positives = labels.sum(axis=0)  # (C,)
+    if not num_positives.any():
+        raise ValueError("no class has a positive video")
+    order = np.argsort(-scores, axis=0, kind="stable")  # (N, C)
+    hits = np.take_along_axis(labels, order, axis=0)  # (N, C) in ranking order
+    precision = np.cumsum(hits, axis=0) / np.arange(1, len(scores) + 1)[:, None]
+    present = num_positives > 0
+    ap = (precision * hits).sum(axis=0)[present] / num_positives[present]
+    return float(100.0 * ap.mean())
