@@ -42,8 +42,10 @@ OUTER_SCALE = 0.0785
 """Outer-region half-width factor: ``delta = OUTER_SCALE * L ** OUTER_POWER`` (utils.py:197)."""
 OUTER_POWER = 0.9
 """Outer-region half-width exponent (utils.py:197)."""
-VIOLATION_WEIGHT = 1e3
-"""Price of one unit of constraint violation, in label mass, for infeasible sets."""
+VIOLATION_WEIGHT = 100.0
+"""Price of one unit of constraint violation, in label mass, for infeasible sets. It must
+exceed the LP's dual multipliers (small integers for these +-1 matrices) for "least violation
+first"; much larger values cost float64 digits in the Newton labels ``(z - 1) / eps``."""
 REG_SCHEDULE = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)
 """Decreasing exact-regularisation weights ``eps``; stops once every group is certified.
 Starting large keeps the first Newton solves smooth (most labels strictly inside (0, 1)).
@@ -54,7 +56,7 @@ GAP_TOL = 1e-9
 """A group is certified when its LP duality gap is below ``GAP_TOL * max(1, objective)``."""
 FEASIBILITY_TOL = 1e-6
 """A constraint violated by more than this counts as violated in the stats."""
-MAX_NEWTON_ITER = 60
+MAX_NEWTON_ITER = 200
 """Newton iterations per regularisation level."""
 _ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 _MAX_BACKTRACK = 40  # halvings of the step before the line search gives up on a group
