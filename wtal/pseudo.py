@@ -1,0 +1,647 @@
+"""Fused segments -> snippet pseudo labels (the LP of paper.md §1.6), Δ pseudo labels (§1.7),
+the pseudo-label target schedule (§1.8) and pseudo-label quality metrics.
+
+The LP, per column c (20 classes + background for THUMOS14) and fused instance k::
+
+    minimise  sum_t y_t   over y in [0, 1]^T
+    s.t.      sum_{t in in_k} y_t - sum_{t in out_k} y_t = phi_k     for every k of column c
+
+Its optimal set is usually a face, not a point, so the authors' labels depended on the solver
+(interior point spread the mass, HiGHS returns a vertex; paper.md §7 Q2). We return ONE answer:
+the minimum-Euclidean-norm point of the optimal set. For an isolated instance that is
+``phi / L`` on each of its ``L`` inner snippets. Infeasible constraint sets (issue #7 of the
+reference code: NaN labels) are solved in a least-violation sense: minimise
+``violation_weight * sum_k |violation_k| + sum_t y_t``, then the norm of ``(y, violation)``.
+With ``violation_weight`` above the LP's largest dual multiplier (always, for isolated
+instances, when it is > 1) this is "least total violation first, then least mass".
+
+How it is solved: instances whose supports ``[outer_start, outer_end)`` touch no other instance
+of their column have a closed form. Each remaining connected group is a small QP: exact
+regularisation (for small ``eps`` the minimiser of ``sum y + eps/2 |y|^2`` over the feasible
+set IS the least-norm LP optimum) solved by a semismooth Newton method on its dual, batched over
+all groups of a video, for a decreasing ``eps``; a group is accepted once an LP duality gap
+(weak duality with the dual extrapolated to ``eps = 0``) certifies it optimal. A group that is
+not certified falls back to scipy's HiGHS on its LP (a vertex, counted in the stats).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linprog
+
+from wtal.io import InputError
+from wtal.segments import pairwise_tiou
+
+OUTER_SCALE = 0.0785
+"""Outer-region half-width factor: ``delta = OUTER_SCALE * L ** OUTER_POWER`` (utils.py:197)."""
+OUTER_POWER = 0.9
+"""Outer-region half-width exponent (utils.py:197)."""
+VIOLATION_WEIGHT = 100.0
+"""Price of one unit of constraint violation, in label mass, for infeasible sets. It must
+exceed the LP's dual multipliers (small integers for these +-1 matrices) for "least violation
+first"; much larger values cost float64 digits in the Newton labels ``(z - 1) / eps``."""
+REG_SCHEDULE = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)
+"""Decreasing exact-regularisation weights ``eps``; stops once every group is certified.
+Starting large keeps the first Newton solves smooth (most labels strictly inside (0, 1)).
+Much below 1e-4 the labels ``(z - 1) / eps`` lose digits to float64 cancellation."""
+RESIDUAL_TOL = 1e-10
+"""Newton stops when every constraint residual of a group is below this."""
+GAP_TOL = 1e-9
+"""A group is certified when its LP duality gap is below ``GAP_TOL * max(1, objective)``."""
+FEASIBILITY_TOL = 1e-6
+"""A constraint violated by more than this counts as violated in the stats."""
+MAX_NEWTON_ITER = 200
+"""Newton iterations per regularisation level."""
+_ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
+_MAX_BACKTRACK = 40  # halvings of the step before the line search gives up on a group
+_LM_MAX = 1e-1  # cap of the Levenberg-Marquardt shift (times 1/eps) when the Hessian is singular
+
+
+@dataclass(frozen=True)
+class PseudoStats:
+    """What :func:`solve_pseudo_labels` did for one video."""
+
+    n_lps: int
+    """Columns with at least one instance (one LP each in the reference code)."""
+    n_instances: int
+    """Constraints (fused instances) over all columns."""
+    n_closed_form: int
+    """Instances solved in closed form (isolated, or with an empty support)."""
+    n_groups: int
+    """Coupled groups (>= 2 instances sharing snippets) solved by the Newton method."""
+    n_fallback: int
+    """Coupled groups not certified by the duality gap, solved by HiGHS instead (a vertex)."""
+    n_infeasible: int
+    """Columns whose constraint set is infeasible (some violation > ``feasibility_tol``)."""
+    n_violated: int
+    """Constraints violated by more than ``feasibility_tol``."""
+    max_violation: float
+    """Largest ``|sum_in y - sum_out y - phi|`` over all constraints."""
+    max_gap: float
+    """Largest relative duality gap of a certified coupled group (0 when none)."""
+    solve_time_s: float
+    """Wall time of the whole call, seconds."""
+
+
+def _to_numpy(x: Any, dtype: type) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor: no torch import needed here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def lp_regions(
+    segments: np.ndarray,
+    num_snippets: int,
+    *,
+    outer_scale: float = OUTER_SCALE,
+    outer_power: float = OUTER_POWER,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inner and outer snippet ranges of each fused instance's LP constraint (paper.md §1.6.4).
+
+    ``s = int(start)``, ``e = int(end)`` (truncation), ``L = e - s``,
+    ``delta = outer_scale * L ** outer_power``, ``outer_start = max(0, int(s - delta))``,
+    ``outer_end = min(T - 1, int(e + delta + 1))``. Inner is ``[s, e)``, outer is
+    ``[outer_start, s) U [e, outer_end)``: the right outer part starts AT e here, one earlier
+    than in the proposal score (§7 Q5). Ranges are clipped to ``[0, T]`` like numpy slicing.
+
+    Args:
+        segments: (N, 2) float, fused ``[start, end]`` in snippets, ``0 <= start <= end``.
+        num_snippets: T.
+        outer_scale: factor of the outer half-width.
+        outer_power: exponent of the outer half-width.
+
+    Returns:
+        ``(outer_start, start, end, outer_end)``, four (N,) int64 arrays with
+        ``outer_start <= start <= end``; the support is ``[outer_start, max(end, outer_end))``.
+    """
+    seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+    s = np.trunc(seg[:, 0]).astype(np.int64)
+    e = np.trunc(seg[:, 1]).astype(np.int64)
+    delta = outer_scale * (e - s).astype(np.float64) ** outer_power
+    outer_s = np.maximum(0, np.trunc(s - delta).astype(np.int64))
+    outer_e = np.minimum(num_snippets - 1, np.trunc(e + delta + 1).astype(np.int64))
+    s, e = np.clip(s, 0, num_snippets), np.clip(e, 0, num_snippets)
+    return np.minimum(outer_s, s), s, e, np.clip(outer_e, 0, num_snippets)
+
+
+def constraint_matrix(
+    segments: np.ndarray,
+    num_snippets: int,
+    *,
+    outer_scale: float = OUTER_SCALE,
+    outer_power: float = OUTER_POWER,
+) -> sparse.csr_matrix:
+    """The LP's equality matrix of one column: (N, T) CSR, +1 inner, -1 outer, built vectorized."""
+    outer_s, s, e, outer_e = lp_regions(
+        segments, num_snippets, outer_scale=outer_scale, outer_power=outer_power
+    )
+    rows, cols, vals = _support_entries(outer_s, s, e, outer_e)
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(len(s), num_snippets))
+
+
+def _support_entries(
+    outer_s: np.ndarray, s: np.ndarray, e: np.ndarray, outer_e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row, snippet and +-1 value of every non-zero of the constraint rows (flat arrays)."""
+    hi = np.maximum(e, outer_e)
+    lens = hi - outer_s  # (N,)
+    rows = np.repeat(np.arange(len(s)), lens)
+    first = np.repeat(np.cumsum(lens) - lens, lens)
+    cols = outer_s[rows] + np.arange(lens.sum()) - first
+    vals = np.where((cols >= s[rows]) & (cols < e[rows]), 1.0, -1.0)
+    return rows, cols, vals
+
+
+def _validate(segments, scores, labels, num_snippets, num_columns, video):
+    def fail(what: str):
+        raise InputError(None, what, video=video)
+
+    if num_snippets < 1 or num_columns < 1:
+        fail(f"num_snippets and num_columns must be >= 1, got {num_snippets}, {num_columns}")
+    if segments.ndim != 2 or segments.shape[1] != 2:
+        fail(f"segments: expected shape (N, 2), got {segments.shape}")
+    n = len(segments)
+    if scores.shape != (n,) or labels.shape != (n,):
+        fail(f"scores/labels: expected shape ({n},), got {scores.shape} and {labels.shape}")
+    if not (np.isfinite(segments).all() and np.isfinite(scores).all()):
+        fail("segments/scores: expected finite numbers")
+    bad = np.flatnonzero((segments[:, 0] < 0) | (segments[:, 1] < segments[:, 0]))
+    if len(bad):
+        fail(f"segment {bad[0]}: expected 0 <= start <= end, got {segments[bad[0]].tolist()}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_columns))
+    if len(bad):
+        fail(f"segment {bad[0]}: label {labels[bad[0]]} outside [0, {num_columns})")
+
+
+def solve_pseudo_labels(
+    segments: Any,
+    scores: Any,
+    labels: Any,
+    num_snippets: int,
+    num_columns: int,
+    *,
+    outer_scale: float = OUTER_SCALE,
+    outer_power: float = OUTER_POWER,
+    violation_weight: float = VIOLATION_WEIGHT,
+    reg_schedule: Sequence[float] = REG_SCHEDULE,
+    residual_tol: float = RESIDUAL_TOL,
+    gap_tol: float = GAP_TOL,
+    feasibility_tol: float = FEASIBILITY_TOL,
+    max_newton_iter: int = MAX_NEWTON_ITER,
+    closed_form: bool = True,
+    video: str | None = None,
+) -> tuple[np.ndarray, PseudoStats]:
+    """Snippet pseudo labels of one video: the minimum-norm optimum of the §1.6 LP per column.
+
+    Args:
+        segments: (N, 2) float, fused instances ``[start, end]``, snippet units (numpy or torch).
+        scores: (N,) float, fused score phi of each instance (the constraint's right side).
+        labels: (N,) int, column of each instance in ``[0, num_columns)``.
+        num_snippets: T.
+        num_columns: C + 1 (classes + background).
+        outer_scale: see :func:`lp_regions`.
+        outer_power: see :func:`lp_regions`.
+        violation_weight: mass price of one unit of violation (> 1); see the module docstring.
+        reg_schedule: decreasing exact-regularisation weights tried for coupled groups.
+        residual_tol: Newton stopping tolerance on the constraint residuals.
+        gap_tol: relative LP duality gap that certifies a coupled group.
+        feasibility_tol: violation above which a constraint counts as violated.
+        max_newton_iter: Newton iterations per regularisation level.
+        closed_form: solve isolated instances in closed form (False sends them through the
+            Newton path too; for tests).
+        video: video id, only for error messages.
+
+    Returns:
+        ``(pseudo, stats)``: pseudo is a (T, num_columns) float64 numpy array in [0, 1],
+        0 in columns without instances and never NaN; stats is a :class:`PseudoStats`.
+
+    Raises:
+        InputError: malformed shapes, non-finite values, ``end < start`` or a bad label.
+    """
+    t0 = time.perf_counter()
+    seg = _to_numpy(segments, np.float64).reshape(-1, 2) if np.size(segments) else np.zeros((0, 2))
+    phi = _to_numpy(scores, np.float64).reshape(-1)
+    lab = _to_numpy(labels, np.int64).reshape(-1)
+    T = int(num_snippets)
+    _validate(seg, phi, lab, T, int(num_columns), video)
+    if violation_weight <= 1:
+        raise ValueError(f"violation_weight must be > 1, got {violation_weight}")
+    width = T + 1  # column c occupies flat positions [c * width, c * width + T]: no overlaps
+    flat = np.zeros(num_columns * width)
+    outer_s, s, e, outer_e = lp_regions(seg, T, outer_scale=outer_scale, outer_power=outer_power)
+    hi = np.maximum(e, outer_e)
+    base = lab * width
+    g_lo, g_in0, g_in1, g_hi = base + outer_s, base + s, base + e, base + hi  # flat positions
+
+    # Connected groups of instances over shared snippets: sort the non-empty supports, a new
+    # group starts where a support begins at or after every earlier support's end.
+    nonempty = np.flatnonzero(hi > outer_s)
+    order = nonempty[np.argsort(g_lo[nonempty], kind="stable")]
+    reach = np.maximum.accumulate(g_hi[order])
+    starts_group = np.r_[True, g_lo[order][1:] >= reach[:-1]] if len(order) else np.zeros(0, bool)
+    gid = np.cumsum(starts_group) - 1  # (len(order),)
+    sizes = np.bincount(gid) if len(gid) else np.zeros(0, np.int64)
+    single = order[sizes[gid] == 1] if closed_form else order[:0]
+    coupled = np.setdiff1d(order, single, assume_unique=True)
+
+    # Closed form of an isolated instance: phi > 0 spreads phi over the inner snippets,
+    # phi < 0 spreads |phi| over the outer ones (capped at 1: least violation beyond that).
+    k = single
+    n_in = (e - s)[k]
+    n_out = (s - outer_s + np.maximum(outer_e - e, 0))[k]
+    pos, neg = phi[k] > 0, phi[k] < 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v_in = np.where(pos & (n_in > 0), np.minimum(phi[k] / n_in, 1.0), 0.0)
+        v_out = np.where(neg & (n_out > 0), np.minimum(-phi[k] / n_out, 1.0), 0.0)
+    diff = np.zeros(len(flat) + 1)  # supports of isolated instances are disjoint
+    np.add.at(diff, g_in0[k], v_in - v_out)
+    np.add.at(diff, g_in1[k], v_out - v_in)
+    np.add.at(diff, g_lo[k], v_out)
+    np.add.at(diff, np.maximum(g_in1, g_hi)[k], -v_out)
+    flat += np.cumsum(diff)[:-1]
+
+    n_fallback, max_gap = 0, 0.0
+    if len(coupled):
+        y, cert, gaps, entries = _solve_coupled(
+            coupled, gid, order, g_lo, g_in0, g_in1, g_hi, phi,
+            violation_weight, reg_schedule, residual_tol, gap_tol, max_newton_iter,
+        )  # fmt: skip
+        if cert.size:
+            max_gap = float(gaps[cert].max()) if cert.any() else 0.0
+        if not cert.all():
+            n_fallback = int((~cert).sum())
+            y = _highs_fallback(y, ~cert, entries, phi, violation_weight)
+        flat[entries["var_pos"]] = y
+    flat = np.clip(flat, 0.0, 1.0)
+    pseudo = flat.reshape(num_columns, width)[:, :T].T.copy()  # (T, num_columns)
+
+    # Residuals of every constraint from prefix sums of the labels.
+    cum = np.r_[0.0, np.cumsum(flat)]
+    inner = cum[g_in1] - cum[g_in0]
+    outer = (cum[g_in0] - cum[g_lo]) + (cum[np.maximum(g_in1, g_hi)] - cum[g_in1])
+    viol = np.abs(inner - outer - phi)
+    violated = viol > feasibility_tol
+    stats = PseudoStats(
+        n_lps=len(np.unique(lab)),
+        n_instances=len(phi),
+        n_closed_form=len(single) + len(phi) - len(nonempty),
+        n_groups=int((sizes >= 2).sum()) if closed_form else len(sizes),
+        n_fallback=n_fallback,
+        n_infeasible=len(np.unique(lab[violated])),
+        n_violated=int(violated.sum()),
+        max_violation=float(viol.max()) if len(viol) else 0.0,
+        max_gap=max_gap,
+        solve_time_s=time.perf_counter() - t0,
+    )
+    return pseudo, stats
+
+
+def _solve_coupled(coupled, gid, order, g_lo, g_in0, g_in1, g_hi, phi, w, schedule, tol, gap_tol,
+                   max_iter):  # fmt: skip
+    """Min-norm optimum of every coupled group; returns labels per coupled variable."""
+    gid_of = np.full(len(phi), -1)
+    gid_of[order] = gid
+    old = gid_of[coupled]
+    uniq, g = np.unique(old, return_inverse=True)  # groups renumbered 0..G-1
+    rows_sorted = np.argsort(g, kind="stable")
+    rows = coupled[rows_sorted]  # coupled rows grouped
+    g = g[rows_sorted]
+    n_groups = len(uniq)
+    k_count = np.bincount(g, minlength=n_groups)
+    row_rank = np.arange(len(rows)) - np.repeat(np.cumsum(k_count) - k_count, k_count)
+    g_start = np.full(n_groups, np.iinfo(np.int64).max)
+    g_end = np.zeros(n_groups, np.int64)
+    np.minimum.at(g_start, g, g_lo[rows])
+    np.maximum.at(g_end, g, g_hi[rows])
+    n_var = g_end - g_start
+    var_off = np.cumsum(n_var) - n_var
+    var_pos = np.repeat(g_start - var_off, n_var) + np.arange(n_var.sum())
+
+    r, cpos, val = _support_entries(g_lo[rows], g_in0[rows], g_in1[rows], g_hi[rows])
+    rg = g[r]  # group of each entry
+    lcol = cpos - g_start[rg]
+    y = np.zeros(n_var.sum())
+    cert = np.zeros(n_groups, bool)
+    gaps = np.full(n_groups, np.inf)
+
+    # Batch groups of similar size together: pad to the next powers of two.
+    kp = 1 << np.ceil(np.log2(k_count)).astype(np.int64)
+    npad = 1 << np.ceil(np.log2(n_var)).astype(np.int64)
+    bucket_key = kp * (1 << 40) + npad
+    for key in np.unique(bucket_key):
+        members = np.flatnonzero(bucket_key == key)
+        slot = np.full(n_groups, -1)
+        slot[members] = np.arange(len(members))
+        K, n = int(kp[members[0]]), int(npad[members[0]])
+        sel = slot[rg] >= 0
+        A = np.zeros((len(members), K, n))
+        A[slot[rg[sel]], row_rank[r[sel]], lcol[sel]] = val[sel]
+        b = np.zeros((len(members), K))
+        rsel = slot[g] >= 0
+        b[slot[g[rsel]], row_rank[rsel]] = phi[rows[rsel]]
+        rmask = np.arange(K)[None, :] < k_count[members][:, None]
+        cmask = np.arange(n)[None, :] < n_var[members][:, None]
+        yb, cb, gb = _newton_bucket(A, b, rmask, cmask, w, schedule, tol, gap_tol, max_iter)
+        cert[members], gaps[members] = cb, gb
+        take = np.flatnonzero(cmask.ravel())
+        gi, col = np.divmod(take, n)
+        y[var_off[members][gi] + col] = yb.ravel()[take]
+    entries = {"var_pos": var_pos, "rows": rows, "row_group": g, "entry_row": r,
+               "entry_var": var_off[rg] + lcol, "entry_val": val, "var_group": np.repeat(
+                   np.arange(n_groups), n_var)}  # fmt: skip
+    return y, cert, gaps, entries
+
+
+def _dual(A, b, rmask, cmask, mu, eps, w):
+    """Dual objective, labels, residuals and their pieces at ``mu`` (all batched)."""
+    z = np.einsum("gkn,gk->gn", A, mu)  # (G, n)
+    u = (z - 1.0) / eps
+    y = np.clip(u, 0.0, 1.0) * cmask
+    sr = (np.abs(mu) - w) / eps  # elastic part: violation = sign(mu) * max(0, sr)
+    viol = np.sign(mu) * np.maximum(sr, 0.0) * rmask
+    grad = np.einsum("gkn,gn->gk", A, y) + viol - b  # (G, K)
+    hu = np.where(u <= 0, 0.0, np.where(u < 1, 0.5 * u * u, u - 0.5)) * cmask
+    theta = eps * (hu.sum(1) + 0.5 * (np.maximum(sr, 0.0) ** 2 * rmask).sum(1)) - (b * mu).sum(1)
+    return theta, grad, u, sr, y
+
+
+def _newton_level(A, b, rmask, cmask, mu, eps, w, tol, max_iter):
+    """Newton iterations at one eps; only groups not yet converged are computed."""
+    mu = mu.copy()
+    eye = np.eye(A.shape[1])
+    theta, grad, u, sr, _ = _dual(A, b, rmask, cmask, mu, eps, w)
+    res = np.abs(grad).max(1)
+    live = res > tol
+    for _ in range(max_iter):
+        idx = np.flatnonzero(live)
+        if not len(idx):
+            break
+        Ai, bi, ri, ci = A[idx], b[idx], rmask[idx], cmask[idx]
+        d = ((u[idx] > 0) & (u[idx] < 1) & ci).astype(np.float64)
+        H = (Ai * d[:, None, :]) @ Ai.transpose(0, 2, 1) + ((sr[idx] > 0) & ri)[:, :, None] * eye
+        shift = np.minimum(_LM_MAX, res[idx]) + 1e-14  # Levenberg-Marquardt for singular H
+        H = H / eps + (shift[:, None] / eps + ~ri)[:, :, None] * eye  # padded rows: identity
+        step = -np.linalg.solve(H, grad[idx][..., None])[..., 0]
+        slope = (grad[idx] * step).sum(1)
+        t = np.ones(len(idx))
+        done = np.zeros(len(idx), bool)
+        for _ in range(_MAX_BACKTRACK):
+            cand = mu[idx] + t[:, None] * step
+            th_n, g_n, u_n, sr_n, _ = _dual(Ai, bi, ri, ci, cand, eps, w)
+            res_n = np.abs(g_n).max(1)
+            # Armijo, or a halved residual (theta differences drown in rounding near the end).
+            ok = ~done & ((th_n <= theta[idx] + _ARMIJO * t * slope) | (res_n < 0.5 * res[idx]))
+            j = idx[ok]
+            mu[j], theta[j], grad[j], u[j], sr[j], res[j] = (
+                cand[ok],
+                th_n[ok],
+                g_n[ok],
+                u_n[ok],
+                sr_n[ok],
+                res_n[ok],
+            )
+            done |= ok
+            if done.all():
+                break
+            t = np.where(done, t, 0.5 * t)
+        live[idx[~done]] = False  # no descent left: stalled at rounding level
+        live &= res > tol
+    return mu
+
+
+def _newton_bucket(A, b, rmask, cmask, w, schedule, tol, gap_tol, max_iter):
+    """Semismooth Newton on the dual of ``min w|v|_1 + 1'y + eps/2 (|y|^2 + |v|^2)``,
+    ``A y + v = b``, ``0 <= y <= 1``, for each eps of the schedule; certify by LP duality."""
+    G = A.shape[0]
+    # Start where an isolated instance's solution lies: mu = sign(phi) (1 + eps |phi| / L).
+    n_in = np.maximum((A > 0).sum(2), 1)
+    n_out = np.maximum((A < 0).sum(2), 1)
+    eps0 = schedule[0]
+    mu = np.where(b >= 0, 1 + eps0 * b / n_in, -(1 + eps0 * -b / n_out)) * rmask
+    y_best = np.zeros(cmask.shape)
+    cert = np.zeros(G, bool)
+    gaps = np.full(G, np.inf)
+    prev = None
+    for eps in schedule:
+        if prev is not None and prev[2] is not None:  # mu is affine in eps on a fixed active set
+            mu = prev[0] + (eps - prev[1]) * prev[2]
+        mu = _newton_level(A, b, rmask, cmask, mu, eps, w, tol, max_iter)
+        theta, grad, u, sr, y = _dual(A, b, rmask, cmask, mu, eps, w)
+        if prev is not None:
+            slope_eps = (mu - prev[0]) / (eps - prev[1])
+            mu0 = np.clip(mu - eps * slope_eps, -w, w)  # dual extrapolated to eps = 0
+            z0 = np.einsum("gkn,gk->gn", A, mu0)
+            # Weak duality for the right side actually met, A y + v (it differs from b by the
+            # Newton residual, checked separately): w must not amplify that residual.
+            v = np.sign(mu) * np.maximum(sr, 0.0) * rmask
+            met = np.einsum("gkn,gn->gk", A, y) + v
+            lower = (met * mu0).sum(1) - (np.maximum(z0 - 1.0, 0.0) * cmask).sum(1)
+            primal = y.sum(1) + w * np.abs(v).sum(1)
+            gap = (primal - lower) / np.maximum(1.0, np.abs(primal))
+            newly = ~cert & (gap <= gap_tol) & (np.abs(grad).max(1) <= tol)
+            y_best[newly], gaps[newly] = y[newly], gap[newly]
+            cert |= newly
+            prev = (mu, eps, slope_eps)
+        else:
+            prev = (mu, eps, None)
+        if cert.all():
+            break
+    y_best[~cert] = y[~cert]
+    return y_best, cert, np.maximum(gaps, 0.0)
+
+
+def _highs_fallback(y, groups, entries, phi, w):
+    """HiGHS on the penalised LP of the uncertified groups (a vertex, not the min-norm point)."""
+    rsel = groups[entries["row_group"]]
+    vsel = groups[entries["var_group"]]
+    rows_new = np.full(len(rsel), -1)
+    rows_new[rsel] = np.arange(rsel.sum())
+    vars_new = np.full(len(vsel), -1)
+    vars_new[vsel] = np.arange(vsel.sum())
+    esel = rsel[entries["entry_row"]]
+    m, n = int(rsel.sum()), int(vsel.sum())
+    A = sparse.csr_matrix(
+        (
+            entries["entry_val"][esel],
+            (rows_new[entries["entry_row"][esel]], vars_new[entries["entry_var"][esel]]),
+        ),
+        shape=(m, n),
+    )
+    eye = sparse.identity(m, format="csr")
+    A_eq = sparse.hstack([A, eye, -eye], format="csr")  # A y + v+ - v- = phi
+    c = np.r_[np.ones(n), np.full(2 * m, w)]
+    bounds = np.r_[np.tile([0.0, 1.0], (n, 1)), np.tile([0.0, np.inf], (2 * m, 1))]
+    res = linprog(c, A_eq=A_eq, b_eq=phi[entries["rows"][rsel]], bounds=bounds, method="highs")
+    if res.x is not None:  # the elastic LP is always feasible and bounded
+        y = y.copy()
+        y[vsel] = res.x[:n]
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Δ pseudo labels and the target schedule (paper.md §1.7, §1.8; method.py:172-262)
+
+REGEN_EPOCHS = (200, 230, 245, 260, 275, 300)
+"""0-based epochs at whose start the pseudo labels are regenerated."""
+ZERO_TARGET_UNTIL = 200
+"""Up to and including this epoch the pseudo-label target is zero (no distillation)."""
+DELTA_START = 251
+"""First epoch trained on Δ pseudo labels instead of the latest pseudo labels."""
+DELTA_COEFFICIENTS = ((251, 2.0), (301, 2.15))
+"""``(first epoch, alpha)`` pairs: alpha of the Δ pseudo labels from that epoch on."""
+HISTORY_LENGTH = 3
+"""Pseudo-label sets the reference keeps (only the latest two are ever read)."""
+
+
+def delta_pseudo_labels(latest: Any, previous: Any, coefficient: float, *, clamp_min=None) -> Any:
+    """Δ pseudo labels ``coefficient * (latest - previous)`` (paper.md §1.7).
+
+    Entries can be negative: a class whose label fell between two regenerations is pushed
+    down by the cross-entropy (the "self-correction"; unbounded ascent, §7 Q6).
+
+    Args:
+        latest: (T, C+1) pseudo labels of the latest regeneration (numpy or torch).
+        previous: (T, C+1) pseudo labels of the regeneration before it.
+        coefficient: alpha (2.0, then 2.15 in the reference schedule).
+        clamp_min: if given, entries below it are raised to it (e.g. 0 forbids unlearning);
+            None (default) reproduces the reference.
+
+    Returns:
+        Same type and shape as ``latest``.
+    """
+    if tuple(latest.shape) != tuple(previous.shape):
+        raise ValueError(f"shape mismatch: {tuple(latest.shape)} vs {tuple(previous.shape)}")
+    delta = coefficient * (latest - previous)
+    if clamp_min is None:
+        return delta
+    return delta.clamp(min=clamp_min) if hasattr(delta, "clamp") else np.maximum(delta, clamp_min)
+
+
+def update_history(
+    history: Sequence[tuple[int, Any]],
+    epoch: int,
+    labels: Any,
+    history_length: int = HISTORY_LENGTH,
+) -> list[tuple[int, Any]]:
+    """Append one regeneration ``(epoch, labels)`` and keep the last ``history_length``."""
+    return (list(history) + [(epoch, labels)])[-history_length:]
+
+
+def pseudo_target(
+    epoch: int,
+    history: Mapping[int, Any] | Sequence[tuple[int, Any]],
+    *,
+    regen_epochs: Sequence[int] = REGEN_EPOCHS,
+    zero_target_until: int = ZERO_TARGET_UNTIL,
+    delta_start: int = DELTA_START,
+    delta_coefficients: Sequence[tuple[int, float]] = DELTA_COEFFICIENTS,
+    clamp_min: float | None = None,
+) -> Any | None:
+    """Pseudo-label target of the distillation loss at ``epoch`` (the §1.8 table).
+
+    ``epoch <= zero_target_until``: None (zero target). Then the latest regeneration ``Y(r)``
+    with ``r <= epoch`` until ``delta_start``; from ``delta_start`` on
+    ``alpha * (Y(latest) - Y(previous))``, alpha from ``delta_coefficients``.
+
+    Args:
+        epoch: 0-based epoch; regenerations at ``epoch`` happen before its first batch.
+        history: regenerations so far, ``{regen_epoch: labels}`` or ``[(regen_epoch, labels)]``.
+        regen_epochs: epochs that regenerate; the latest one ``<= epoch`` is used.
+        zero_target_until: last epoch with a zero target.
+        delta_start: first epoch with Δ pseudo labels.
+        delta_coefficients: ``(first epoch, alpha)`` pairs, sorted by epoch.
+        clamp_min: passed to :func:`delta_pseudo_labels`.
+
+    Returns:
+        The target labels (type of the stored labels), or None for a zero target.
+
+    Raises:
+        KeyError: a regeneration the schedule needs is missing from ``history``.
+    """
+    if epoch <= zero_target_until:
+        return None
+    store = dict(history)
+    done = [r for r in sorted(regen_epochs) if r <= epoch]
+    if not done:
+        return None
+    use_delta = epoch >= delta_start and len(done) >= 2
+    needed = done[-2:] if use_delta else done[-1:]
+    missing = [r for r in needed if r not in store]
+    if missing:
+        raise KeyError(f"epoch {epoch}: pseudo labels of regeneration(s) {missing} missing")
+    if not use_delta:
+        return store[done[-1]]
+    alpha = [a for first, a in delta_coefficients if first <= epoch][-1]
+    return delta_pseudo_labels(store[done[-1]], store[done[-2]], alpha, clamp_min=clamp_min)
+
+
+# --------------------------------------------------------------------------------------------
+# Quality of pseudo labels against ground truth
+
+
+def pseudo_label_quality(
+    pseudo: np.ndarray,
+    gt_segments: np.ndarray,
+    gt_labels: np.ndarray,
+    *,
+    pseudo_segments: np.ndarray | None = None,
+    pseudo_segment_labels: np.ndarray | None = None,
+    tiou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Where the pseudo-label mass lies, and how good the pseudo segments are, against GT.
+
+    A snippet ``t`` is inside the GT of class c when its centre ``t + 0.5`` lies in a GT
+    segment of class c. Segment precision / recall are best-match rates (not one-to-one):
+    a pseudo segment is a hit when its best same-class GT tIoU is >= ``tiou_threshold``, and a
+    GT segment is found when its best same-class pseudo segment tIoU is.
+
+    Args:
+        pseudo: (T, C+1) pseudo labels.
+        gt_segments: (M, 2) float, GT ``[start, end)`` in snippets.
+        gt_labels: (M,) int GT classes in ``[0, C)``.
+        pseudo_segments: (N, 2) float fused segments in snippets (optional).
+        pseudo_segment_labels: (N,) int their columns.
+        tiou_threshold: tIoU of a hit.
+
+    Returns:
+        ``mass_inside`` / ``mass_outside``: (C+1,) label mass inside / outside that class's GT
+        (the background column counts snippets inside any GT as inside); ``inside_fraction``
+        (total inside over total mass, nan without mass); with segments also ``precision``,
+        ``recall``, ``mean_best_tiou`` (mean over pseudo segments) and ``mean_gt_best_tiou``.
+    """
+    pseudo = _to_numpy(pseudo, np.float64)
+    T, ncol = pseudo.shape
+    gts = _to_numpy(gt_segments, np.float64).reshape(-1, 2)
+    gtl = _to_numpy(gt_labels, np.int64).reshape(-1)
+    centre = np.arange(T) + 0.5
+    in_gt = (centre[None, :] >= gts[:, :1]) & (centre[None, :] < gts[:, 1:])  # (M, T)
+    inside = np.zeros((ncol, T), bool)
+    np.logical_or.at(inside, gtl, in_gt)
+    inside[ncol - 1] = in_gt.any(0)  # background column: "inside" = inside any action
+    mass_in = (pseudo.T * inside).sum(1)
+    mass_out = (pseudo.T * ~inside).sum(1)
+    total = mass_in.sum() + mass_out.sum()
+    out: dict[str, Any] = {
+        "mass_inside": mass_in,
+        "mass_outside": mass_out,
+        "inside_fraction": float(mass_in.sum() / total) if total > 0 else float("nan"),
+    }
+    if pseudo_segments is not None:
+        ps = _to_numpy(pseudo_segments, np.float64).reshape(-1, 2)
+        pl = _to_numpy(pseudo_segment_labels, np.int64).reshape(-1)
+        tiou = pairwise_tiou(ps, gts) * (pl[:, None] == gtl[None, :])  # (N, M) same class only
+        best_p = tiou.max(1) if tiou.shape[1] else np.zeros(len(ps))
+        best_g = tiou.max(0) if tiou.shape[0] else np.zeros(len(gts))
+        out |= {
+            "precision": float((best_p >= tiou_threshold).mean()) if len(ps) else float("nan"),
+            "recall": float((best_g >= tiou_threshold).mean()) if len(gts) else float("nan"),
+            "mean_best_tiou": float(best_p.mean()) if len(ps) else float("nan"),
+            "mean_gt_best_tiou": float(best_g.mean()) if len(gts) else float("nan"),
+        }
+    return out
