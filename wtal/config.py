@@ -231,6 +231,11 @@ class PseudoConfig:
     """alpha before / from ``delta_switch`` (method.py:252,258)."""
     delta_switch: int = 301
     """First epoch of the second delta coefficient."""
+    delta_clamp_min: float | None = None
+    """Clamp delta labels from below (e.g. 0.0); None keeps the reference's negative targets,
+    which push a class whose label fell down (paper.md §7 Q6)."""
+    history_length: int = 3
+    """Pseudo-label sets kept (method.py:178-181); delta labels need at least 2."""
     dist_weight: float = 10.0
     """λ_dist at the first regeneration epoch (``--dist_loss``)."""
     dist_growth: float = 1.035

@@ -33,7 +33,9 @@ from wtal.losses import (
     pseudo_label_loss,
     snippet_distill_loss,
 )
+from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.model import ModelOutput, WTALModel
+from wtal.pseudo import pseudo_target, solve_pseudo_labels, update_history
 from wtal.segments import snippets_to_seconds
 
 log = logging.getLogger("wtal")
@@ -353,7 +355,7 @@ def generate_pseudo_labels(
         dropout=cfg.pseudo.teacher_dropout,
     )
     labels: dict[str, Tensor] = {}
-    totals = {"lps": 0.0, "infeasible": 0.0, "segments": 0.0}
+    totals = {"segments": 0, "lps": 0, "infeasible": 0, "fallback": 0, "solve_s": 0.0}
     for pred in preds:
         found = detect(pred, cfg.detect, temperature=temperature, background=True)
         if cfg.pseudo.gt_classes_only:
@@ -366,12 +368,40 @@ def generate_pseudo_labels(
             found.labels.numpy(),
             num_snippets=pred.cas.shape[0],
             num_columns=pred.cas.shape[1],
+            video=pred.video_id,
         )
         labels[pred.video_id] = torch.from_numpy(np.asarray(y, dtype=np.float32))
+        totals["segments"] += len(found.scores)
         totals["lps"] += stats.n_lps
         totals["infeasible"] += stats.n_infeasible
-        totals["segments"] += len(found.scores)
+        totals["fallback"] += stats.n_fallback
+        totals["solve_s"] += stats.solve_time_s
     return labels, totals
+
+
+def select_pseudo_target(
+    epoch: int, history: list[tuple[int, dict[str, Tensor]]], cfg: Config
+) -> dict[str, Tensor] | None:
+    """The pseudo-label target of every training video at ``epoch`` (the §1.8 table): None
+    (zero target), the latest labels, or delta labels alpha * (latest - previous)."""
+    if not history:
+        return None
+    p = cfg.pseudo
+    schedule = dict(
+        regen_epochs=p.regen_epochs,
+        zero_target_until=p.regen_epochs[0],
+        delta_start=p.delta_start if p.delta else cfg.train.epochs,
+        delta_coefficients=((p.delta_start, p.delta_coefficients[0]),
+                            (p.delta_switch, p.delta_coefficients[1])),
+        clamp_min=p.delta_clamp_min,
+    )
+    targets = {}
+    for vid in history[-1][1]:
+        target = pseudo_target(epoch, [(e, labels[vid]) for e, labels in history], **schedule)
+        if target is None:
+            return None
+        targets[vid] = target
+    return targets
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -527,7 +557,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
                 model.memory.reset()
             temperature = pc.temperatures[pc.regen_epochs.index(epoch)]
             labels, stats = generate_pseudo_labels(model, train_set, cfg, temperature, device)
-            history = (history + [(epoch, labels)])[-PSEUDO_HISTORY:]
+            history = update_history(history, epoch, labels, history_length=pc.history_length)
             record["pseudo"] = {"temperature": temperature, **stats}
         targets = select_pseudo_target(epoch, history, cfg) if pc.enabled else None
 
