@@ -69,6 +69,15 @@ def l2_normalize(x: Tensor, eps: float = 1e-9) -> Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
+def inverse_norm(x: Tensor, eps: float = 1e-9) -> Tensor:
+    """``1 / (||x||_2 + eps)`` along the last dim, shape ``x.shape[:-1]``.
+
+    Cosine scores of snippet features are computed as ``(x @ c.T) * inverse_norm(x)``: the
+    same numbers as normalising ``x`` first, without another (B, T, E) tensor and its backward.
+    """
+    return 1.0 / (x.norm(dim=-1) + eps)
+
+
 def em_bases(
     x: Tensor,
     mask: Tensor,
@@ -78,6 +87,7 @@ def em_bases(
     sharpness: float = 5.0,
     eps: float = 1e-9,
     norm_eps: float = 1e-9,
+    x_inv_norm: Tensor | None = None,
 ) -> Tensor:
     """Video-specific bases by EM over the valid snippets (main_branch.py:107-118).
 
@@ -89,16 +99,20 @@ def em_bases(
         sharpness: multiplier of the cosine similarity inside the softmax over bases.
         eps: added to the per-basis responsibility sum before normalising over time.
         norm_eps: epsilon of the L2 normalisation.
+        x_inv_norm: (B, T) ``inverse_norm(x, norm_eps)`` when the caller already has it.
 
     Returns:
         (B, K, E) bases; each is a responsibility-weighted mean of valid snippets.
     """
-    x_hat = l2_normalize(x, norm_eps)  # (B, T, E)
-    valid = mask[:, None, :].to(x.dtype)  # (B, 1, T)
+    # Cosine similarity with the snippet norm folded into the (K, T) product; padded
+    # columns are zeroed with the mask.
+    if x_inv_norm is None:
+        x_inv_norm = inverse_norm(x, norm_eps)
+    x_scale = (x_inv_norm * mask.to(x.dtype))[:, None, :]  # (B, 1, T)
     mu = init.expand(x.shape[0], -1, -1)  # (B, K, E)
     for _ in range(iters):
-        sim = l2_normalize(mu, norm_eps) @ x_hat.transpose(1, 2)  # (B, K, T)
-        z = torch.softmax(sharpness * sim, dim=1) * valid  # (B, K, T), padded columns 0
+        sim = (l2_normalize(mu, norm_eps) @ x.transpose(1, 2)) * x_scale  # (B, K, T)
+        z = torch.softmax(sharpness * sim, dim=1) * mask[:, None, :]  # (B, K, T), padded cols 0
         z_bar = z / (z.sum(-1, keepdim=True) + eps)  # normalised over time
         mu = z_bar @ x  # (B, K, E)
     return mu
@@ -115,6 +129,7 @@ def random_walk(
     eps: float = 1e-9,
     norm_eps: float = 1e-9,
     method: str = "woodbury",
+    x_inv_norm: Tensor | None = None,
 ) -> Tensor:
     """Propagate prototypes into snippets: ``(1-w) (I - w^2 P)^-1 (w z^T y + x)``.
 
@@ -135,6 +150,7 @@ def random_walk(
         eps: added to each prototype's assignment sum over time.
         norm_eps: epsilon of the L2 normalisation.
         method: ``"woodbury"`` or ``"dense"``.
+        x_inv_norm: (B, T) ``inverse_norm(x, norm_eps)`` when the caller already has it.
 
     Returns:
         (B, T, E) propagated features, 0 at padded snippets. A video without any valid
@@ -142,8 +158,10 @@ def random_walk(
     """
     if method not in RANDOM_WALK_METHODS:
         raise ValueError(f"random walk method must be one of {RANDOM_WALK_METHODS}, not {method!r}")
-    sim = l2_normalize(prototypes, norm_eps) @ l2_normalize(x, norm_eps).transpose(1, 2)
-    logits = sharpness * sim  # (B, K, T)
+    if x_inv_norm is None:
+        x_inv_norm = inverse_norm(x, norm_eps)
+    x_scale = x_inv_norm[:, None, :]  # (B, 1, T)
+    logits = sharpness * (l2_normalize(prototypes, norm_eps) @ x.transpose(1, 2)) * x_scale
     if prototype_mask is not None:
         # A masked-out prototype gets no probability; a video with none at all gets z = 0.
         logits = logits.masked_fill(~prototype_mask[:, :, None], torch.finfo(x.dtype).min)
@@ -152,16 +170,19 @@ def random_walk(
         z = z * prototype_mask[:, :, None].to(x.dtype)
     z_bar = z / (z.sum(-1, keepdim=True) + eps)  # (B, K, T)
     zt = z.transpose(1, 2)  # (B, T, K)
-    rhs = weight * (zt @ prototypes) + x  # (B, T, E)
     w2 = weight**2
     if method == "dense":
         eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        out = torch.linalg.solve(eye - w2 * (zt @ z_bar), rhs)  # (B, T, E)
-    else:
-        eye = torch.eye(z.shape[1], dtype=x.dtype, device=x.device)
-        small = eye - w2 * (z_bar @ zt)  # (B, K, K); identity rows for masked prototypes
-        out = rhs + w2 * (zt @ torch.linalg.solve(small, z_bar @ rhs))  # (B, T, E)
-    return (1.0 - weight) * out
+        rhs = torch.baddbmm(x, zt, prototypes, alpha=weight)  # (B, T, E) w z^T y + x
+        return (1.0 - weight) * torch.linalg.solve(eye - w2 * (zt @ z_bar), rhs)
+    eye = torch.eye(z.shape[1], dtype=x.dtype, device=x.device)
+    small = eye - w2 * (z_bar @ zt)  # (B, K, K); identity rows for masked prototypes
+    # z_bar @ rhs without forming rhs: z_bar x + w (z_bar z^T) y, all (B, K, E).
+    projected = torch.baddbmm(z_bar @ x, z_bar @ zt, prototypes, alpha=weight)
+    solved = torch.linalg.solve(small, projected)  # (B, K, E)
+    # (1 - w) (rhs + w^2 z^T solved) = (1 - w) x + z^T [(1 - w)(w y + w^2 solved)]
+    lifted = (1.0 - weight) * (weight * prototypes + w2 * solved)  # (B, K, E)
+    return torch.baddbmm(x, zt, lifted, beta=1.0 - weight)  # (B, T, E)
 
 
 class ClassMemory(nn.Module):
@@ -356,7 +377,12 @@ class WTALModel(nn.Module):
         )
 
     def _walk(
-        self, x: Tensor, prototypes: Tensor, mask: Tensor, proto_mask: Tensor | None
+        self,
+        x: Tensor,
+        x_inv_norm: Tensor,
+        prototypes: Tensor,
+        mask: Tensor,
+        proto_mask: Tensor | None,
     ) -> Tensor:
         return random_walk(
             x,
@@ -368,16 +394,21 @@ class WTALModel(nn.Module):
             eps=self.em_eps,
             norm_eps=self.norm_eps,
             method=self.walk_method,
+            x_inv_norm=x_inv_norm,
         )
 
-    def _predict(self, x: Tensor, mask: Tensor) -> BranchOutput:
+    def _predict(self, x: Tensor, mask: Tensor, x_inv_norm: Tensor | None = None) -> BranchOutput:
         """Prediction module PM (main_branch.py:154-206) on (B, T, E) features."""
         valid = mask.to(x.dtype)  # (B, T)
-        x_hat = l2_normalize(x, self.norm_eps)  # (B, T, E)
+        if x_inv_norm is None:
+            x_inv_norm = inverse_norm(x, self.norm_eps)
+        x_scale = self.scale * x_inv_norm * valid  # (B, T), 0 when padded
         centers = l2_normalize(self.class_centers, self.norm_eps)  # (C+1, E)
         foreground = l2_normalize(self.foreground_center, self.norm_eps)  # (1, E)
-        logits = self.scale * (x_hat @ centers.T) * valid[..., None]  # (B, T, C+1)
-        attention = torch.sigmoid(self.scale * (x_hat @ foreground.T)[..., 0]) * valid  # (B, T)
+        # One (B, T, C+2) product for the class and the foreground scores.
+        scores = (x @ torch.cat([centers, foreground]).T) * x_scale[..., None]  # (B, T, C+2)
+        logits = scores[..., :-1]  # (B, T, C+1)
+        attention = torch.sigmoid(scores[..., -1]) * valid  # (B, T)
         weights_cw = torch.sigmoid(logits) * valid[..., None]  # (B, T, C+1)
         weights_ca = attention / (attention.sum(1, keepdim=True) + self.attention_eps)
         weights_cw = weights_cw / (weights_cw.sum(1, keepdim=True) + self.attention_eps)
@@ -419,6 +450,8 @@ class WTALModel(nn.Module):
         # rows would otherwise carry ReLU(b) instead of 0.
         hidden = self.dropout(F.relu(self.embedding(features[mask])))  # (N_valid, E)
         embedded = hidden.new_zeros(batch, length, self.embed_dim).index_put((mask,), hidden)
+        # Shared by EM, both random walks and the o branch: one norm (and one backward).
+        inv_norm = inverse_norm(embedded, self.norm_eps)  # (B, T)
 
         bases = em_bases(
             embedded,
@@ -428,21 +461,23 @@ class WTALModel(nn.Module):
             sharpness=self.em_sharpness,
             eps=self.em_eps,
             norm_eps=self.norm_eps,
+            x_inv_norm=inv_norm,
         )  # (B, K, E)
-        propagated = self._walk(embedded, bases, mask, None)  # (B, T, E)
-        o = self._predict(embedded, mask)
+        propagated = self._walk(embedded, inv_norm, bases, mask, None)  # (B, T, E)
+        o = self._predict(embedded, mask, inv_norm)
         m = self._predict(propagated, mask)
         centers = l2_normalize(self.class_centers, self.norm_eps)
         basis_scores = torch.softmax(
             self.scale * (l2_normalize(bases, self.norm_eps) @ centers.T), -1
-        )
+        )  # (B, K, C+1)
 
         r = None
         if use_memory:
             if labels is None:
                 raise ValueError("use_memory=True needs the video labels")
             prototypes, proto_mask = self.memory.read(labels)  # (B, P, E), (B, P)
-            r = self._predict(self._walk(embedded, prototypes, mask, proto_mask), mask)
+            walked = self._walk(embedded, inv_norm, prototypes, mask, proto_mask)  # (B, T, E)
+            r = self._predict(walked, mask)
         return ModelOutput(o, m, r, embedded, bases, basis_scores, propagated)
 
 
