@@ -392,3 +392,12 @@ def test_memory_partial_fill_reset_and_mask_empty():
     assert not mem.read(labels)[1].any()  # empty slots masked ...
     mem.mask_empty = False
     assert mem.read(labels)[1].all()  # ... or kept as zero vectors, as in the reference
+
+
+def test_memory_branch_without_labelled_classes_equals_o_branch():
+    # No prototype at all: the walk gives (1 - w) x, and cosine scores ignore the scale.
+    model = small_model(seed=4).eval()
+    feats, mask = pad(random_videos(2))
+    out = model(feats, mask, torch.zeros(len(LENGTHS), NUM_CLASSES), use_memory=True)
+    for got, want in zip(out.r, out.o, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
