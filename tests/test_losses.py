@@ -1,0 +1,172 @@
+"""Tests of wtal.losses: hand-computed values, masking, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wtal.losses import (
+    attention_loss,
+    base_losses,
+    normalized_ce,
+    pseudo_label_loss,
+    snippet_distillation_loss,
+    video_targets,
+)
+from wtal.model import WTALModel
+
+LN2, LN3 = math.log(2.0), math.log(3.0)
+
+
+def test_video_targets():
+    fg, bg = video_targets(torch.tensor([[1.0, 0.0, 1.0]]))
+    assert fg.tolist() == [[1.0, 0.0, 1.0, 0.0]] and bg.tolist() == [[1.0, 0.0, 1.0, 1.0]]
+
+
+def test_normalized_ce_hand_values():
+    probs = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]])
+    target = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    got = normalized_ce(probs, target)
+    # Row 0: -(1/2 ln 0.5 + 1/2 ln 0.25) = 1.5 ln 2; row 1: empty target -> 0.
+    torch.testing.assert_close(got, torch.tensor([1.5 * LN2, 0.0]))
+    # A probability that underflowed to 0 stays finite (the reference would give inf).
+    assert torch.isfinite(normalized_ce(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])))
+
+
+def test_attention_loss_hand_values_and_padding():
+    long = torch.arange(16, dtype=torch.float32) / 15  # k = 16 // 8 = 2
+    short = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.3, 0.4, 0.6])  # k = max(7 // 8, 1) = 1
+    att = torch.full((2, 16), 5.0)  # out-of-range padding must be ignored
+    att[0], att[1, :7] = long, short
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0], mask[1, :7] = True, True
+    got = attention_loss(att, mask)
+    want = torch.tensor([(0 + 1 / 15) / 2 - (1 + 14 / 15) / 2, 0.1 - 0.9])
+    torch.testing.assert_close(got, want)
+    # The divisor is a parameter: k = 16 // 4 = 4 for the first video.
+    top4, bottom4 = (15 + 14 + 13 + 12) / 60, (0 + 1 + 2 + 3) / 60
+    torch.testing.assert_close(
+        attention_loss(att, mask, topk_divisor=4)[0], torch.tensor(bottom4 - top4)
+    )
+
+
+def reference_spl(logits, target, temperature):
+    """L_spl for one unpadded video, written with math on Python floats."""
+    total = 0.0
+    for s_row, t_row in zip(logits.tolist(), target.tolist(), strict=True):
+        t_exp = [math.exp(v / temperature) for v in t_row]
+        s_exp = [math.exp(v / temperature) for v in s_row]
+        q = [e / sum(t_exp) for e in t_exp]
+        total -= sum(qc * math.log(e / sum(s_exp)) for qc, e in zip(q, s_exp, strict=True))
+    return total / len(logits)
+
+
+def test_snippet_distillation_hand_values_mask_and_detach():
+    # A uniform student gives ln(C+1) whatever the target.
+    got = snippet_distillation_loss(
+        torch.zeros(1, 4, 3), torch.randn(1, 4, 3), torch.ones(1, 4, dtype=bool)
+    )
+    torch.testing.assert_close(got, torch.tensor([LN3]))
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, generator=gen, requires_grad=True)
+    target = torch.randn(2, 5, 3, generator=gen, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+    got = snippet_distillation_loss(logits, target, mask, temperature=0.2)
+    want = [
+        reference_spl(logits[0], target[0], 0.2),
+        reference_spl(logits[1, :2], target[1, :2], 0.2),
+    ]
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert target.grad is None  # the target is detached
+    assert (logits.grad[1, 2:] == 0).all() and logits.grad[1, :2].abs().sum() > 0
+
+
+def test_pseudo_label_loss_hand_values_negative_and_mask():
+    mask = torch.tensor([[True, True, False]])
+    zeros = torch.zeros(1, 3, 2)  # log softmax = -ln 2 everywhere
+    labels = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [9.0, 9.0]]])  # padded row is garbage
+    torch.testing.assert_close(pseudo_label_loss(zeros, zeros, labels, mask), torch.tensor([LN2]))
+    # Delta labels can be negative, and so can the loss.
+    torch.testing.assert_close(pseudo_label_loss(zeros, zeros, -labels, mask), torch.tensor([-LN2]))
+    # 0.8 / 0.2 mix of the branches: o confident on the labelled class, m uniform.
+    o = torch.tensor([[[math.log(3.0), 0.0]] * 3])  # softmax = (3/4, 1/4)
+    one_hot = torch.tensor([[[1.0, 0.0]] * 3])
+    want = 0.8 * -math.log(0.75) + 0.2 * LN2
+    torch.testing.assert_close(pseudo_label_loss(o, zeros, one_hot, mask), torch.tensor([want]))
+    torch.testing.assert_close(
+        pseudo_label_loss(o, zeros, one_hot, mask, o_weight=1.0), torch.tensor([-math.log(0.75)])
+    )
+
+
+def tiny_setup(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    model = WTALModel(8, 3, embed_dim=12, num_bases=3, dropout=0.0, generator=gen)
+    lengths = (9, 4, 17)
+    feats = torch.randn(3, max(lengths), 8, generator=gen)
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    model.memory.update(
+        torch.randn(3, 3, 12, generator=gen),
+        torch.softmax(torch.randn(3, 3, 4, generator=gen), -1),
+        torch.ones(3, 3),
+    )
+    return model, feats, mask, labels
+
+
+@pytest.mark.parametrize("use_memory", [False, True])
+def test_base_losses_padded_batch_equals_single_videos(use_memory):
+    model, feats, mask, labels = tiny_setup()
+    model.eval()
+    with torch.no_grad():
+        batched = base_losses(model(feats, mask, labels, use_memory=use_memory), labels, mask)
+        for i in range(3):
+            t = int(mask[i].sum())
+            single_out = model(feats[i : i + 1, :t], None, labels[i : i + 1], use_memory=use_memory)
+            single = base_losses(single_out, labels[i : i + 1], torch.ones(1, t, dtype=torch.bool))
+            for name, value in batched.items():
+                assert value.shape == (3,)
+                torch.testing.assert_close(value[i : i + 1], single[name], atol=1e-5, rtol=1e-5)
+
+
+def test_base_losses_composition_with_memory_branch():
+    model, feats, mask, labels = tiny_setup(1)
+    out = model.eval()(feats, mask, labels, use_memory=True)
+    fg, bg = video_targets(labels)
+    got = base_losses(out, labels, mask, memory_weight=0.5, memory_target_weight=0.2)
+    nce = normalized_ce
+    want_fore = nce(out.o.video_ca, fg) + nce(out.m.video_ca, fg) + 0.5 * nce(out.r.video_ca, fg)
+    want_back = nce(out.o.video_cw, bg) + nce(out.m.video_cw, bg) + 0.5 * nce(out.r.video_cw, bg)
+    target = 0.2 * out.r.logits + 0.8 * out.m.logits
+    torch.testing.assert_close(got["fore"], want_fore)
+    torch.testing.assert_close(got["back"], want_back)
+    torch.testing.assert_close(got["spl"], snippet_distillation_loss(out.o.logits, target, mask))
+    torch.testing.assert_close(got["att"], attention_loss(out.o.attention, mask))
+    without = base_losses(out._replace(r=None), labels, mask)
+    assert (got["fore"] > without["fore"]).all()
+
+
+def test_gradient_steps_decrease_total_loss():
+    model, feats, mask, labels = tiny_setup(2)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pseudo = torch.rand(3, feats.shape[1], 4, generator=torch.Generator().manual_seed(3))
+
+    def total() -> torch.Tensor:
+        out = model(feats, mask, labels, use_memory=True)
+        parts = base_losses(out, labels, mask)
+        dist = pseudo_label_loss(out.o.logits, out.m.logits, pseudo, mask)
+        loss = parts["fore"] + 0.2 * parts["back"] + 0.1 * parts["att"] + parts["spl"] + dist
+        return loss.sum()
+
+    first = total()
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss = total()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        optimizer.step()
+    assert total().item() < first.item() - 0.1
