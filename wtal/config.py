@@ -72,14 +72,21 @@ class ModelConfig:
     em_iters: int = 2
     """EM iterations (``--em-iter``)."""
     em_sharpness: float = 5.0
-    """Softmax sharpness of the EM and random-walk affinities (main_branch.py:29,113)."""
+    """Softmax sharpness of the EM affinities (main_branch.py:113)."""
+    walk_sharpness: float = 5.0
+    """Softmax sharpness of the random-walk affinities (main_branch.py:29)."""
     walk_weight: float = 0.5
     """Random-walk propagation weight w (``--w``)."""
+    walk_method: str = "woodbury"
+    """``woodbury`` solves the random walk's (I - w^2 P) system through a K x K system (exact,
+    O(T K^2)); ``dense`` solves the T x T system literally."""
     queue_len: int = 5
     """Memory slots per class (``--mu-queue-len``)."""
     memory_index_bug: bool = False
     """Reproduce the reference's memory indexing bug that always uses class 0's queue
     (paper.md §7 Q1). Off: each class reads and writes its own queue."""
+    memory_mask_empty: bool = False
+    """Leave never-written memory slots out of the walk; the reference uses them as zeros."""
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,7 @@ from wtal.config import Config, DetectConfig, config_to_dict, save_config
 from wtal.data import Batch, FeatureDataset, collate
 from wtal.fusion import detect as detect_segments
 from wtal.io import InputError, atomic_path, write_json
-from wtal.losses import (
-    attention_loss,
-    normalized_ce,
-    pseudo_label_loss,
-    snippet_distill_loss,
-)
+from wtal.losses import base_losses, pseudo_label_loss
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.model import ModelOutput, WTALModel
 from wtal.pseudo import pseudo_target, solve_pseudo_labels, update_history
@@ -106,22 +101,15 @@ def compute_losses(
         epoch: 0-based epoch, selects the scheduled weights.
     """
     lc = cfg.loss
-    zeros = labels.new_zeros(labels.shape[0], 1)
-    fore_target = torch.cat([labels, zeros], dim=1)  # (B, C+1), background off
-    back_target = torch.cat([labels, zeros + 1], dim=1)  # (B, C+1), background on
-    fore = normalized_ce(out.o.video_ca, fore_target) + normalized_ce(out.m.video_ca, fore_target)
-    back = normalized_ce(out.o.video_cw, back_target) + normalized_ce(out.m.video_cw, back_target)
-    spl_target = out.m.logits
-    if out.r is not None:
-        fore = fore + lc.memory_branch_weight * normalized_ce(out.r.video_ca, fore_target)
-        back = back + lc.memory_branch_weight * normalized_ce(out.r.video_cw, back_target)
-        spl_target = lc.spl_memory_mix * out.r.logits + (1 - lc.spl_memory_mix) * out.m.logits
-    terms = {
-        "fore": fore,
-        "back": back,
-        "att": attention_loss(out.o.attention, mask, divisor=lc.att_topk_divisor),
-        "spl": snippet_distill_loss(out.o.logits, spl_target, mask, temperature=lc.spl_temperature),
-    }
+    terms = base_losses(
+        out,
+        labels,
+        mask,
+        memory_weight=lc.memory_branch_weight,
+        memory_target_weight=lc.spl_memory_mix,
+        spl_temperature=lc.spl_temperature,
+        topk_divisor=lc.att_topk_divisor,
+    )
     total = (
         lc.fore_weight * terms["fore"]
         + lc.back_weight * terms["back"]
