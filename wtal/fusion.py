@@ -53,8 +53,11 @@ def segment_overlap(anchors: Tensor, others: Tensor, measure: str = "ratio") -> 
     Returns:
         (N,) float64 overlap, ``>= 0``; ``"iou"`` gives 0 where the union is 0.
     """
-    a_s, a_e = anchors[:, 0], anchors[:, 1]
-    o_s, o_e = others[:, 0], others[:, 1]
+    return _overlap(anchors[:, 0], anchors[:, 1], others[:, 0], others[:, 1], measure)
+
+
+def _overlap(a_s: Tensor, a_e: Tensor, o_s: Tensor, o_e: Tensor, measure: str) -> Tensor:
+    """:func:`segment_overlap` on separate (N,) start and end tensors."""
     if measure == "ratio":
         inter = torch.clamp(torch.minimum(a_e, o_e) - torch.maximum(a_s, o_s) + 1, min=0)
         return inter / (o_e - o_s + 1)
@@ -127,7 +130,7 @@ def greedy_clusters(
         themselves).
     """
     _check(proposals, overlap_threshold, overlap)
-    segments, scores = proposals.segments, proposals.scores
+    segments, scores = proposals.segments.to(torch.float64), proposals.scores
     n = scores.shape[0]
     owner = torch.full((n,), -1, dtype=torch.long, device=scores.device)
     if n == 0:
@@ -135,15 +138,23 @@ def greedy_clusters(
     component = _components(segments, proposals.labels, overlap)
     order = torch.sort(scores, descending=True, stable=True).indices
     active = order[torch.sort(component[order], stable=True).indices]  # (component, rank)
-    while active.numel() > 0:
-        group = component[active]
+    # The pool as one (4, A) float64 table [index, component, start, end] kept in
+    # (component, rank) order: one index_select per round keeps all of it in sync
+    # (indices and ids are exact in float64 up to 2**53).
+    pool = torch.stack(
+        [active.to(torch.float64), component[active].to(torch.float64), *segments[active].T]
+    )
+    positions = torch.arange(n, device=scores.device)
+    while pool.shape[1] > 0:
+        index, group = pool[0].long(), pool[1]
         head = torch.ones_like(group, dtype=torch.bool)  # best remaining of each component
-        head[1:] = group[1:] != group[:-1]
-        anchor = active[head][torch.cumsum(head, dim=0) - 1]  # (A,) each one's anchor
-        ov = segment_overlap(segments[anchor], segments[active], overlap)
+        torch.ne(group[1:], group[:-1], out=head[1:])
+        anchor_pos = torch.where(head, positions[: len(group)], 0).cummax(0).values  # (A,)
+        anchor = pool[2:].index_select(1, anchor_pos)  # (2, A) anchor start, end
+        ov = _overlap(anchor[0], anchor[1], pool[2], pool[3], overlap)
         member = head | (ov > overlap_threshold)
-        owner[active[member]] = anchor[member]
-        active = active[~member]
+        owner[index[member]] = index[anchor_pos[member]]
+        pool = pool.index_select(1, torch.nonzero(~member).flatten())
     return owner
 
 

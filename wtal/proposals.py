@@ -214,14 +214,21 @@ def _oic_float32(cas_ct, row, s, inner_stop, left_start, left_len, right_start, 
     The reference takes ``np.mean`` of float32 slices: a float32 pairwise sum, a division
     rounded to float32, and ``inner - outer`` in float32. Returned as float64.
     """
-    flat = cas_ct.reshape(-1)  # float32
+    # One flat float32 source with a trailing 0.0 that padded positions read (adding +0.0
+    # never changes a float32 sum); inner and outer lists summed in one batched call.
+    flat = torch.cat([cas_ct.reshape(-1), cas_ct.new_zeros(1)])
     base = row * cas_ct.shape[1]
-    zero = torch.zeros_like(s)
     inner_len = inner_stop - s
-    inner_sum = _pairwise_sum_f32(flat, base + s, inner_len, zero, inner_len)
-    inner = (inner_sum.double() / inner_len).float()
     outer_len = left_len + right_len
-    outer_sum = _pairwise_sum_f32(flat, base + left_start, left_len, base + right_start, outer_len)
+    sums = _pairwise_sum_f32(
+        flat,
+        a_start=torch.cat([base + s, base + left_start]),
+        a_len=torch.cat([inner_len, left_len]),
+        b_start=torch.cat([base + s, base + right_start]),
+        n=torch.cat([inner_len, outer_len]),
+    )
+    inner_sum, outer_sum = sums.split(len(s))
+    inner = (inner_sum.double() / inner_len).float()
     outer = (outer_sum.double() / outer_len.clamp(min=1)).float()
     phi = torch.where(outer_len > 0, inner - outer, inner)  # float32 subtraction
     return inner.double(), phi.double()
@@ -233,14 +240,13 @@ def _gather_two_ranges(
     """Values at list positions ``pos`` ((R, ...) int64) of two concatenated ranges per row.
 
     Position ``p`` of row ``r`` is ``flat[a_start[r] + p]`` when ``p < a_len[r]``, else
-    ``flat[b_start[r] + p - a_len[r]]``. Invalid positions give +0.0, which never changes a
-    float32 sum.
+    ``flat[b_start[r] + p - a_len[r]]``. Invalid positions read ``flat[-1]``, which the
+    caller sets to +0.0.
     """
     shape = (-1,) + (1,) * (pos.ndim - 1)
     a_len = a_len.view(shape)
     idx = torch.where(pos < a_len, a_start.view(shape) + pos, b_start.view(shape) + pos - a_len)
-    idx = torch.where(valid, idx, 0).clamp(0, flat.numel() - 1)
-    return torch.where(valid, flat[idx], 0.0)
+    return flat[torch.where(valid, idx, flat.numel() - 1)]
 
 
 def _pairwise_sum_f32(
@@ -261,7 +267,7 @@ def _pairwise_sum_f32(
     remaining values are added in order. Verified bit for bit against ``np.mean`` in tests.
 
     Args:
-        flat: (M,) float32 source values.
+        flat: (M,) float32 source values, the last one 0.0 (read by padded positions).
         a_start: (R,) int64 start of the first range in ``flat``.
         a_len: (R,) int64 length of the first range.
         b_start: (R,) int64 start of the second range in ``flat``.
