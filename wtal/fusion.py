@@ -290,9 +290,10 @@ def soft_nms(
     Args:
         proposals: :class:`Segments` (N proposals, any classes).
         sigma: Gaussian decay width (0.5 as in the soft-NMS paper).
-        score_threshold: drop a remaining proposal once its decayed score is below this;
-            None keeps every proposal (OIC scores can be <= 0, and decay moves negative
-            scores up towards 0, so soft-NMS is meant for ablations with positive scores).
+        score_threshold: drop every proposal whose (decayed) score is below this, before
+            the first pick and after each decay; None keeps every proposal. OIC scores can
+            be <= 0 and decay moves negative scores up towards 0: soft-NMS is meant for
+            ablations with positive scores.
         overlap: overlap measure, see :data:`OVERLAP_MEASURES`.
 
     Returns:
@@ -310,6 +311,8 @@ def soft_nms(
     component = _components(segments, proposals.labels, overlap)
     num_components = int(component.max()) + 1
     active = torch.sort(component, stable=True).indices  # (component, index)
+    if score_threshold is not None:  # pruning also applies before the first pick
+        active = active[current[active] >= score_threshold]
     taken, taken_scores = [], []
     while active.numel() > 0:
         group = component[active]
