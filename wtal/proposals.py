@@ -154,10 +154,11 @@ def generate_proposals(
     binary = (cas_ct[:, None, :] > thr[None, :, None]).to(torch.int8)  # (C', n_thr, T)
     binary = torch.nn.functional.pad(binary, (1, 1))  # (C', n_thr, T + 2)
     step = binary[..., 1:] - binary[..., :-1]  # (C', n_thr, T + 1)
-    # nonzero() is row-major, so the i-th start and the i-th end belong to the same run, and
-    # the order is (class, threshold, start): the reference's generation order.
-    starts = torch.nonzero(step == 1)  # (R, 3): class row, threshold, s
-    ends = torch.nonzero(step == -1)[:, 2]  # (R,) e, exclusive
+    # In every (class, threshold) row the steps alternate +1 (start s), -1 (end e,
+    # exclusive); nonzero() is row-major, so its even entries are starts, the odd ones the
+    # matching ends, in (class, threshold, start) order: the reference's generation order.
+    steps = torch.nonzero(step)  # (2R, 3): class row, threshold, position
+    starts, ends = steps[0::2], steps[1::2, 2]
     row, s = starts[:, 0], starts[:, 2]
     length = ends - s  # (R,)
     keep = length >= min_length
@@ -307,17 +308,16 @@ def _pairwise_leaf_f32(
 ) -> Tensor:
     """numpy's pairwise leaf (``n <= 128``, at most ``blocks`` blocks of 8) per row, float32."""
     n_lanes = n - n % _PAIRWISE_LANES  # values that go to the 8 partial sums
+    lane_pos = torch.arange(blocks * _PAIRWISE_LANES, device=flat.device).expand(len(n), -1)
+    tail_pos = n_lanes[:, None] + torch.arange(_PAIRWISE_LANES - 1, device=flat.device)
+    pos = torch.cat([lane_pos, tail_pos], dim=1)  # (R, 8 * blocks + 7) list positions
+    valid = torch.cat([lane_pos < n_lanes[:, None], tail_pos < n[:, None]], dim=1)
+    vals = _gather_two_ranges(flat, *ranges, offset[:, None] + pos, valid)  # one gather
     lanes = torch.zeros(len(n), _PAIRWISE_LANES, dtype=torch.float32, device=flat.device)
-    if blocks > 0:
-        pos = torch.arange(blocks * _PAIRWISE_LANES, device=flat.device)
-        pos = pos.view(1, blocks, _PAIRWISE_LANES)
-        valid = pos < n_lanes.view(-1, 1, 1)
-        vals = _gather_two_ranges(flat, *ranges, offset.view(-1, 1, 1) + pos, valid)
-        for b in range(blocks):  # numpy adds block after block into the 8 partial sums
-            lanes = lanes + vals[:, b]  # (R, 8)
+    for b in range(blocks):  # numpy adds block after block into the 8 partial sums
+        lanes = lanes + vals[:, b * _PAIRWISE_LANES : (b + 1) * _PAIRWISE_LANES]  # (R, 8)
     r = lanes.unbind(1)
     total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
     for k in range(_PAIRWISE_LANES - 1):  # the n % 8 trailing values, in order
-        pos_k = n_lanes + k
-        total = total + _gather_two_ranges(flat, *ranges, offset + pos_k, pos_k < n)
+        total = total + vals[:, blocks * _PAIRWISE_LANES + k]
     return total
