@@ -201,6 +201,12 @@ class DetectConfig:
     """Fusion temperature T of the weights exp(inner / T) (``--eval_temperature``)."""
     overlap_threshold: float = 0.25
     """Proposals overlapping the top one by more than this are fused or suppressed."""
+    overlap: str = "ratio"
+    """``ratio``: intersection over the lower-ranked proposal's length with inclusive +1
+    arithmetic, as the reference (detectionMAP.py:157-245); ``iou``: textbook tIoU."""
+    float32_means: bool = False
+    """Average the CAS in float32 like the reference's numpy code (bit-level parity, ~2x
+    slower); the float64 default differs by about 1e-6."""
     soft_nms_sigma: float = 0.5
     """Gaussian soft-NMS decay sigma (ablation only)."""
 
@@ -211,6 +217,7 @@ class DetectConfig:
             self.fusion,
             "one of gaussian, nms, soft-nms, none",
         )
+        _check(self.overlap in ("ratio", "iou"), "detect.overlap", self.overlap, "ratio or iou")
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,9 @@ def detect(
         method=dcfg.fusion,
         temperature=dcfg.temperature if temperature is None else temperature,
         overlap_threshold=dcfg.overlap_threshold,
-        soft_nms_sigma=dcfg.soft_nms_sigma,
+        overlap=dcfg.overlap,
+        sigma=dcfg.soft_nms_sigma,
+        float32_means=dcfg.float32_means,
     )
 
 
@@ -379,8 +381,10 @@ def select_pseudo_target(
         regen_epochs=p.regen_epochs,
         zero_target_until=p.regen_epochs[0],
         delta_start=p.delta_start if p.delta else cfg.train.epochs,
-        delta_coefficients=((p.delta_start, p.delta_coefficients[0]),
-                            (p.delta_switch, p.delta_coefficients[1])),
+        delta_coefficients=(
+            (p.delta_start, p.delta_coefficients[0]),
+            (p.delta_switch, p.delta_coefficients[1]),
+        ),
         clamp_min=p.delta_clamp_min,
     )
     targets = {}
