@@ -55,17 +55,24 @@ def build_model(cfg: Config, feat_dim: int, num_classes: int) -> WTALModel:
     return WTALModel(feat_dim, num_classes, **vars(cfg.model))
 
 
-def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset]:
-    """Training and test splits of ``cfg.data``."""
+def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
+    """The training split as trained on (random-perturbed sampling when resampling), the
+    training split read deterministically (for pseudo labels and memory initialisation), and
+    the test split."""
+    dc = cfg.data
     kwargs = dict(
-        layout=cfg.data.layout,
-        fps=cfg.data.fps,
-        snippet_frames=cfg.data.snippet_frames,
-        num_segments=cfg.data.num_segments or None,
+        layout=dc.layout,
+        fps=dc.fps,
+        snippet_frames=dc.snippet_frames,
+        num_segments=dc.num_segments or None,
+        seed=cfg.train.seed,
     )
-    train_set = FeatureDataset(cfg.data.path, cfg.data.train_subset, sampling="random", **kwargs)
-    test_set = FeatureDataset(cfg.data.path, cfg.data.test_subset, sampling="uniform", **kwargs)
-    return train_set, test_set
+    resampled = dc.num_segments > 0
+    train = FeatureDataset(dc.path, dc.train_subset, sampling="random" if resampled else "uniform",
+                           **kwargs)
+    train_fixed = FeatureDataset(dc.path, dc.train_subset, **kwargs) if resampled else train
+    test = FeatureDataset(dc.path, dc.test_subset, class_names=train.class_names, **kwargs)
+    return train, train_fixed, test
 
 
 def piecewise(epoch: int, milestones: tuple[int, ...], values: tuple[Any, ...]) -> Any:
@@ -214,12 +221,20 @@ class Prediction:
         video_scores: (C+1,) video-level class probabilities, background last.
         cas: (T, C+1) class activation sequence, attention-weighted probabilities.
         attention: (T,) class-agnostic attention in [0, 1].
+        labels: (C,) multi-hot ground-truth video labels (zeros when unknown).
+        fps: frame rate of the video's snippets.
+        snippet_frames: frames per CAS row (after any resampling).
+        duration_s: video duration in seconds (NaN when unknown).
     """
 
     video_id: str
     video_scores: np.ndarray
     cas: np.ndarray
     attention: np.ndarray
+    labels: np.ndarray
+    fps: float
+    snippet_frames: float
+    duration_s: float
 
 
 @torch.no_grad()
@@ -243,21 +258,27 @@ def predict(
     """
     was_training = model.training
     model.train(dropout)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     preds: list[Prediction] = []
-    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="predict", leave=False, disable=not progress):
+        videos = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collate(videos)
         out = model(batch.features.to(device), batch.mask.to(device))
         video_scores = video_mix * out.o.video_ca + (1 - video_mix) * out.m.video_ca  # (B, C+1)
         probs = cas_mix * out.o.logits.softmax(-1) + (1 - cas_mix) * out.m.logits.softmax(-1)
         cas = probs * out.o.attention.unsqueeze(-1)  # (B, T, C+1)
-        for i, vid in enumerate(batch.video_ids):
+        for i, video in enumerate(videos):
             n = int(batch.lengths[i])
             preds.append(
                 Prediction(
-                    video_id=vid,
+                    video_id=video.video_id,
                     video_scores=video_scores[i].double().cpu().numpy(),
                     cas=cas[i, :n].double().cpu().numpy(),
                     attention=out.o.attention[i, :n].double().cpu().numpy(),
+                    labels=video.labels,
+                    fps=video.fps,
+                    snippet_frames=video.snippet_frames,
+                    duration_s=video.duration_s,
                 )
             )
     model.train(was_training)
@@ -304,11 +325,10 @@ def detections_to_results(
     """Detections of every video in the ActivityNet results format (seconds)."""
     results: dict[str, list[dict[str, Any]]] = {}
     for pred in preds:
-        video = dataset.video_info(pred.video_id)
         found = detect(pred, dcfg)
-        seconds = snippets_to_seconds(found.segments.cpu().numpy(), video.fps, video.snippet_frames)
-        if video.duration_s > 0:
-            seconds = np.clip(seconds, 0.0, video.duration_s)
+        seconds = snippets_to_seconds(found.segments.cpu().numpy(), pred.fps, pred.snippet_frames)
+        if pred.duration_s > 0:  # False for NaN (unknown duration)
+            seconds = np.clip(seconds, 0.0, pred.duration_s)
         results[pred.video_id] = [
             {
                 "label": dataset.class_names[int(c)],
@@ -349,7 +369,7 @@ def generate_pseudo_labels(
     for pred in preds:
         found = detect(pred, cfg.detect, temperature=temperature, background=True)
         if cfg.pseudo.gt_classes_only:
-            allowed = np.append(dataset.video_info(pred.video_id).labels > 0, True)
+            allowed = np.append(pred.labels > 0, True)
             keep = torch.from_numpy(allowed)[found.labels]
             found = type(found)(*(x[keep] for x in found))
         y, stats = solve_pseudo_labels(
@@ -425,7 +445,7 @@ def evaluate_predictions(
         )
         metrics[protocol] = m.as_dict()
     scores = np.stack([p.video_scores[:-1] for p in preds])
-    labels = np.stack([dataset.video_info(p.video_id).labels for p in preds])
+    labels = np.stack([p.labels for p in preds])
     metrics["classification_map"] = classification_map(scores, labels)
     metrics["headline"] = metrics[cfg.eval.protocol]["average"]
     return results, metrics
@@ -517,7 +537,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    train_set, test_set = open_datasets(cfg)
+    train_set, train_fixed, test_set = open_datasets(cfg)
     model = build_model(cfg, train_set.feat_dim, train_set.num_classes).to(device)
     tc = cfg.train
     optimizer = torch.optim.Adam(
@@ -538,7 +558,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     else:
         save_config(cfg, run_dir / "config.yaml")
     logbook = JsonlLog(run_dir / "log.jsonl", start)
-    ordered = torch.utils.data.DataLoader(train_set, batch_size=tc.batch_size, collate_fn=collate)
+    ordered = torch.utils.data.DataLoader(train_fixed, batch_size=tc.batch_size, collate_fn=collate)
 
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
@@ -548,7 +568,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             if pc.reset_memory:
                 model.memory.reset()
             temperature = pc.temperatures[pc.regen_epochs.index(epoch)]
-            labels, stats = generate_pseudo_labels(model, train_set, cfg, temperature, device)
+            labels, stats = generate_pseudo_labels(model, train_fixed, cfg, temperature, device)
             history = update_history(history, epoch, labels, history_length=pc.history_length)
             record["pseudo"] = {"temperature": temperature, **stats}
         targets = select_pseudo_target(epoch, history, cfg) if pc.enabled else None
@@ -556,6 +576,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         lr = piecewise(epoch, tc.lr_milestones, tc.lr_values)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        train_set.set_epoch(epoch)
         shuffle = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
         loader = torch.utils.data.DataLoader(
             train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle, collate_fn=collate
