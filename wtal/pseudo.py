@@ -16,12 +16,17 @@ With ``violation_weight`` above the LP's largest dual multiplier (always, for is
 instances, when it is > 1) this is "least total violation first, then least mass".
 
 How it is solved: instances whose supports ``[outer_start, outer_end)`` touch no other instance
-of their column have a closed form. Each remaining connected group is a small QP: exact
-regularisation (for small ``eps`` the minimiser of ``sum y + eps/2 |y|^2`` over the feasible
-set IS the least-norm LP optimum) solved by a semismooth Newton method on its dual, batched over
-all groups of a video, for a decreasing ``eps``; a group is accepted once an LP duality gap
-(weak duality with the dual extrapolated to ``eps = 0``) certifies it optimal. A group that is
-not certified falls back to scipy's HiGHS on its LP (a vertex, counted in the stats).
+of their column have a closed form. Each remaining connected group shrinks to its cells (runs
+of snippets with the same constraint pattern; the least-norm point is constant on each). Any
+dual vector ``lam`` fixes, by complementary slackness, the labels of cells with non-zero reduced
+cost ``1 - A' lam``; if a feasible point of that form exists it is optimal, and the least-norm
+one on the remaining cells is a small bounded least-squares problem. The dual is guessed by
+enumerating a small grid per sub-group (most duals of these +-1 interval matrices are small
+integers or halves); groups whose guess is not certified get their dual from ONE HiGHS solve
+of all of them. What is still not certified (infeasible groups, degenerate faces) goes to an
+exact-regularisation path (for small ``eps`` the minimiser of ``sum y + eps/2 |y|^2`` IS the
+least-norm LP optimum): a semismooth Newton method on its dual for a decreasing ``eps``,
+accepted once an LP duality gap certifies it, else HiGHS on its LP (a vertex, counted).
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ DUAL_GRID = (-1.0, 0.0, 0.5, 1.0, 2.0)
 """Candidate values of each dual multiplier tried by enumeration for small coupled groups.
 The optimal duals of these +-1 interval matrices are mostly such small integers or halves; a
 wrong guess is harmless (the face certificate rejects it and a HiGHS dual is used)."""
+DUAL_GRID_COARSE = (-1.0, 0.0, 1.0, 2.0)
+"""Grid used instead where ``len(DUAL_GRID) ** K`` exceeds ``ENUM_MAX_CANDIDATES``."""
+ENUM_MAX_CANDIDATES = 1024
+"""Most dual candidates enumerated per sub-group (time and memory ~ candidates x cells)."""
 ENUM_MAX_ROWS = 5
 """Largest coupled group (in constraints) whose dual is enumerated (``len(DUAL_GRID) ** K``
 candidates); larger groups take their dual from one HiGHS solve per video."""
@@ -217,6 +226,7 @@ def solve_pseudo_labels(
     closed_form: bool = True,
     dual_grid: Sequence[float] = DUAL_GRID,
     enum_max_rows: int = ENUM_MAX_ROWS,
+    dual_certificate: bool = True,
     video: str | None = None,
 ) -> tuple[np.ndarray, PseudoStats]:
     """Snippet pseudo labels of one video: the minimum-norm optimum of the §1.6 LP per column.
@@ -237,6 +247,10 @@ def solve_pseudo_labels(
         max_newton_iter: Newton iterations per regularisation level.
         closed_form: solve isolated instances in closed form (False sends them through the
             Newton path too; for tests).
+        dual_grid: candidate dual values enumerated per sub-group (see :data:`DUAL_GRID`).
+        enum_max_rows: largest sub-group whose dual is enumerated.
+        dual_certificate: certify coupled groups from a dual vector first (False sends every
+            coupled group to the Newton method; for tests and comparisons).
         video: video id, only for error messages.
 
     Returns:
@@ -291,9 +305,11 @@ def solve_pseudo_labels(
     n_fallback = n_dual_lp = n_newton = 0
     max_gap = 0.0
     newton_rows = coupled[:0]
-    if len(coupled):
-        gid_of = np.full(len(phi), -1)
-        gid_of[order] = gid
+    gid_of = np.full(len(phi), -1)
+    gid_of[order] = gid
+    if not dual_certificate:
+        newton_rows = coupled
+    elif len(coupled):
         rows = coupled[np.argsort(gid_of[coupled], kind="stable")]
         g = np.unique(gid_of[rows], return_inverse=True)[1]
         cs = _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi)
@@ -470,7 +486,8 @@ def _dense_groups(cs, members, phi, n_rows, n_cols):
     er = cs["entry_row"]
     s = slot[cs["row_group"][er]]
     sel = s >= 0
-    A[s[sel], cs["row_rank"][er[sel]], cs["cell_rank"][cs["entry_cell"][sel]]] = cs["entry_val"][sel]
+    cells = cs["cell_rank"][cs["entry_cell"][sel]]
+    A[s[sel], cs["row_rank"][er[sel]], cells] = cs["entry_val"][sel]
     b = np.zeros((len(members), n_rows))
     s = slot[cs["row_group"]]
     b[s[s >= 0], cs["row_rank"][s >= 0]] = phi[cs["rows"][s >= 0]]
@@ -519,8 +536,8 @@ def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
         new_one = face & (z >= 1.0)
         new_free = face & (z > 0.0) & ~new_one
         # A fixed point: every face cell sits where clip(A' beta, 0, 1) puts it.
-        consistent = ~(face & ((free & ((z < -tol) | (z > 1 + tol)))
-                               | (one & (z < 1 - tol)) | (~free & ~one & (z > tol)))).any(1)  # fmt: skip
+        wrong = (free & ((z < -tol) | (z > 1 + tol))) | (one & (z < 1 - tol))
+        consistent = ~(face & (wrong | (~free & ~one & (z > tol)))).any(1)
         x = np.where(free, np.clip(z, 0.0, 1.0), 0.0) + (upper | one)
         resid = np.abs(np.einsum("gkj,gj->gk", A, n * x) - b).max(1)
         ok = consistent & (resid <= feas_tol)
@@ -569,7 +586,8 @@ def _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, values, max_rows):
         idx[sub[sel], sub_rank[sel]] = rank[sel]
         idx = idx[units]
         grp = sub_group[units]
-        best = _enumerated_duals(Az[grp[:, None], idx], n[grp], bz[grp[:, None], idx], values)
+        grid = values if len(values) ** K <= ENUM_MAX_CANDIDATES else DUAL_GRID_COARSE
+        best = _enumerated_duals(Az[grp[:, None], idx], n[grp], bz[grp[:, None], idx], grid)
         lam[grp[:, None], idx] = best
     return lam
 
