@@ -4,7 +4,10 @@ The reference does what the authors' code does (paper.md §1.6): for each column
 instances, build the dense (N, T) constraint matrix in a Python loop and call
 ``scipy.optimize.linprog`` once (HiGHS, the default of current scipy). It returns a vertex of
 the optimal set; wtal returns its least-norm point, so the table also prints the largest
-difference of total mass per column (both are optimal: it should be ~1e-9).
+difference of total mass per column (both are optimal: it should be ~1e-9). ``groups`` counts
+coupled groups; ``HiGHS dual`` those whose certifying dual came from the per-video HiGHS solve
+(the rest used an enumerated dual); ``Newton`` those solved by the regularised Newton path;
+``fallback`` those left to a HiGHS vertex.
 
 Inputs: the fused segments stored in ``postprocess_lp_parity.npz`` (noisy CAS, ~540 instances
 per video, T = 2000) when the shared data is present, and synthetic videos shaped like a trained
@@ -105,7 +108,7 @@ def timed(fn, args, repeats):
 
 def bench(name, videos, repeats):
     t_ref = t_ours = 0.0
-    n_inst = n_closed = n_fallback = 0
+    n_inst = n_closed = n_fallback = n_groups = n_dual_lp = n_newton = 0
     max_mass_diff = 0.0
     for segments, scores, labels, T in videos:
         args = (segments, scores, labels, T, NUM_COLUMNS)
@@ -115,12 +118,16 @@ def bench(name, videos, repeats):
         n_inst += stats.n_instances
         n_closed += stats.n_closed_form
         n_fallback += stats.n_fallback
+        n_groups += stats.n_groups
+        n_dual_lp += stats.n_dual_lp
+        n_newton += stats.n_newton
         max_mass_diff = max(max_mass_diff, float(np.abs(ref.sum(0) - ours.sum(0)).max()))
     n = len(videos)
     print(
         f"| {name:<22} | {n:>6} | {n_inst / n:>9.0f} | {n_closed / max(n_inst, 1):>7.0%} "
         f"| {1e3 * t_ref / n:>12.2f} | {1e3 * t_ours / n:>11.2f} | {t_ref / t_ours:>6.1f}x "
-        f"| {max_mass_diff:>9.1e} | {n_fallback:>8} |"
+        f"| {max_mass_diff:>9.1e} | {n_groups:>6} | {n_dual_lp:>10} | {n_newton:>6} "
+        f"| {n_fallback:>8} |"
     )
 
 
@@ -132,9 +139,9 @@ def main():
     args = parser.parse_args()
     print(
         "| inputs                 | videos | inst/video | closed  | reference ms | wtal ms     "
-        "| ratio   | mass diff | fallback |"
+        "| ratio   | mass diff | groups | HiGHS dual | Newton | fallback |"
     )
-    print("|" + "|".join("-" * w for w in (24, 8, 11, 9, 14, 13, 9, 11, 10)) + "|")
+    print("|" + "|".join("-" * w for w in (24, 8, 11, 9, 14, 13, 9, 11, 8, 12, 8, 10)) + "|")
     parity = parity_videos()
     if parity:
         bench("parity npz (noisy CAS)", parity, args.repeats)

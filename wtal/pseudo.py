@@ -16,12 +16,17 @@ With ``violation_weight`` above the LP's largest dual multiplier (always, for is
 instances, when it is > 1) this is "least total violation first, then least mass".
 
 How it is solved: instances whose supports ``[outer_start, outer_end)`` touch no other instance
-of their column have a closed form. Each remaining connected group is a small QP: exact
-regularisation (for small ``eps`` the minimiser of ``sum y + eps/2 |y|^2`` over the feasible
-set IS the least-norm LP optimum) solved by a semismooth Newton method on its dual, batched over
-all groups of a video, for a decreasing ``eps``; a group is accepted once an LP duality gap
-(weak duality with the dual extrapolated to ``eps = 0``) certifies it optimal. A group that is
-not certified falls back to scipy's HiGHS on its LP (a vertex, counted in the stats).
+of their column have a closed form. Each remaining connected group shrinks to its cells (runs
+of snippets with the same constraint pattern; the least-norm point is constant on each). Any
+dual vector ``lam`` fixes, by complementary slackness, the labels of cells with non-zero reduced
+cost ``1 - A' lam``; if a feasible point of that form exists it is optimal, and the least-norm
+one on the remaining cells is a small bounded least-squares problem. The dual is guessed by
+enumerating a small grid per sub-group (most duals of these +-1 interval matrices are small
+integers or halves); groups whose guess is not certified get their dual from ONE HiGHS solve
+of all of them. What is still not certified (infeasible groups, degenerate faces) goes to an
+exact-regularisation path (for small ``eps`` the minimiser of ``sum y + eps/2 |y|^2`` IS the
+least-norm LP optimum): a semismooth Newton method on its dual for a decreasing ``eps``,
+accepted once an LP duality gap certifies it, else HiGHS on its LP (a vertex, counted).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 from scipy.optimize import linprog
+from scipy.sparse.csgraph import connected_components
 
 from wtal.io import InputError
 from wtal.segments import pairwise_tiou
@@ -58,6 +64,23 @@ FEASIBILITY_TOL = 1e-6
 """A constraint violated by more than this counts as violated in the stats."""
 MAX_NEWTON_ITER = 200
 """Newton iterations per regularisation level."""
+DUAL_GRID = (-1.0, 0.0, 0.5, 1.0, 2.0)
+"""Candidate values of each dual multiplier tried by enumeration for small coupled groups.
+The optimal duals of these +-1 interval matrices are mostly such small integers or halves; a
+wrong guess is harmless (the face certificate rejects it and a HiGHS dual is used)."""
+DUAL_GRID_COARSE = (-1.0, 0.0, 1.0, 2.0)
+"""Grid used instead where ``len(DUAL_GRID) ** K`` exceeds ``ENUM_MAX_CANDIDATES``."""
+ENUM_MAX_CANDIDATES = 1024
+"""Most dual candidates enumerated per sub-group (time and memory ~ candidates x cells)."""
+ENUM_MAX_ROWS = 5
+"""Largest coupled group (in constraints) whose dual is enumerated (``len(DUAL_GRID) ** K``
+candidates); larger groups take their dual from one HiGHS solve per video."""
+CERT_TOL = 1e-9
+"""Tolerance of the face certificate: reduced costs and ``A' beta`` within it of 0 (or 1)
+count as 0 (or 1), and a certified point meets every constraint to within it."""
+MAX_FACE_ITER = 10
+"""Primal-dual active-set iterations of the least-norm problem on an optimal face."""
+_RIDGE = 1e-13  # Tikhonov shift of the face systems (entries are integer cell counts)
 _ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 _MAX_BACKTRACK = 40  # halvings of the step before the line search gives up on a group
 _LM_MAX = 1e-1  # cap of the Levenberg-Marquardt shift (times 1/eps) when the Hessian is singular
@@ -74,7 +97,13 @@ class PseudoStats:
     n_closed_form: int
     """Instances solved in closed form (isolated, or with an empty support)."""
     n_groups: int
-    """Coupled groups (>= 2 instances sharing snippets) solved by the Newton method."""
+    """Coupled groups (>= 2 instances sharing snippets)."""
+    n_dual_lp: int
+    """Coupled groups certified with a dual vector from the per-video HiGHS solve (the rest of
+    the certified groups used an enumerated dual)."""
+    n_newton: int
+    """Coupled groups that no dual vector certified (e.g. infeasible ones), solved by the
+    regularised Newton method."""
     n_fallback: int
     """Coupled groups not certified by the duality gap, solved by HiGHS instead (a vertex)."""
     n_infeasible: int
@@ -195,6 +224,9 @@ def solve_pseudo_labels(
     feasibility_tol: float = FEASIBILITY_TOL,
     max_newton_iter: int = MAX_NEWTON_ITER,
     closed_form: bool = True,
+    dual_grid: Sequence[float] = DUAL_GRID,
+    enum_max_rows: int = ENUM_MAX_ROWS,
+    dual_certificate: bool = True,
     video: str | None = None,
 ) -> tuple[np.ndarray, PseudoStats]:
     """Snippet pseudo labels of one video: the minimum-norm optimum of the §1.6 LP per column.
@@ -215,6 +247,10 @@ def solve_pseudo_labels(
         max_newton_iter: Newton iterations per regularisation level.
         closed_form: solve isolated instances in closed form (False sends them through the
             Newton path too; for tests).
+        dual_grid: candidate dual values enumerated per sub-group (see :data:`DUAL_GRID`).
+        enum_max_rows: largest sub-group whose dual is enumerated.
+        dual_certificate: certify coupled groups from a dual vector first (False sends every
+            coupled group to the Newton method; for tests and comparisons).
         video: video id, only for error messages.
 
     Returns:
@@ -266,10 +302,49 @@ def solve_pseudo_labels(
     np.add.at(diff, np.maximum(g_in1, g_hi)[k], -v_out)
     flat += np.cumsum(diff)[:-1]
 
-    n_fallback, max_gap = 0, 0.0
-    if len(coupled):
+    n_fallback = n_dual_lp = n_newton = 0
+    max_gap = 0.0
+    newton_rows = coupled[:0]
+    gid_of = np.full(len(phi), -1)
+    gid_of[order] = gid
+    if not dual_certificate:
+        newton_rows = coupled
+    elif len(coupled):
+        rows = coupled[np.argsort(gid_of[coupled], kind="stable")]
+        g = np.unique(gid_of[rows], return_inverse=True)[1]
+        cs = _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi)
+        x_cell = np.zeros(len(cs["cell_lo"]))
+        done = np.zeros(len(cs["k_count"]), bool)
+
+        def store(members, x, ok):
+            slot = np.full(len(done), -1)
+            slot[members[ok]] = np.arange(ok.sum())
+            s = slot[cs["cell_group"]]
+            x_cell[s >= 0] = x[ok][s[s >= 0], cs["cell_rank"][s >= 0]]
+            done[members[ok]] = True
+
+        k_count, n_cells = cs["k_count"], cs["n_cells"]
+        members = np.arange(len(k_count))
+        A, n, b = _dense_groups(cs, members, phi, k_count.max(), n_cells.max())
+        lam = _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows)
+        store(members, *_face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER))
+        rest = np.flatnonzero(~done)
+        if len(rest):
+            A, n, b = A[rest], n[rest], b[rest]
+            lam = _lp_duals(A, n, b, violation_weight)
+            if lam is not None:
+                x, ok = _face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER)
+                store(rest, x, ok)
+                n_dual_lp = int(ok.sum())
+        diff = np.zeros(len(flat) + 1)
+        np.add.at(diff, cs["cell_lo"], x_cell)
+        np.add.at(diff, cs["cell_hi"], -x_cell)
+        flat += np.cumsum(diff)[:-1]
+        newton_rows = rows[~done[g]]
+    if len(newton_rows):
+        n_newton = len(np.unique(gid_of[newton_rows]))
         y, cert, gaps, entries = _solve_coupled(
-            coupled, gid, order, g_lo, g_in0, g_in1, g_hi, phi,
+            newton_rows, gid, order, g_lo, g_in0, g_in1, g_hi, phi,
             violation_weight, reg_schedule, residual_tol, gap_tol, max_newton_iter,
         )  # fmt: skip
         if cert.size:
@@ -292,6 +367,8 @@ def solve_pseudo_labels(
         n_instances=len(phi),
         n_closed_form=len(single) + len(phi) - len(nonempty),
         n_groups=int((sizes >= 2).sum()) if closed_form else len(sizes),
+        n_dual_lp=n_dual_lp,
+        n_newton=n_newton,
         n_fallback=n_fallback,
         n_infeasible=len(np.unique(lab[violated])),
         n_violated=int(violated.sum()),
@@ -356,6 +433,207 @@ def _solve_coupled(coupled, gid, order, g_lo, g_in0, g_in1, g_hi, phi, w, schedu
                "entry_var": var_off[rg] + lcol, "entry_val": val, "var_group": np.repeat(
                    np.arange(n_groups), n_var)}  # fmt: skip
     return y, cert, gaps, entries
+
+
+# --------------------------------------------------------------------------------------------
+# Coupled groups: exact least-norm optimum from a dual vector (cell space)
+
+
+def _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi):
+    """Cells of every coupled group: maximal snippet runs on which all its rows agree.
+
+    By symmetry the least-norm optimum is constant on a cell, so a group's problem shrinks
+    from its snippets to at most ``4 K`` cells (K rows) with sizes ``n_j``.
+
+    Args:
+        rows: (R,) instance indices, sorted by group.
+        g: (R,) group 0..G-1 of each row (non-decreasing; groups ordered by position).
+
+    Returns:
+        dict with ``cell_lo``/``cell_hi`` (J,) flat snippet ranges, ``cell_group`` (J,),
+        ``cell_rank`` (J,) index inside its group, ``n_cells`` (G,), ``k_count`` (G,),
+        ``row_rank`` (R,), and the entries ``entry_row`` / ``entry_cell`` / ``entry_val``.
+    """
+    n_groups = int(g[-1]) + 1
+    k_count = np.bincount(g, minlength=n_groups)
+    first = np.cumsum(k_count) - k_count
+    row_rank = np.arange(len(rows)) - np.repeat(first, k_count)
+    lo, a, z = g_lo[rows], g_in0[rows], g_in1[rows]
+    hi = np.maximum(z, g_hi[rows])
+    g_start = np.minimum.reduceat(lo, first)
+    g_end = np.maximum.reduceat(hi, first)
+    bps = np.unique(np.concatenate([lo, a, z, hi]))
+    c_lo, c_hi = bps[:-1], bps[1:]
+    c_grp = np.searchsorted(g_start, c_lo, side="right") - 1
+    keep = c_lo < g_end[c_grp]  # drop the gaps between groups
+    c_lo, c_hi, c_grp = c_lo[keep], c_hi[keep], c_grp[keep]
+    n_cells = np.bincount(c_grp, minlength=n_groups)
+    c_first = np.cumsum(n_cells) - n_cells
+    r, cell, val = _support_entries(*(np.searchsorted(c_lo, x) for x in (lo, a, z, hi)))
+    return {
+        "rows": rows, "row_group": g, "row_rank": row_rank, "k_count": k_count,
+        "cell_lo": c_lo, "cell_hi": c_hi, "cell_group": c_grp,
+        "cell_rank": np.arange(len(c_lo)) - c_first[c_grp], "n_cells": n_cells,
+        "entry_row": r, "entry_cell": cell, "entry_val": val,
+    }  # fmt: skip
+
+
+def _dense_groups(cs, members, phi, n_rows, n_cols):
+    """Padded dense (G, K, J) matrices, (G, J) cell sizes and (G, K) right sides of groups."""
+    slot = np.full(len(cs["k_count"]), -1)
+    slot[members] = np.arange(len(members))
+    A = np.zeros((len(members), n_rows, n_cols))
+    er = cs["entry_row"]
+    s = slot[cs["row_group"][er]]
+    sel = s >= 0
+    cells = cs["cell_rank"][cs["entry_cell"][sel]]
+    A[s[sel], cs["row_rank"][er[sel]], cells] = cs["entry_val"][sel]
+    b = np.zeros((len(members), n_rows))
+    s = slot[cs["row_group"]]
+    b[s[s >= 0], cs["row_rank"][s >= 0]] = phi[cs["rows"][s >= 0]]
+    n = np.zeros((len(members), n_cols))
+    s = slot[cs["cell_group"]]
+    n[s[s >= 0], cs["cell_rank"][s >= 0]] = (cs["cell_hi"] - cs["cell_lo"])[s >= 0]
+    return A, n, b
+
+
+def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
+    """Least-norm point of the LP optimal face that the dual vector ``lam`` describes.
+
+    With reduced costs ``r = 1 - A' lam``, complementary slackness fixes a cell's labels to 0
+    where ``r > 0`` and to 1 where ``r < 0``; for ANY ``lam`` a feasible point of that form is
+    LP-optimal (zero duality gap), and the face of such points is the whole optimal set. On
+    the free cells (``r = 0``) the least-norm point solves ``min sum n_j x_j^2`` subject to the
+    constraints and ``0 <= x <= 1``, whose KKT point is ``x = clip(A' beta, 0, 1)``: found by a
+    primal-dual active-set iteration, then verified.
+
+    Args:
+        A: (G, K, J) +-1/0 cell matrices (padded rows and cells are 0).
+        n: (G, J) cell sizes in snippets (0 for padding).
+        b: (G, K) right sides.
+        lam: (G, K) dual vectors.
+
+    Returns:
+        ``(x, ok)``: (G, J) label of each cell, and (G,) whether the point is certified.
+    """
+    r = 1.0 - np.einsum("gkj,gk->gj", A, lam)
+    valid = n > 0
+    upper = (r < -tol) & valid
+    face = (np.abs(r) <= tol) & valid
+    free, one = face, np.zeros_like(face)
+    eye = np.eye(A.shape[1])
+    pad = (np.abs(A).sum(2) == 0)[:, :, None] * eye
+    At = A.transpose(0, 2, 1)
+    ok = np.zeros(len(A), bool)
+    for _ in range(max_iter):
+        fixed = n * (upper | one)
+        rhs = b - np.einsum("gkj,gj->gk", A, fixed)
+        M = (A * (n * free)[:, None, :]) @ At + pad
+        # A tiny ridge makes rank-deficient systems (duplicate rows, rows without free
+        # cells) solvable; its error is far below CERT_TOL or the check below rejects it.
+        beta = np.linalg.solve(M + _RIDGE * eye, rhs[..., None])[..., 0]
+        z = np.einsum("gkj,gk->gj", A, beta)
+        new_one = face & (z >= 1.0)
+        new_free = face & (z > 0.0) & ~new_one
+        # A fixed point: every face cell sits where clip(A' beta, 0, 1) puts it.
+        wrong = (free & ((z < -tol) | (z > 1 + tol))) | (one & (z < 1 - tol))
+        consistent = ~(face & (wrong | (~free & ~one & (z > tol)))).any(1)
+        x = np.where(free, np.clip(z, 0.0, 1.0), 0.0) + (upper | one)
+        resid = np.abs(np.einsum("gkj,gj->gk", A, n * x) - b).max(1)
+        ok = consistent & (resid <= feas_tol)
+        if ok.all() or (np.array_equal(new_free, free) and np.array_equal(new_one, one)):
+            break
+        free, one = new_free, new_one
+    return x, ok
+
+
+def _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, values, max_rows):
+    """Dual vector of every group, enumerated on the grid per sub-group.
+
+    Two rows of a group are linked when the inner range of one meets the support of the
+    other; rows that only share outer snippets interact through cells the optimum leaves at 0
+    (reduced cost ``1 + lam_i + lam_j > 0`` for non-negative duals), so each linked sub-group
+    gets its own enumeration. The face certificate checks the assembled vector on the whole
+    group. Rows of sub-groups above ``max_rows`` keep ``sign(phi)`` (the isolated dual).
+    """
+    rows, g = cs["rows"], cs["row_group"]
+    k_count, rank = cs["k_count"], cs["row_rank"]
+    R = len(rows)
+    first = np.cumsum(k_count) - k_count
+    kr = k_count[g]
+    i = np.repeat(np.arange(R), kr)
+    j = first[g][i] + np.arange(len(i)) - np.repeat(np.cumsum(kr) - kr, kr)
+    lo, a, z = g_lo[rows], g_in0[rows], g_in1[rows]
+    hi = np.maximum(z, g_hi[rows])
+    link = (i != j) & (z[i] > a[i]) & (a[i] < hi[j]) & (lo[j] < z[i])
+    adj = sparse.csr_matrix((np.ones(link.sum()), (i[link], j[link])), shape=(R, R))
+    n_sub, sub = connected_components(adj, directed=False)
+    size = np.bincount(sub, minlength=n_sub)
+    order = np.argsort(sub, kind="stable")
+    sub_rank = np.empty(R, np.int64)
+    sub_rank[order] = np.arange(R) - np.repeat(np.cumsum(size) - size, size)
+    lam = np.zeros(b.shape)
+    lam[g, rank] = np.sign(b[g, rank])
+    sub_group = np.zeros(n_sub, np.int64)
+    sub_group[sub] = g
+    # Gather each sub-group's rows (padding points at an appended zero row).
+    Az = np.concatenate([A, np.zeros((len(A), 1, A.shape[2]))], 1)
+    bz = np.concatenate([b, np.zeros((len(b), 1))], 1)
+    for K in np.unique(size[size <= max_rows]):
+        units = np.flatnonzero(size == K)
+        sel = size[sub] == K
+        idx = np.full((n_sub, K), A.shape[1])
+        idx[sub[sel], sub_rank[sel]] = rank[sel]
+        idx = idx[units]
+        grp = sub_group[units]
+        grid = values if len(values) ** K <= ENUM_MAX_CANDIDATES else DUAL_GRID_COARSE
+        best = _enumerated_duals(Az[grp[:, None], idx], n[grp], bz[grp[:, None], idx], grid)
+        lam[grp[:, None], idx] = best
+    return lam
+
+
+def _enumerated_duals(A, n, b, values):
+    """Best dual vector of each group over the grid ``values ** K`` (exact when the LP's
+    optimal duals include a grid point; the face certificate decides).
+
+    Args:
+        A: (G, K, J) cell matrices; n: (G, J) cell sizes; b: (G, K) right sides.
+
+    Returns:
+        (G, K) the grid point maximising the LP dual ``b' lam - sum_j n_j max(0, a_j' lam - 1)``.
+    """
+    K = A.shape[1]
+    # Only the cells these rows touch matter: move them first and drop the rest.
+    touched = (A != 0).any(1)
+    keep = max(int(touched.sum(1).max()), 1)
+    cols = np.argsort(~touched, 1, kind="stable")[:, :keep]
+    A = np.take_along_axis(A, cols[:, None, :], 2)
+    n = np.take_along_axis(n * touched, cols, 1)
+    grid = np.stack(np.meshgrid(*([np.asarray(values, float)] * K), indexing="ij"), -1)
+    grid = grid.reshape(-1, K)  # (M, K)
+    excess = np.maximum(grid @ A - 1.0, 0.0)  # (G, M, J)
+    dual = b @ grid.T - (excess @ n[:, :, None])[..., 0]
+    return grid[np.argmax(dual, 1)]
+
+
+def _lp_duals(A, n, b, w):
+    """Dual vectors from ONE HiGHS solve of the elastic LP of all given groups (cell space)."""
+    G, K, J = A.shape
+    gi, ki, ji = np.nonzero(A)
+    m, nv = G * K, G * J
+    rows = gi * K + ki
+    eye = sparse.identity(m, format="csr")
+    A_eq = sparse.hstack(
+        [sparse.csr_matrix((A[gi, ki, ji], (rows, gi * J + ji)), shape=(m, nv)), eye, -eye],
+        format="csr",
+    )
+    c = np.r_[np.ones(nv), np.full(2 * m, w)]
+    ub = np.r_[n.ravel(), np.full(2 * m, np.inf)]
+    res = linprog(c, A_eq=A_eq, b_eq=b.ravel(), bounds=np.c_[np.zeros(nv + 2 * m), ub],
+                  method="highs")  # fmt: skip
+    if res.status != 0:
+        return None
+    return res.eqlin.marginals.reshape(G, K)
 
 
 def _dual(A, b, rmask, cmask, mu, eps, w):
