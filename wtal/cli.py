@@ -22,8 +22,15 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from wtal.synth import PRESETS, apply_overrides, write_synthetic
 
     spec = apply_overrides(PRESETS[args.preset], args.set or [])
-    summary = write_synthetic(args.out, spec, seed=args.seed)
-    print(f"wrote {args.out}: {summary}")
+    try:
+        counts = write_synthetic(args.out, spec, seed=args.seed)
+    except OSError as exc:  # disk full, permissions: one line, nothing half-written
+        raise InputError(exc.filename or args.out, f"cannot write ({exc.strerror})") from None
+    print(
+        f"wrote {args.out}: {counts['videos']} videos, {counts['instances']} instances, "
+        f"{counts['classes']} classes, {counts['snippets']} snippets "
+        f"(per-video layout; W-TALC bundle in {args.out}/wtalc)"
+    )
     return 0
 
 
@@ -43,7 +50,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from wtal.data import convert_wtalc
 
-    num_videos = convert_wtalc(args.src, args.out, fps=args.fps)
+    try:
+        num_videos = convert_wtalc(args.src, args.out, fps=args.fps)
+    except OSError as exc:
+        raise InputError(exc.filename or args.out, f"cannot write ({exc.strerror})") from None
     print(f"wrote {num_videos} videos to {args.out}")
     return 0
 
