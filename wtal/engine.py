@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,10 @@ from tqdm import tqdm
 from wtal import __version__
 from wtal.config import Config, DetectConfig, config_to_dict, save_config
 from wtal.data import Batch, FeatureDataset, collate
+from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.fusion import detect as detect_segments
 from wtal.io import InputError, atomic_path, write_json
 from wtal.losses import base_losses, pseudo_label_loss
-from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.model import ModelOutput, WTALModel
 from wtal.pseudo import pseudo_target, solve_pseudo_labels, update_history
 from wtal.segments import snippets_to_seconds
@@ -68,8 +67,9 @@ def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset, FeatureD
         seed=cfg.train.seed,
     )
     resampled = dc.num_segments > 0
-    train = FeatureDataset(dc.path, dc.train_subset, sampling="random" if resampled else "uniform",
-                           **kwargs)
+    train = FeatureDataset(
+        dc.path, dc.train_subset, sampling="random" if resampled else "uniform", **kwargs
+    )
     train_fixed = FeatureDataset(dc.path, dc.train_subset, **kwargs) if resampled else train
     test = FeatureDataset(dc.path, dc.test_subset, class_names=train.class_names, **kwargs)
     return train, train_fixed, test
@@ -335,7 +335,9 @@ def detections_to_results(
                 "score": float(s),
                 "segment": [float(a), float(b)],
             }
-            for (a, b), s, c in zip(seconds, found.scores.tolist(), found.labels.tolist())
+            for (a, b), s, c in zip(
+                seconds, found.scores.tolist(), found.labels.tolist(), strict=True
+            )
         ]
     return {"version": f"wtal {__version__}", "results": results, "external_data": {}}
 
@@ -447,7 +449,7 @@ def evaluate_predictions(
     scores = np.stack([p.video_scores[:-1] for p in preds])
     labels = np.stack([p.labels for p in preds])
     metrics["classification_map"] = classification_map(scores, labels)
-    metrics["headline"] = metrics[cfg.eval.protocol]["average"]
+    metrics["headline"] = metrics[cfg.eval.protocol]["average_mAP"]
     return results, metrics
 
 
@@ -551,7 +553,10 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             raise InputError(run_dir / "config.yaml", "differs from the checkpoint's config")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        history = [(int(e), labels) for e, labels in zip(state["pseudo_epochs"], state["pseudo"])]
+        history = [
+            (int(e), labels)
+            for e, labels in zip(state["pseudo_epochs"], state["pseudo"], strict=True)
+        ]
         _set_rng_state(state["rng"])
         start = int(state["epoch"])
         log.info("resuming %s at epoch %d", run_dir, start)
@@ -597,7 +602,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
                 cas_mix=cfg.detect.cas_mix,
                 batch_size=tc.batch_size,
             )
-            record["eval"] = {"average": evaluate_predictions(preds, test_set, cfg)[1]["headline"]}
+            record["eval"] = {"average_mAP": evaluate_predictions(preds, test_set, cfg)[1]["headline"]}
 
         state = {
             "format": "wtal",

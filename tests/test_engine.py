@@ -1,0 +1,145 @@
+"""End-to-end training on a tiny synthetic dataset: run folder, determinism, exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from wtal.config import load_config
+from wtal.engine import dist_weight, fit, load_checkpoint, piecewise, select_pseudo_target
+from wtal.io import InputError
+from wtal.synth import THUMOS, write_synthetic
+
+TINY = [
+    "model.embed_dim=32",
+    "train.epochs=4",
+    "train.warmup_epoch=0",
+    "train.lr_milestones=[3]",
+    "train.lr_values=[5e-4, 1e-4]",
+    "train.batch_size=5",
+    "train.videos_per_step=10",
+    "train.checkpoint_every=2",
+    "train.device='cpu'",
+    "loss.spl_milestones=[1, 2]",
+    "pseudo.regen_epochs=[2, 3]",
+    "pseudo.temperatures=[0.02, 0.002]",
+    "pseudo.delta_start=3",
+    "pseudo.delta_switch=4",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    spec = replace(
+        THUMOS, train_videos=10, test_videos=6, feat_dim=16, num_classes=4,
+        min_snippets=30, median_snippets=50, max_snippets=80,
+    )
+    out = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic(out, spec, seed=0)
+    return out
+
+
+def _cfg(data: Path, *extra: str):
+    return load_config(None, [*TINY, f"data.path={str(data)!r}", *extra])
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    fit(_cfg(tiny_data), run, progress=False)
+    return run
+
+
+def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / name)["model"]
+
+
+def test_run_folder_is_self_describing(straight_run):
+    for name in ("config.yaml", "log.jsonl", "last.pt", "epoch_002.pt", "epoch_004.pt",
+                 "metrics.json", "detections_test.json"):
+        assert (straight_run / name).is_file(), name
+    log = [json.loads(line) for line in (straight_run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    assert "pseudo" in log[2] and "pseudo" in log[3] and "pseudo" not in log[1]
+    assert "dist" in log[3]["loss"] and "dist" not in log[2]["loss"]  # zero target at e=2
+    assert [r["lr"] for r in log] == [5e-4, 5e-4, 5e-4, 1e-4]
+    metrics = json.loads((straight_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["official"]["average_mAP"] <= 100.0
+    assert set(metrics) >= {"official", "wtalc", "classification_map", "headline"}
+    results = json.loads((straight_run / "detections_test.json").read_text())["results"]
+    assert len(results) == 6
+    state = torch.load(straight_run / "last.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["pseudo_epochs"] == [2, 3]
+
+
+def test_same_seed_gives_identical_weights(straight_run, tiny_data, tmp_path):
+    fit(_cfg(tiny_data), tmp_path / "again", progress=False)
+    a, b = _weights(straight_run), _weights(tmp_path / "again")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_other_seed_gives_other_weights(straight_run, tiny_data, tmp_path):
+    fit(_cfg(tiny_data, "train.seed=3", "train.epochs=1"), tmp_path / "seed3", progress=False)
+    first = load_checkpoint(straight_run / "epoch_002.pt")["model"]
+    assert not torch.equal(first["embedding.weight"], _weights(tmp_path / "seed3")["embedding.weight"])
+
+
+def test_resume_in_a_fresh_process_is_bit_identical(straight_run, tmp_path):
+    """2 epochs + a new process resuming for 2 more == 4 epochs straight (CPU, bit for bit)."""
+    run = tmp_path / "interrupted"
+    run.mkdir()
+    shutil.copy(straight_run / "config.yaml", run / "config.yaml")
+    shutil.copy(straight_run / "epoch_002.pt", run / "last.pt")
+    lines = (straight_run / "log.jsonl").read_text().splitlines()
+    (run / "log.jsonl").write_text("\n".join(lines[:3]) + "\n")  # one epoch too many: dropped
+    subprocess.run(
+        [sys.executable, "-m", "wtal", "train", "--resume", str(run), "--quiet"],
+        check=True, capture_output=True,
+    )
+    a, b = _weights(straight_run), _weights(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    resumed_log = [json.loads(x)["epoch"] for x in (run / "log.jsonl").read_text().splitlines()]
+    assert resumed_log == [0, 1, 2, 3]
+
+
+def test_resume_refuses_a_changed_config(straight_run, tmp_path):
+    run = tmp_path / "changed"
+    shutil.copytree(straight_run, run)
+    text = (run / "config.yaml").read_text().replace("seed: 2", "seed: 5")
+    (run / "config.yaml").write_text(text)
+    with pytest.raises(InputError, match="differs from the checkpoint"):
+        fit(load_config(run / "config.yaml"), run, resume=True, progress=False)
+
+
+def test_schedule_matches_the_reference_table():
+    cfg = load_config()
+    lr = {e: piecewise(e, cfg.train.lr_milestones, cfg.train.lr_values) for e in range(350)}
+    assert lr[0] == lr[79] == 5e-5 and lr[80] == lr[199] == 4e-5
+    assert lr[200] == lr[244] == 2.048e-5 and lr[245] == lr[259] == 5.12e-7
+    assert lr[260] == lr[349] == 2.56e-7
+    spl = {e: piecewise(e, cfg.loss.spl_milestones, cfg.loss.spl_weights) for e in range(350)}
+    assert spl[100] == 1.0 and spl[101] == spl[200] == 0.5 and spl[201] == 1.0
+    assert dist_weight(200, cfg) == 10.0
+    assert dist_weight(230, cfg) == pytest.approx(28.07, abs=0.01)
+    assert dist_weight(245, cfg) == pytest.approx(47.02, abs=0.01)
+    assert dist_weight(247, cfg) == 50.0
+
+
+def test_pseudo_target_follows_the_history():
+    cfg = load_config()
+    y = {e: {"v": torch.full((3, 2), float(e))} for e in (200, 230, 245, 260)}
+    hist = [(e, y[e]) for e in (200, 230, 245)]
+    assert select_pseudo_target(200, hist[:1], cfg) is None
+    assert torch.equal(select_pseudo_target(231, hist[:2], cfg)["v"], y[230]["v"])
+    delta = select_pseudo_target(251, hist, cfg)["v"]
+    assert torch.allclose(delta, torch.full((3, 2), 2.0 * (245 - 230)))

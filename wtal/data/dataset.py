@@ -1,0 +1,276 @@
+"""Video records, fixed-length resampling, the dataset and the padding collate."""
+
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from wtal.data.layouts import (
+    ANNOTATION_FILE,
+    DEFAULT_FPS,
+    DEFAULT_SNIPPET_FRAMES,
+    DatasetSource,
+    Reporter,
+    VideoAnnotation,
+    check_labels,
+    feature_problem,
+    resolve_class_names,
+)
+from wtal.io import InputError
+
+
+@dataclass(frozen=True, eq=False)
+class Video:
+    """One video: features, labels and ground truth (seconds).
+
+    Attributes:
+        video_id: the video's name.
+        subset: the subset it belongs to (e.g. ``"validation"``, ``"test"``).
+        features: (T, D) float32 snippet features (may be a read-only memmap).
+        labels: (C,) float32 multi-hot video-level labels.
+        segments_s: (N, 2) float64 ground-truth [start, end] in seconds.
+        segment_labels: (N,) int64 class index of each segment.
+        ambiguous_s: (M, 2) float64 ambiguous [start, end] in seconds (not ground truth).
+        duration_s: video duration in seconds (NaN when unknown).
+        fps: frame rate the snippets were cut at.
+        snippet_frames: frames per snippet row of ``features``. After resampling to
+            ``num_segments`` rows this is ``snippet_frames * T_orig / num_segments``, so that
+            :func:`wtal.segments.snippets_to_seconds` stays right for the resampled rows.
+    """
+
+    video_id: str
+    subset: str
+    features: np.ndarray = field(repr=False)
+    labels: np.ndarray
+    segments_s: np.ndarray
+    segment_labels: np.ndarray
+    ambiguous_s: np.ndarray
+    duration_s: float
+    fps: float
+    snippet_frames: float
+
+
+class Batch(NamedTuple):
+    """A padded batch of videos (see :func:`collate`)."""
+
+    features: torch.Tensor  # (B, T_max, D) float32, zeros where padded
+    mask: torch.Tensor  # (B, T_max) bool, True on real snippets
+    labels: torch.Tensor  # (B, C) float32 multi-hot
+    video_ids: list[str]
+    lengths: torch.Tensor  # (B,) int64 snippets per video
+
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def resample(
+    features: np.ndarray, num_segments: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Resample a feature sequence to a fixed number of rows.
+
+    Row ``i`` of the output covers original positions ``[i, i + 1) * T / num_segments``.
+    Without ``rng`` it takes the first snippet of that span, ``floor(i * T / num_segments)``
+    (ACM-Net's uniform test sampling); with ``rng`` a random position inside the span,
+    ``floor((i + u_i) * T / num_segments)``, ``u_i ~ U[0, 1)`` (random-perturbed training
+    sampling). Shorter videos are stretched by repeating snippets, so every output has
+    exactly ``num_segments`` rows (ACM-Net keeps short test videos at their length).
+
+    Args:
+        features: (T, D) array, T >= 1.
+        num_segments: output length N >= 1.
+        rng: generator for random-perturbed sampling; ``None`` for uniform.
+
+    Returns:
+        (N, D) array of the input's dtype (a copy of the selected rows).
+    """
+    num_snippets = features.shape[0]
+    if num_segments < 1 or num_snippets < 1:
+        raise ValueError(f"cannot resample {num_snippets} snippets to {num_segments}")
+    offsets = np.zeros(num_segments) if rng is None else rng.random(num_segments)
+    scale = num_snippets / num_segments
+    idx = np.floor((np.arange(num_segments) + offsets) * scale).astype(np.int64)  # (N,)
+    return np.asarray(features[np.minimum(idx, num_snippets - 1)])
+
+
+def collate(videos: Sequence[Video]) -> Batch:
+    """Pad videos of different lengths into one batch with a validity mask.
+
+    Args:
+        videos: B >= 1 records with the same feature dim D and class count C.
+
+    Returns:
+        :class:`Batch` with features (B, T_max, D) zero-padded, mask (B, T_max) True on
+        real snippets, labels (B, C), video ids and lengths (B,).
+    """
+    if not videos:
+        raise ValueError("collate needs at least one video")
+    lengths = np.array([v.features.shape[0] for v in videos], dtype=np.int64)  # (B,)
+    feat_dim = videos[0].features.shape[1]
+    padded = np.zeros((len(videos), int(lengths.max()), feat_dim), dtype=np.float32)
+    for i, video in enumerate(videos):  # one copy per video; rows are contiguous
+        padded[i, : lengths[i]] = video.features
+    mask = np.arange(padded.shape[1])[None, :] < lengths[:, None]  # (B, T_max)
+    return Batch(
+        features=torch.from_numpy(padded),
+        mask=torch.from_numpy(mask),
+        labels=torch.from_numpy(np.stack([v.labels for v in videos]).astype(np.float32)),
+        video_ids=[v.video_id for v in videos],
+        lengths=torch.from_numpy(lengths),
+    )
+
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """The videos of one subset, as :class:`Video` records.
+
+    Args:
+        root: dataset folder, per-video layout or W-TALC bundle (module docstring).
+        subset: subset name to serve (W-TALC THUMOS14: ``"validation"`` to train,
+            ``"test"`` to test); ``None`` serves every video.
+        layout: ``"auto"`` (detect), ``"wtalc"`` or ``"pervideo"``.
+        fps: frame rate the snippets were cut at; ``None`` uses the per-video ``"fps"`` of
+            the annotation file, else :data:`DEFAULT_FPS`. ActionFormer-style files store
+            the source video's frame rate there, so pass ``fps`` explicitly for features
+            extracted at another rate.
+        snippet_frames: frames per feature snippet.
+        num_segments: resample every video to this many rows (:func:`resample`); ``None``
+            keeps whole videos.
+        sampling: ``"uniform"`` or ``"random"`` (random-perturbed, needs ``num_segments``).
+        seed: with the epoch (:meth:`set_epoch`) and the index, seeds random sampling, so
+            an item's rows do not depend on worker order.
+        class_names: class order; default: the file's class list (W-TALC ``classlist.npy``,
+            JSON ``"classes"``) or else the sorted union of all labels in every subset.
+        annotation_file: name of the per-video layout's JSON inside ``root``.
+
+    Raises:
+        InputError: on the first bad annotation or feature file, naming file and video.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        subset: str | None,
+        *,
+        layout: str = "auto",
+        fps: float | None = None,
+        snippet_frames: float = DEFAULT_SNIPPET_FRAMES,
+        num_segments: int | None = None,
+        sampling: str = "uniform",
+        seed: int = 0,
+        class_names: Sequence[str] | None = None,
+        annotation_file: str = ANNOTATION_FILE,
+    ) -> None:
+        if sampling not in ("uniform", "random"):
+            raise ValueError(f"sampling must be 'uniform' or 'random', got {sampling!r}")
+        if sampling == "random" and num_segments is None:
+            raise ValueError("random sampling needs num_segments")
+        rep = Reporter(strict=True)
+        self.source = DatasetSource(root, layout, rep, annotation_file)
+        self.class_names = resolve_class_names(self.source, class_names)
+        check_labels(rep, self.source, self.class_names)
+        self.warnings = rep.problems
+        self.records = [r for r in self.source.records if subset is None or r.subset == subset]
+        if not self.records:
+            subsets = sorted({r.subset for r in self.source.records})
+            raise InputError(self.source.ann_path, f"no videos in subset {subset!r} ({subsets})")
+        if self.source.layout == "pervideo":
+            have = self.source.feature_ids()
+            missing = [r.video_id for r in self.records if r.video_id not in have]
+            if missing:
+                vid = missing[0]
+                raise InputError(self.source.feature_path(vid), "feature file missing", vid)
+        self.subset, self.fps, self.snippet_frames = subset, fps, float(snippet_frames)
+        self.num_segments, self.sampling, self.seed, self.epoch = num_segments, sampling, seed, 0
+        first = self.source.load(self.records[0].video_id)
+        problem = feature_problem(first, None, scan=False)
+        if problem:
+            vid = self.records[0].video_id
+            raise InputError(self.source.feature_path(vid), problem, vid)
+        self.feat_dim = int(first.shape[1])
+        self._class_index = {name: i for i, name in enumerate(self.class_names)}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [r.video_id for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random-sampling stream of this epoch."""
+        self.epoch = int(epoch)
+
+    def _fps(self, rec: VideoAnnotation) -> float:
+        if self.fps is not None:
+            return float(self.fps)
+        return rec.fps if rec.fps is not None else DEFAULT_FPS
+
+    def __getitem__(self, index: int) -> Video:
+        rec = self.records[index]
+        features = self.source.load(rec.video_id)
+        problem = feature_problem(features, self.feat_dim)
+        if problem:
+            raise InputError(self.source.feature_path(rec.video_id), problem, rec.video_id)
+        snippet_frames = self.snippet_frames
+        if self.num_segments is not None:
+            rng = None
+            if self.sampling == "random":
+                rng = np.random.default_rng([self.seed, self.epoch, index])
+            snippet_frames *= features.shape[0] / self.num_segments  # rows now span more frames
+            features = resample(features, self.num_segments, rng)
+        if features.dtype != np.float32:
+            features = features.astype(np.float32)
+        labels = np.zeros(self.num_classes, dtype=np.float32)  # (C,)
+        labels[[self._class_index[n] for n in rec.labels]] = 1.0
+        segment_labels = np.array([self._class_index[n] for n in rec.segment_labels], np.int64)
+        return Video(
+            video_id=rec.video_id,
+            subset=rec.subset,
+            features=features,
+            labels=labels,
+            segments_s=rec.segments_s.reshape(-1, 2),
+            segment_labels=segment_labels,
+            ambiguous_s=rec.ambiguous_s.reshape(-1, 2),
+            duration_s=rec.duration_s,
+            fps=self._fps(rec),
+            snippet_frames=snippet_frames,
+        )
+
+    def ground_truth(self) -> dict[str, Any]:
+        """Ground truth of this subset in the ActivityNet format (seconds).
+
+        Returns:
+            ``{"version", "classes", "database": {video_id: {"subset", "duration", "fps",
+            "annotations": [{"segment": [s, e], "label"}], "ambiguous": [[s, e], ...]}}}``;
+            ``duration`` is None when unknown.
+        """
+        database = {}
+        for rec in self.records:
+            database[rec.video_id] = {
+                "subset": rec.subset,
+                "duration": None if np.isnan(rec.duration_s) else rec.duration_s,
+                "fps": self._fps(rec),
+                "annotations": [
+                    {"segment": seg, "label": name}
+                    for seg, name in zip(rec.segments_s.tolist(), rec.segment_labels, strict=True)
+                ],
+                "ambiguous": rec.ambiguous_s.tolist(),
+            }
+        version = f"{self.source.root.name}:{self.subset}"
+        return {"version": version, "classes": list(self.class_names), "database": database}
+
+
