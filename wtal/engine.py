@@ -569,6 +569,18 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
         pc = cfg.pseudo
+        if pc.enabled and epoch == pc.regen_epochs[0]:  # the base stage's result, for reference
+            preds = predict(
+                model,
+                test_set,
+                device,
+                video_mix=cfg.detect.video_mix,
+                cas_mix=cfg.detect.cas_mix,
+                batch_size=tc.batch_size,
+            )
+            base = evaluate_predictions(preds, test_set, cfg)[1]
+            write_json(run_dir / "metrics_base.json", base)
+            record["eval_base"] = {"average_mAP": base["headline"]}
         if pc.enabled and epoch in pc.regen_epochs:  # before the epoch's first batch (§1.8)
             if pc.reset_memory:
                 model.memory.reset()
@@ -602,7 +614,9 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
                 cas_mix=cfg.detect.cas_mix,
                 batch_size=tc.batch_size,
             )
-            record["eval"] = {"average_mAP": evaluate_predictions(preds, test_set, cfg)[1]["headline"]}
+            record["eval"] = {
+                "average_mAP": evaluate_predictions(preds, test_set, cfg)[1]["headline"]
+            }
 
         state = {
             "format": "wtal",

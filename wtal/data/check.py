@@ -1,6 +1,5 @@
 """``wtal data check`` and ``wtal data convert``: validate a dataset, convert W-TALC."""
 
-
 from __future__ import annotations
 
 import os
@@ -122,8 +121,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
-
 def convert_wtalc(
     src: str | os.PathLike, out: str | os.PathLike, *, fps: float = DEFAULT_FPS
 ) -> int:
@@ -156,4 +153,3 @@ def convert_wtalc(
         version = f"converted from the W-TALC bundle {Path(src).name}"
         write_pervideo(tmp, records, features, source.file_classes or [], version)
     return len(records)
-

@@ -1,6 +1,5 @@
 """Video records, fixed-length resampling, the dataset and the padding collate."""
 
-
 from __future__ import annotations
 
 import os
@@ -66,7 +65,6 @@ class Batch(NamedTuple):
     lengths: torch.Tensor  # (B,) int64 snippets per video
 
 
-
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -124,7 +122,6 @@ def collate(videos: Sequence[Video]) -> Batch:
         video_ids=[v.video_id for v in videos],
         lengths=torch.from_numpy(lengths),
     )
-
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -272,5 +269,3 @@ class FeatureDataset(torch.utils.data.Dataset):
             }
         version = f"{self.source.root.name}:{self.subset}"
         return {"version": version, "classes": list(self.class_names), "database": database}
-
-

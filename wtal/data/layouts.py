@@ -5,7 +5,6 @@ The W-TALC bundle is pickled: its reader is the only place in the package that p
 source you trust.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -336,7 +335,6 @@ def _read_wtalc_ambiguous(path: Path, video_ids: set[str], rep: Reporter) -> dic
     return {vid: np.asarray(r, dtype=np.float64) for vid, r in rows.items()}
 
 
-
 # ----------------------------------------------------------------------------- features
 
 
@@ -446,7 +444,6 @@ def resolve_class_names(source: DatasetSource, class_names: Sequence[str] | None
     return sorted({n for r in source.records for n in (*r.segment_labels, *r.labels)})
 
 
-
 # ----------------------------------------------------------------------------- writing
 
 
@@ -544,4 +541,3 @@ def write_wtalc(
         np.save(out / f"{stem}.npy", arr, allow_pickle=arr.dtype == object)
     lines = [f"{r.video_id}  {s!r} {e!r}" for r in records for s, e in r.ambiguous_s.tolist()]
     (out / WTALC_AMBIGUOUS_FILE).write_text("".join(line + "\n" for line in lines))
-
