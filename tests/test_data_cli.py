@@ -239,16 +239,19 @@ def test_convert_bad_bundle_leaves_nothing(capsys, bundle, tmp_path):
 # ----------------------------------------------------------------------------- synth
 
 
+# The full THUMOS preset once; ANet with fewer videos (its full size is checked in memory
+# by test_synth.py) to keep the suite fast.
 @pytest.mark.parametrize(
-    ("preset", "train", "test", "classes"),
+    ("preset", "overrides", "train", "test", "classes"),
     [
-        ("thumos", "validation: 200 videos", "test: 212 videos", 20),
-        ("anet", "training: 600 videos", "validation: 300 videos", 50),
+        ("thumos", [], "validation: 200 videos", "test: 212 videos", 20),
+        ("anet", ["train_videos=60", "test_videos=30"], "training: 60", "validation: 30", 50),
     ],
 )
-def test_synth_then_check_both_layouts(capsys, tmp_path, preset, train, test, classes):
+def test_synth_then_check_both_layouts(capsys, tmp_path, preset, overrides, train, test, classes):
+    sets = [arg for item in overrides for arg in ("--set", item)]
     status, out, err = run(
-        capsys, "data", "synth", tmp_path / "s", "--preset", preset, "--seed", "3"
+        capsys, "data", "synth", tmp_path / "s", "--preset", preset, "--seed", "3", *sets
     )
     assert status == 0 and err == []
     instances = int(re.search(r"(\d+) instances", out).group(1))
@@ -272,3 +275,13 @@ def test_synth_errors(capsys, tmp_path):
     status, _, err = run(capsys, "data", "synth", tmp_path / "x", "--set", "feat_dim=big")
     assert status == 2 and err == ["error: --set feat_dim: expected int, got 'big'"]
     assert not (tmp_path / "x").exists()
+
+
+def test_check_malformed_annotation_entry(capsys, pervideo):
+    def corrupt(db):
+        db["vid2"]["annotations"][1] = {"segment": "soon", "label": "Diving"}
+
+    path = edit_annotations(pervideo, corrupt)
+    status, _, err = run(capsys, "data", "check", pervideo)
+    what = 'annotations[1]: expected {"segment": [s, e], "label": str}'
+    assert status == 2 and err == [f"error: {path}: video 'vid2': {what}"]
