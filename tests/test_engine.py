@@ -38,8 +38,14 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     spec = replace(
-        THUMOS, train_videos=10, test_videos=6, feat_dim=16, num_classes=4,
-        min_snippets=30, median_snippets=50, max_snippets=80,
+        THUMOS,
+        train_videos=10,
+        test_videos=6,
+        feat_dim=16,
+        num_classes=4,
+        min_snippets=30,
+        median_snippets=50,
+        max_snippets=80,
     )
     out = tmp_path_factory.mktemp("synth") / "data"
     write_synthetic(out, spec, seed=0)
@@ -62,8 +68,15 @@ def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
 
 
 def test_run_folder_is_self_describing(straight_run):
-    for name in ("config.yaml", "log.jsonl", "last.pt", "epoch_002.pt", "epoch_004.pt",
-                 "metrics.json", "detections_test.json"):
+    for name in (
+        "config.yaml",
+        "log.jsonl",
+        "last.pt",
+        "epoch_002.pt",
+        "epoch_004.pt",
+        "metrics.json",
+        "detections_test.json",
+    ):
         assert (straight_run / name).is_file(), name
     log = [json.loads(line) for line in (straight_run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2, 3]
@@ -90,7 +103,8 @@ def test_same_seed_gives_identical_weights(straight_run, tiny_data, tmp_path):
 def test_other_seed_gives_other_weights(straight_run, tiny_data, tmp_path):
     fit(_cfg(tiny_data, "train.seed=3", "train.epochs=1"), tmp_path / "seed3", progress=False)
     first = load_checkpoint(straight_run / "epoch_002.pt")["model"]
-    assert not torch.equal(first["embedding.weight"], _weights(tmp_path / "seed3")["embedding.weight"])
+    other = _weights(tmp_path / "seed3")
+    assert not torch.equal(first["embedding.weight"], other["embedding.weight"])
 
 
 def test_resume_in_a_fresh_process_is_bit_identical(straight_run, tmp_path):
@@ -103,7 +117,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(straight_run, tmp_path):
     (run / "log.jsonl").write_text("\n".join(lines[:3]) + "\n")  # one epoch too many: dropped
     subprocess.run(
         [sys.executable, "-m", "wtal", "train", "--resume", str(run), "--quiet"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     a, b = _weights(straight_run), _weights(run)
     for k in a:

@@ -199,16 +199,17 @@ def read_pervideo_annotations(
             rep.error(path, '"annotations" must be a list', vid)
             continue
         segments, names = np.zeros((len(anns), 2)), []
+        wellformed = np.ones(len(anns), dtype=bool)
         for i, ann in enumerate(anns):
             seg = _as_segments([ann.get("segment")]) if isinstance(ann, dict) else None
             label = ann.get("label") if isinstance(ann, dict) else None
             if seg is None or not isinstance(label, str):
-                rep.error(
-                    path, f'annotations[{i}]: expected {{"segment": [s, e], "label": str}}', vid
-                )
-                seg, label = np.full((1, 2), np.nan), ""
-            segments[i], names = seg[0], [*names, label]
-        keep = _valid_segments(rep, path, vid, "annotations", segments, duration_s)
+                what = f'annotations[{i}]: expected {{"segment": [s, e], "label": str}}'
+                rep.error(path, what, vid)
+                wellformed[i], seg, label = False, np.array([[0.0, 1.0]]), ""  # placeholder
+            segments[i] = seg[0]
+            names.append(label)
+        keep = _valid_segments(rep, path, vid, "annotations", segments, duration_s) & wellformed
         ambiguous = _as_segments(entry.get("ambiguous", extra_ambiguous.get(vid, [])))
         if ambiguous is None:
             rep.error(path, '"ambiguous" must be a list of [start, end] pairs', vid)
