@@ -22,16 +22,6 @@ from wtal.segments import pairwise_tiou
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small kernels: torch's intra-op thread pool only adds overhead (and thrashes on a
-    busy machine); restore the setting for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- references
 
 

@@ -15,16 +15,6 @@ from wtal.proposals import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small kernels: torch's intra-op thread pool only adds overhead (and thrashes on a
-    busy machine); restore the setting for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _reference_column(column, thresholds, min_length, scale, power, inclusive_end):
     """paper.md §1.4 for one CAS column, one threshold and one run at a time.
 
