@@ -453,6 +453,21 @@ def evaluate_predictions(
     return results, metrics
 
 
+def evaluate_model(
+    model: WTALModel, dataset: FeatureDataset, cfg: Config, device: torch.device
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`predict` (test-time mixing, dropout off) then :func:`evaluate_predictions`."""
+    preds = predict(
+        model,
+        dataset,
+        device,
+        video_mix=cfg.detect.video_mix,
+        cas_mix=cfg.detect.cas_mix,
+        batch_size=cfg.train.batch_size,
+    )
+    return evaluate_predictions(preds, dataset, cfg)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -570,15 +585,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         record: dict[str, Any] = {"epoch": epoch}
         pc = cfg.pseudo
         if pc.enabled and epoch == pc.regen_epochs[0]:  # the base stage's result, for reference
-            preds = predict(
-                model,
-                test_set,
-                device,
-                video_mix=cfg.detect.video_mix,
-                cas_mix=cfg.detect.cas_mix,
-                batch_size=tc.batch_size,
-            )
-            base = evaluate_predictions(preds, test_set, cfg)[1]
+            base = evaluate_model(model, test_set, cfg, device)[1]
             write_json(run_dir / "metrics_base.json", base)
             record["eval_base"] = {"average_mAP": base["headline"]}
         if pc.enabled and epoch in pc.regen_epochs:  # before the epoch's first batch (§1.8)
@@ -606,16 +613,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         record["lr"] = lr
         record["time_s"] = time.perf_counter() - t0
         if tc.eval_every and (epoch + 1) % tc.eval_every == 0 and epoch + 1 < tc.epochs:
-            preds = predict(
-                model,
-                test_set,
-                device,
-                video_mix=cfg.detect.video_mix,
-                cas_mix=cfg.detect.cas_mix,
-                batch_size=tc.batch_size,
-            )
             record["eval"] = {
-                "average_mAP": evaluate_predictions(preds, test_set, cfg)[1]["headline"]
+                "average_mAP": evaluate_model(model, test_set, cfg, device)[1]["headline"]
             }
 
         state = {
@@ -636,15 +635,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             save_checkpoint(run_dir / f"epoch_{epoch + 1:03d}.pt", state)
         logbook.write(record)
 
-    preds = predict(
-        model,
-        test_set,
-        device,
-        video_mix=cfg.detect.video_mix,
-        cas_mix=cfg.detect.cas_mix,
-        batch_size=tc.batch_size,
-    )
-    results, metrics = evaluate_predictions(preds, test_set, cfg)
+    results, metrics = evaluate_model(model, test_set, cfg, device)
     write_json(run_dir / "detections_test.json", results)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
