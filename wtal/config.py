@@ -374,7 +374,12 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        value = raw  # a bare string such as `--set train.device=cpu`
+        # YAML spellings as in the config files (`false`, `null`), else a bare string such as
+        # `--set train.device=cpu`
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
     return key.strip().split("."), value
 
 

@@ -1,0 +1,142 @@
+"""Epoch time of batched training vs one video per forward pass.
+
+Both modes run the engine's own :func:`wtal.engine.train_one_epoch` on the same in-memory
+THUMOS14-sized dataset and the same model, so they compute the same optimizer steps (the
+gradient of 10 videos summed per step, as the reference accumulates 10 single-video passes):
+
+* ``one video per pass``: ``batch_size=1``, the reference's loop;
+* ``batched``: ``batch_size=10``, one padded, masked forward pass per optimizer step.
+
+The dataset: 200 videos of 2048-d non-negative random features (I3D-sized), 20 classes.
+Video lengths are THUMOS14's validation videos (duration * 25 / 16 snippets) when
+``../shared/data`` is present, else log-normal lengths with the same median and spread.
+Both the base-stage epochs (no memory) and the inter-video epochs (memory branch on) are timed.
+
+Run from the repository root: ``python benchmarks/bench_train.py`` (``--videos 50`` for a
+quicker look; the printed epoch time is then scaled to 200 videos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wtal.config import Config, DataConfig, ModelConfig, TrainConfig
+from wtal.data import Video, collate
+from wtal.engine import build_model, train_one_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+DURATIONS = REPO.parent / "shared" / "data" / "thumos14_wtalc_reduced"
+
+FPS, SNIPPET_FRAMES = 25.0, 16.0  # THUMOS14 I3D snippets
+MEDIAN_SNIPPETS, LOG_STD = 235.0, 1.0  # THUMOS14 validation: median 235 snippets, heavy tail
+MIN_SNIPPETS = 14  # the shortest THUMOS14 validation video
+EPOCH_VIDEOS = 200  # THUMOS14's training set size; timings are reported per 200 videos
+
+
+def thumos_lengths(num_videos: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Video lengths in snippets: THUMOS14 validation videos when available."""
+    durations, subsets = DURATIONS / "duration.npy", DURATIONS / "subset.npy"
+    if durations.is_file() and subsets.is_file():
+        d = np.load(durations, allow_pickle=True).astype(float).ravel()
+        s = np.load(subsets, allow_pickle=True).astype(str).ravel()
+        real = np.maximum(np.round(d[s == "validation"] * FPS / SNIPPET_FRAMES), 1).astype(int)
+        return rng.choice(real, num_videos, replace=num_videos > len(real)), "THUMOS14 val"
+    lengths = np.exp(rng.normal(np.log(MEDIAN_SNIPPETS), LOG_STD, num_videos))
+    return np.maximum(lengths.round().astype(int), MIN_SNIPPETS), "log-normal"
+
+
+class MemoryDataset(torch.utils.data.Dataset):
+    """Videos held in memory (the benchmark times the model, not the disk)."""
+
+    def __init__(self, lengths: np.ndarray, feat_dim: int, num_classes: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.videos = []
+        for i, length in enumerate(lengths.tolist()):
+            labels = np.zeros(num_classes, np.float32)
+            labels[rng.choice(num_classes, 1 + (rng.random() < 0.15), replace=False)] = 1
+            features = np.maximum(rng.standard_normal((length, feat_dim), np.float32), 0)
+            empty = np.zeros((0, 2))
+            self.videos.append(
+                Video(
+                    f"video_{i:04d}", "validation", features, labels, empty,
+                    np.zeros(0, np.int64), empty, length * SNIPPET_FRAMES / FPS, FPS,
+                    SNIPPET_FRAMES,
+                )
+            )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> Video:
+        return self.videos[i]
+
+
+def time_epoch(
+    cfg: Config, dataset: MemoryDataset, batch_size: int, epoch: int, seed: int
+) -> float:
+    """Seconds of one :func:`train_one_epoch` with ``batch_size`` videos per forward pass."""
+    torch.manual_seed(seed)
+    model = build_model(cfg, dataset.videos[0].features.shape[1], len(dataset.videos[0].labels))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr_values[0])
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate,
+    )
+    start = time.perf_counter()
+    train_one_epoch(model, loader, optimizer, cfg, epoch, torch.device("cpu"), progress=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=EPOCH_VIDEOS, help="videos per epoch")
+    parser.add_argument("--feat-dim", type=int, default=2048, help="feature dimension")
+    parser.add_argument("--embed-dim", type=int, default=2048, help="embedding dimension")
+    parser.add_argument("--classes", type=int, default=20, help="number of classes")
+    parser.add_argument("--repeats", type=int, default=2, help="epochs per mode, best kept")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    lengths, source = thumos_lengths(args.videos, rng)
+    dataset = MemoryDataset(lengths, args.feat_dim, args.classes, args.seed)
+    cfg = Config(
+        data=DataConfig(),
+        model=dataclasses.replace(ModelConfig(), embed_dim=args.embed_dim),
+        train=dataclasses.replace(TrainConfig(), device="cpu"),
+    )
+    print(
+        f"{args.videos} videos ({source} lengths: median {int(np.median(lengths))}, "
+        f"max {int(lengths.max())}, total {int(lengths.sum())} snippets), "
+        f"D={args.feat_dim}, E={args.embed_dim}, {args.classes} classes; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}"
+    )
+    scale = EPOCH_VIDEOS / args.videos
+    header = f"{'stage':<22}{'mode':<24}{'s / epoch':>12}{'speed-up':>10}"
+    print(header)
+    print("-" * len(header))
+    stages = (("base (no memory)", 0), ("inter-video (memory)", cfg.train.warmup_epoch + 1))
+    for stage, epoch in stages:
+        times = {}
+        for mode, batch_size in (("one video per pass", 1), ("batched (10 per pass)", 10)):
+            best = min(
+                time_epoch(cfg, dataset, batch_size, epoch, args.seed) for _ in range(args.repeats)
+            )
+            times[mode] = best * scale
+        single = times["one video per pass"]
+        for mode, seconds in times.items():
+            print(f"{stage:<22}{mode:<24}{seconds:>12.1f}{single / seconds:>9.1f}x")
+
+
+if __name__ == "__main__":
+    main()
