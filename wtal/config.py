@@ -10,6 +10,7 @@ any field; the fully resolved config is saved with every run.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import os
 import types
@@ -395,6 +396,18 @@ def load_config(
             raise ConfigError(path, f"malformed YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(path, "expected a mapping of sections at the top level")
+    return config_from_dict(data, overrides, source)
+
+
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, source: str | None = None
+) -> Config:
+    """A :class:`Config` from a nested dict (as :func:`config_to_dict` writes it, e.g. the
+    ``config`` entry of a checkpoint), updated by ``section.key=value`` overrides.
+
+    ``data`` is not modified. ``source`` names the dict's origin in error messages.
+    """
+    data = copy.deepcopy(data)
     for text in overrides or []:
         keys, value = _parse_override(text)
         node = data
