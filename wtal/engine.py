@@ -455,24 +455,24 @@ def _read_cache_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the cache, loaded without unpickling, with kinds and ranks checked."""
     try:
         npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise InputError(path, "not a CAS cache: a single array, expected an .npz archive")
-        with npz:
-            arrays = {}
-            for name in ("format", "version", *_CACHE_SHAPES):
-                if name not in npz.files:
-                    raise InputError(path, f"not a wtal CAS cache (no {name!r} entry)")
-                arrays[name] = npz[name]
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
-    except InputError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise InputError(path, "holds pickled objects; a CAS cache has none") from None
-        raise InputError(path, f"not a readable .npz file ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # numpy takes unknown bytes for a pickle
         raise InputError(path, f"not a readable .npz file ({exc.__class__.__name__})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise InputError(path, "not a CAS cache: a single array, expected an .npz archive")
+    arrays = {}
+    with npz:
+        for name in ("format", "version", *_CACHE_SHAPES):
+            if name not in npz.files:
+                raise InputError(path, f"not a wtal CAS cache (no {name!r} entry)")
+            try:
+                arrays[name] = npz[name]
+            except ValueError:  # an object array: refused without unpickling
+                raise InputError(path, f"entry {name!r} holds pickled objects") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                what = f"entry {name!r} is unreadable ({exc.__class__.__name__})"
+                raise InputError(path, what) from None
     if str(arrays["format"]) != CAS_CACHE_FORMAT:
         raise InputError(path, f"format {str(arrays['format'])!r}: expected {CAS_CACHE_FORMAT!r}")
     if int(arrays["version"]) > CAS_CACHE_VERSION:
