@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wtal.cli import build_parser, main
 from wtal.config import load_config
@@ -318,3 +319,10 @@ def test_detect_errors_are_one_line(run, data, tmp_path, capsys, case, message):
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.cas.npz").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_detect_on_cuda_without_one_is_an_input_error(run, data, tmp_path, capsys):
+    argv = ["detect", str(run), "--data", str(data), "--device", "cuda"]
+    status, _, err = call(argv + ["--out", str(tmp_path / "r.json")], capsys)
+    assert status == 2 and err == "error: --device cuda: no CUDA device is available\n"

@@ -329,6 +329,8 @@ def _check_dataset_fits(dataset, class_names: list[str], feat_dim: int, where: s
 def cmd_detect(args: argparse.Namespace) -> int:
     import warnings
 
+    import torch
+
     from wtal.data import FeatureDataset
     from wtal.engine import (
         evaluate_predictions,
@@ -367,6 +369,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         )
         _check_dataset_fits(dataset, class_names, feat_dim, args.data)
         videos = dataset
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda: no CUDA device is available")
     device = resolve_device(args.device)
     preds = predict(
         model.to(device),
