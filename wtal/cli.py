@@ -243,6 +243,343 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
 
+# ----------------------------------------------------------------------------- detect
+
+
+def _sidecar(out: Path, suffix: str) -> Path:
+    """``results.json`` -> ``results<suffix>``: files that belong to an output sit beside it."""
+    return out.with_name(out.stem + suffix)
+
+
+def _print_metrics(metrics: dict) -> None:
+    """The compact mAP table of both protocols, then the headline numbers."""
+    print(_metrics_table({"official": metrics["official"], "legacy wtalc": metrics["wtalc"]}))
+    line = f"average mAP (headline): {metrics['headline']:.2f}"
+    if "classification_map" in metrics:
+        line += f"; video classification mAP: {metrics['classification_map']:.2f}"
+    print(line)
+
+
+def _report_warnings(caught: list) -> None:
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+
+
+def _features_video(path: Path, cfg, num_classes: int, feat_dim: int):
+    """One new video's ``(T, D)`` feature file as a :class:`wtal.data.Video` without ground
+    truth (video id = file stem, duration = its T snippets)."""
+    import numpy as np
+
+    from wtal.data import Video, resample
+    from wtal.data.layouts import feature_problem
+    from wtal.segments import snippets_to_seconds
+
+    try:
+        features = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a numeric .npy array ({exc})") from None
+    if not isinstance(features, np.ndarray):
+        features.close()
+        raise InputError(path, "expected one (T, D) .npy array, got an .npz archive")
+    problem = feature_problem(features, None)
+    if problem:
+        raise InputError(path, problem)
+    if features.shape[1] != feat_dim:
+        raise InputError(
+            path, f"features are {features.shape[1]}-d; the checkpoint expects {feat_dim}-d"
+        )
+    num_snippets = features.shape[0]
+    fps, snippet_frames = cfg.data.fps, cfg.data.snippet_frames
+    duration_s = float(snippets_to_seconds(num_snippets, fps, snippet_frames))
+    if cfg.data.num_segments:  # the model was trained on resampled videos: test likewise
+        snippet_frames *= num_snippets / cfg.data.num_segments
+        features = resample(features, cfg.data.num_segments)
+    return Video(
+        video_id=path.stem,
+        subset="",
+        features=features.astype(np.float32),
+        labels=np.zeros(num_classes, dtype=np.float32),
+        segments_s=np.zeros((0, 2)),
+        segment_labels=np.zeros(0, dtype=np.int64),
+        ambiguous_s=np.zeros((0, 2)),
+        duration_s=duration_s,
+        fps=fps,
+        snippet_frames=snippet_frames,
+    )
+
+
+def _check_dataset_fits(dataset, class_names: list[str], feat_dim: int, where: str) -> None:
+    """The dataset must have the checkpoint's feature dim and class list (same order)."""
+    if dataset.feat_dim != feat_dim:
+        raise InputError(
+            where, f"features are {dataset.feat_dim}-d; the checkpoint expects {feat_dim}-d"
+        )
+    if list(dataset.class_names) != class_names:
+        missing = [c for c in class_names if c not in dataset.class_names]
+        extra = [c for c in dataset.class_names if c not in class_names]
+        if missing or extra:
+            what = f"missing {missing[:5]}, unknown {extra[:5]}"
+        else:
+            what = "same classes in another order"
+        raise InputError(where, f"classes differ from the checkpoint's ({what})")
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import warnings
+
+    import torch
+
+    from wtal.data import FeatureDataset
+    from wtal.engine import (
+        evaluate_predictions,
+        load_trained_model,
+        predict,
+        resolve_device,
+        results_from_predictions,
+        save_predictions,
+    )
+    from wtal.io import write_json
+
+    if (args.data is None) == (args.features is None):
+        raise InputError(None, "wtal detect needs either --data PATH or --features VIDEO.npy")
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.path={str(args.data)!r}")
+    if args.fps is not None:
+        overrides.append(f"data.fps={args.fps!r}")
+    if args.snippet_frames is not None:
+        overrides.append(f"data.snippet_frames={args.snippet_frames!r}")
+    model, cfg, state = load_trained_model(args.checkpoint, overrides)
+    class_names, feat_dim = [str(c) for c in state["class_names"]], int(state["feat_dim"])
+    dataset = None
+    if args.features is not None:
+        videos = [_features_video(Path(args.features), cfg, len(class_names), feat_dim)]
+        split = ""
+    else:
+        split = args.split or cfg.data.test_subset
+        dataset = FeatureDataset(
+            args.data,
+            split,
+            layout=cfg.data.layout,
+            fps=cfg.data.fps,
+            snippet_frames=cfg.data.snippet_frames,
+            num_segments=cfg.data.num_segments or None,
+        )
+        _check_dataset_fits(dataset, class_names, feat_dim, args.data)
+        videos = dataset
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda: no CUDA device is available")
+    device = resolve_device(args.device)
+    preds = predict(
+        model.to(device),
+        videos,
+        device,
+        video_mix=cfg.detect.video_mix,
+        cas_mix=cfg.detect.cas_mix,
+        batch_size=cfg.train.batch_size,
+        progress=not args.quiet,
+    )
+    metrics = None
+    if dataset is not None and any(len(r.segments_s) for r in dataset.records):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results, metrics = evaluate_predictions(preds, dataset, cfg)
+        _report_warnings(caught)
+    else:
+        results = results_from_predictions(preds, class_names, cfg.detect)
+    out = Path(args.out)
+    cache = _sidecar(out, ".cas.npz")
+    save_predictions(cache, preds, class_names, cfg, split)
+    write_json(out, results)
+    count = sum(len(v) for v in results["results"].values())
+    print(f"wrote {out}: {count} detections in {len(preds)} videos (CAS cache: {cache})")
+    if metrics is not None:
+        write_json(_sidecar(out, ".metrics.json"), metrics)
+        print(f"split {split!r}, mAP (%) by tIoU (metrics: {_sidecar(out, '.metrics.json')}):")
+        _print_metrics(metrics)
+    return 0
+
+
+def _add_detect_parser(sub: argparse._SubParsersAction) -> None:
+    detect = sub.add_parser(
+        "detect",
+        help="detect actions with a trained checkpoint",
+        description="Run a checkpoint on a dataset split (or on one video's features), write "
+        "ActivityNet-format results, a CAS cache beside them (OUT stem + .cas.npz, for "
+        "`wtal postprocess` and `wtal plot`) and, when the split has ground truth, metrics of "
+        "both protocols (OUT stem + .metrics.json).",
+    )
+    detect.add_argument("checkpoint", help="checkpoint .pt, or a run folder (its last.pt)")
+    source = detect.add_mutually_exclusive_group()
+    source.add_argument("--data", help="dataset root (per-video layout or W-TALC bundle)")
+    source.add_argument("--features", metavar="VIDEO.npy", help="one video's (T, D) features")
+    detect.add_argument("--split", help="subset of --data (default: the config's test subset)")
+    detect.add_argument("--out", default="results.json", help="results JSON (results.json)")
+    detect.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    detect.add_argument("--fps", type=float, help="feature frame rate (default: the config's)")
+    detect.add_argument(
+        "--snippet-frames", type=float, help="frames per feature snippet (default: the config's)"
+    )
+    detect.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a field of the checkpoint's config, e.g. --set detect.temperature=0.1",
+    )
+    detect.add_argument("--quiet", action="store_true", help="no progress bar")
+    detect.set_defaults(func=cmd_detect)
+
+
+# ----------------------------------------------------------------------------- postprocess
+
+
+_POSTPROCESS_FLAGS = {
+    "fusion": "detect.fusion",
+    "temperature": "detect.temperature",
+    "overlap_threshold": "detect.overlap_threshold",
+    "sigma": "detect.soft_nms_sigma",
+}
+"""Command-line flags of ``wtal postprocess`` and the config fields they set."""
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    import warnings
+
+    from wtal.config import Config, config_from_dict, config_to_dict
+    from wtal.engine import load_predictions, results_from_predictions, score_results
+    from wtal.evaluation import load_ground_truth, resolve_subset
+    from wtal.io import write_json
+
+    cache = load_predictions(args.cache)
+    overrides = list(args.set or [])
+    for flag, key in _POSTPROCESS_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value!r}")
+    cfg = config_from_dict(config_to_dict(cache.config or Config()), overrides)
+    results = results_from_predictions(cache.predictions, cache.class_names, cfg.detect)
+    cache_path = Path(args.cache)
+    stem = cache_path.name.removesuffix(".npz").removesuffix(".cas")
+    out = Path(args.out) if args.out else cache_path.with_name(f"{stem}.{cfg.detect.fusion}.json")
+    write_json(out, results)
+    d = cfg.detect
+    count = sum(len(v) for v in results["results"].values())
+    print(
+        f"fusion {d.fusion} (temperature {d.temperature}, overlap threshold "
+        f"{d.overlap_threshold}, soft-NMS sigma {d.soft_nms_sigma}): wrote {out}: {count} "
+        f"detections in {len(cache.predictions)} videos"
+    )
+    if args.gt:
+        ground_truth = load_ground_truth(args.gt)
+        subset = args.subset
+        if subset is None:
+            present = {v.get("subset") for v in ground_truth["database"].values()}
+            subset = cache.split if cache.split in present else None
+        subset = resolve_subset(ground_truth, subset, source=args.gt)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metrics = score_results(results, ground_truth, subset, cfg)
+        _report_warnings(caught)
+        write_json(_sidecar(out, ".metrics.json"), metrics)
+        print(f"subset {subset!r}, mAP (%) by tIoU (metrics: {_sidecar(out, '.metrics.json')}):")
+        _print_metrics(metrics)
+    return 0
+
+
+def _add_postprocess_parser(sub: argparse._SubParsersAction) -> None:
+    post = sub.add_parser(
+        "postprocess",
+        help="re-run proposals and fusion from a CAS cache (no model)",
+        description="Detections from a CAS cache written by `wtal detect` or `wtal train` "
+        "(cas_test.npz), for parameter sweeps. Every setting defaults to what the cache was "
+        "made with, so with no options the detections equal those of `wtal detect`.",
+    )
+    post.add_argument("cache", help="CAS cache (.npz)")
+    post.add_argument("--fusion", choices=["gaussian", "nms", "soft-nms", "none"])
+    post.add_argument("--temperature", type=float, help="Gaussian fusion temperature")
+    post.add_argument("--overlap-threshold", type=float, help="fusion / NMS overlap threshold")
+    post.add_argument("--sigma", type=float, help="soft-NMS sigma")
+    post.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override another field of the stored config, e.g. --set detect.class_threshold=0.2",
+    )
+    post.add_argument(
+        "--out", help="results JSON (default: beside the cache, <cache stem>.<fusion>.json)"
+    )
+    post.add_argument("--gt", help="ground truth JSON: also evaluate (both protocols)")
+    post.add_argument("--subset", help="GT subset (default: the cache's split, else automatic)")
+    post.set_defaults(func=cmd_postprocess)
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from wtal.config import Config
+    from wtal.engine import detect, load_predictions, results_from_predictions
+    from wtal.evaluation import load_ground_truth, load_results
+    from wtal.plots import plot_video
+    from wtal.segments import snippets_to_seconds
+
+    cache = load_predictions(args.cache)
+    cfg = cache.config or Config()
+    by_id = {p.video_id: p for p in cache.predictions}
+    if args.videos:
+        ids = [v.strip() for v in args.videos.split(",") if v.strip()]
+        unknown = [v for v in ids if v not in by_id]
+        if unknown:
+            raise InputError(args.cache, f"no video {unknown[0]!r} in the cache")
+    else:
+        if args.num < 1:
+            raise InputError(None, f"--num: expected a number >= 1, got {args.num}")
+        ids = list(by_id)[: args.num]
+    if args.results:
+        results = load_results(args.results)["results"]
+    else:
+        chosen = [by_id[v] for v in ids]
+        results = results_from_predictions(chosen, cache.class_names, cfg.detect)["results"]
+    database = load_ground_truth(args.gt)["database"] if args.gt else {}
+    out = Path(args.out)
+    for vid in ids:
+        pred = by_id[vid]
+        found = detect(pred, replace(cfg.detect, fusion="none"))  # the proposals, unfused
+        segments = snippets_to_seconds(found.segments.numpy(), pred.fps, pred.snippet_frames)
+        plot_video(
+            out / f"{vid}.png",
+            pred,
+            cache.class_names,
+            detections=results.get(vid, []),
+            ground_truth=database[vid]["annotations"] if vid in database else None,
+            proposals=(segments, found.labels.numpy()),
+        )
+    print(f"wrote {len(ids)} plots to {out}")
+    return 0
+
+
+def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    plot = sub.add_parser(
+        "plot",
+        help="PNG timelines of CAS, attention, proposals, detections and ground truth",
+        description="One PNG per video (OUT/<video_id>.png) from a CAS cache: attention, the "
+        "CAS of the ground-truth and top predicted classes, proposals, fused detections and "
+        "ground-truth segments.",
+    )
+    plot.add_argument("cache", help="CAS cache (.npz) from `wtal detect` or `wtal train`")
+    plot.add_argument("--results", help="detections to draw (default: made from the cache)")
+    plot.add_argument("--gt", help="ground truth JSON (draws the GT segments)")
+    which = plot.add_mutually_exclusive_group()
+    which.add_argument("--videos", help="comma-separated video ids")
+    which.add_argument("--num", type=int, default=5, help="the first N videos (default 5)")
+    plot.add_argument("--out", required=True, help="output folder")
+    plot.set_defaults(func=cmd_plot)
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -333,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(sub)
     _add_score_parser(sub)
     _add_train_parser(sub)
+    _add_detect_parser(sub)
+    _add_postprocess_parser(sub)
+    _add_plot_parser(sub)
     _add_demo_parser(sub)
     return parser
 
