@@ -148,8 +148,9 @@ class Shard(NamedTuple):
     global_size: int
     """Videos in the whole global batch (what the single-process loop would count)."""
     empty: bool
-    """This rank has no video of this global batch: the stand-in runs a zero-weighted
-    forward and backward so that the gradient all-reduce stays in step across ranks."""
+    """This rank has no video of this global batch (fewer videos than ranks): the stand-in
+    runs a forward and a backward with exactly zero gradients, so that every rank takes part
+    in the gradient all-reduce, and adds nothing to the memory or the loss sums."""
     counts: tuple[int, ...]
     """Videos of every rank in this global batch, in rank order."""
 

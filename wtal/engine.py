@@ -12,6 +12,7 @@ import bisect
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def _pad_pseudo(targets: dict[str, Tensor], batch: Batch, device: torch.device) 
 
 def train_one_epoch(
     model: WTALModel,
-    loader: torch.utils.data.DataLoader,
+    loader: Iterable[Batch] | ShardedLoader,
     optimizer: torch.optim.Optimizer,
     cfg: Config,
     epoch: int,
@@ -190,8 +191,8 @@ def train_one_epoch(
         if not torch.isfinite(loss):
             bad = {k: v.detach().tolist() for k, v in terms.items()}
             raise FloatingPointError(f"non-finite loss at epoch {epoch}: {bad} ({batch.video_ids})")
-        if empty:  # a stand-in video: keeps the gradient all-reduce in step, adds nothing
-            loss = loss * 0.0
+        if empty:  # a stand-in video: exact zero gradients keep the all-reduce in step
+            loss = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
         loss.backward()
         if use_memory:
             rows = distributed.gather_rows(
@@ -218,7 +219,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def init_memory(
-    model: WTALModel, loader: torch.utils.data.DataLoader, device: torch.device
+    model: WTALModel, loader: Iterable[Batch] | ShardedLoader, device: torch.device
 ) -> None:
     """Fill the inter-video memory from a dropout-free pass over the training videos
     (after the warm-up epoch, method.py:330-334).
@@ -629,7 +630,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         elif len(rng_ranks) == world:
             _set_rng_state(rng_ranks[distributed.rank()])
         elif main:
-            log.warning("checkpoint from %d process(es): dropout streams restart", len(rng_ranks))
+            saved = len(rng_ranks) or 1
+            log.warning("checkpoint of %d process(es), run of %d: new dropout seeds", saved, world)
         start = int(state["epoch"])
         log.info("resuming %s at epoch %d", run_dir, start)
     elif main:
