@@ -198,8 +198,9 @@ def _run_dir_for(config_path: str | None) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from wtal import distributed
     from wtal.config import load_config
-    from wtal.engine import fit
+    from wtal.engine import fit, resolve_device
 
     overrides = list(args.set or [])
     if args.data:
@@ -220,9 +221,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not cfg.data.path:
             raise InputError(args.config, "data.path is empty: pass --data PATH")
         run_dir = Path(args.run_dir) if args.run_dir else _run_dir_for(args.config)
-    print(f"run folder: {run_dir}")
-    metrics = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
-    print(json.dumps({"average_map": metrics["headline"]}, indent=None))
+    # Under torchrun: one process group for the run (a no-op without torchrun).
+    with distributed.process_group(resolve_device(cfg.train.device)) as world:
+        run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp names the run
+        main = distributed.is_main()
+        if main:
+            print(f"run folder: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
+        metrics = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet and main)
+    if main:
+        print(json.dumps({"average_map": metrics["headline"]}, indent=None))
     return 0
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,9 +23,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from wtal import __version__
+from wtal import __version__, distributed
 from wtal.config import Config, DetectConfig, config_from_dict, config_to_dict, save_config
 from wtal.data import Batch, FeatureDataset, collate
+from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.fusion import detect as detect_segments
 from wtal.io import InputError, atomic_path, write_json
@@ -147,44 +148,62 @@ def _pad_pseudo(targets: dict[str, Tensor], batch: Batch, device: torch.device) 
 
 def train_one_epoch(
     model: WTALModel,
-    loader: torch.utils.data.DataLoader,
+    loader: Iterable[Batch] | ShardedLoader,
     optimizer: torch.optim.Optimizer,
     cfg: Config,
     epoch: int,
     device: torch.device,
     pseudo_targets: dict[str, Tensor] | None = None,
     progress: bool = True,
+    ddp: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over the training videos; returns the mean of each loss term per video.
 
     Losses are summed (not averaged) over ``cfg.train.videos_per_step`` videos before each
     optimizer step, like the reference's accumulation over 10 single-video passes. A
     remainder at the end of the epoch makes one last, smaller step.
+
+    Under DDP ``loader`` is a :class:`~wtal.distributed.ShardedLoader` and ``ddp`` the
+    :func:`~wtal.distributed.wrap_model` wrapper of ``model``: each rank runs its slice of
+    every global batch, gradients are summed over ranks, the memory is updated from the
+    gathered global batch, and videos are counted per global batch, so the step is the
+    single-process step.
     """
-    model.train()
+    net = model if ddp is None else ddp
+    net.train()
     use_memory = epoch > cfg.train.warmup_epoch
     sums: dict[str, float] = {}
     n_videos = 0
     since_step = 0
     optimizer.zero_grad(set_to_none=True)
-    for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
+    for item in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
+        batch, global_size, empty = (
+            (item.batch, item.global_size, item.empty)
+            if isinstance(item, Shard)
+            else (item, len(item.video_ids), False)
+        )
         features = batch.features.to(device)
         mask = batch.mask.to(device)
         labels = batch.labels.to(device)
-        out = model(features, mask, labels, use_memory=use_memory)
+        out = net(features, mask, labels, use_memory=use_memory)
         pseudo = None if pseudo_targets is None else _pad_pseudo(pseudo_targets, batch, device)
         terms = compute_losses(out, labels, mask, pseudo, cfg, epoch)
         loss = terms["total"].sum()
         if not torch.isfinite(loss):
             bad = {k: v.detach().tolist() for k, v in terms.items()}
             raise FloatingPointError(f"non-finite loss at epoch {epoch}: {bad} ({batch.video_ids})")
+        if empty:  # a stand-in video: exact zero gradients keep the all-reduce in step
+            loss = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
         loss.backward()
         if use_memory:
-            model.memory.update(out.bases.detach(), out.basis_scores.detach(), labels)
+            rows = distributed.gather_rows(
+                item, out.bases.detach(), out.basis_scores.detach(), labels
+            )
+            model.memory.update(*rows)
         for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
-        n_videos += len(batch.video_ids)
-        since_step += len(batch.video_ids)
+            sums[k] = sums.get(k, 0.0) + (0.0 if empty else float(v.detach().sum()))
+        n_videos += 0 if empty else len(batch.video_ids)
+        since_step += global_size
         if since_step >= cfg.train.videos_per_step:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -192,22 +211,31 @@ def train_one_epoch(
     if since_step:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if isinstance(loader, ShardedLoader):
+        totals = distributed.sum_over_ranks({**sums, "": float(n_videos)})
+        n_videos = int(totals.pop(""))
+        sums = totals
     return {k: v / max(n_videos, 1) for k, v in sums.items()}
 
 
 @torch.no_grad()
 def init_memory(
-    model: WTALModel, loader: torch.utils.data.DataLoader, device: torch.device
+    model: WTALModel, loader: Iterable[Batch] | ShardedLoader, device: torch.device
 ) -> None:
     """Fill the inter-video memory from a dropout-free pass over the training videos
-    (after the warm-up epoch, method.py:330-334)."""
+    (after the warm-up epoch, method.py:330-334).
+
+    With a :class:`~wtal.distributed.ShardedLoader` each rank runs its slices and every rank
+    updates from the gathered rows in global order, so all memories are the same.
+    """
     was_training = model.training
     model.eval()
     model.memory.reset()
-    for batch in loader:
+    for item in loader:
+        batch = item.batch if isinstance(item, Shard) else item
         labels = batch.labels.to(device)
         out = model(batch.features.to(device), batch.mask.to(device), labels)
-        model.memory.update(out.bases, out.basis_scores, labels)
+        model.memory.update(*distributed.gather_rows(item, out.bases, out.basis_scores, labels))
     model.train(was_training)
 
 
@@ -559,10 +587,13 @@ def generate_pseudo_labels(
 
     The teacher is the current model itself: the reference copies the weights into a
     teacher right before this pass and uses the copy for nothing else.
+
+    Under DDP each rank labels its slice of the videos (:func:`wtal.distributed.shard_dataset`)
+    and every rank returns the gathered labels of all videos and the summed statistics.
     """
     preds = predict(
         model,
-        dataset,
+        distributed.shard_dataset(dataset),
         device,
         video_mix=cfg.detect.video_mix,
         cas_mix=cfg.pseudo.cas_mix,
@@ -591,6 +622,10 @@ def generate_pseudo_labels(
         totals["infeasible"] += stats.n_infeasible
         totals["fallback"] += stats.n_fallback
         totals["solve_s"] += stats.solve_time_s
+    if distributed.world_size() > 1:
+        parts = distributed.all_gather_objects((labels, totals))
+        labels = {vid: y for part, _ in parts for vid, y in part.items()}
+        totals = {k: sum(t[k] for _, t in parts) for k in totals}
     return labels, totals
 
 
@@ -669,18 +704,39 @@ def score_results(
 
 
 def evaluate_model(
-    model: WTALModel, dataset: FeatureDataset, cfg: Config, device: torch.device
+    model: WTALModel,
+    dataset: FeatureDataset,
+    cfg: Config,
+    device: torch.device,
+    *,
+    cache: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`predict` (test-time mixing, dropout off) then :func:`evaluate_predictions`."""
+    """:func:`predict` (test-time mixing, dropout off) then :func:`evaluate_predictions`.
+
+    Under DDP each rank predicts its slice of the videos, rank 0 gathers and evaluates, and
+    every rank gets the metrics; the detections are returned on rank 0 only (empty elsewhere).
+    With ``cache``, the gathered predictions are also written there (:func:`save_predictions`).
+    """
     preds = predict(
         model,
-        dataset,
+        distributed.shard_dataset(dataset),
         device,
         video_mix=cfg.detect.video_mix,
         cas_mix=cfg.detect.cas_mix,
         batch_size=cfg.train.batch_size,
     )
-    return evaluate_predictions(preds, dataset, cfg)
+    if distributed.world_size() == 1:
+        if cache is not None:
+            save_predictions(cache, preds, dataset.class_names, cfg, dataset.subset)
+        return evaluate_predictions(preds, dataset, cfg)
+    parts = distributed.gather_objects(preds)
+    results, metrics = {}, None
+    if parts is not None:  # rank 0
+        preds = [p for part in parts for p in part]
+        if cache is not None:
+            save_predictions(cache, preds, dataset.class_names, cfg, dataset.subset)
+        results, metrics = evaluate_predictions(preds, dataset, cfg)
+    return results, distributed.broadcast_object(metrics)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -795,15 +851,21 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         resume: continue from ``run_dir/last.pt`` exactly where it stopped.
         progress: show tqdm progress bars.
 
+    Under DDP (a process group is initialised, see :mod:`wtal.distributed`) every rank calls
+    this with the same arguments; rank 0 writes the files, and every rank returns the metrics.
+
     Returns:
         The final metrics (see :func:`evaluate_predictions`).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    world, main = distributed.world_size(), distributed.is_main()
+    device = distributed.rank_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
     train_set, train_fixed, test_set = open_datasets(cfg)
     model = build_model(cfg, train_set.feat_dim, train_set.num_classes).to(device)
+    if world > 1:  # same initial weights everywhere, then each rank its own dropout stream
+        torch.manual_seed(distributed.rank_seed(cfg.train.seed, distributed.rank()))
     tc = cfg.train
     optimizer = torch.optim.Adam(
         model.parameters(), lr=tc.lr_values[0], betas=tc.betas, weight_decay=tc.weight_decay
@@ -820,13 +882,27 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             (int(e), labels)
             for e, labels in zip(state["pseudo_epochs"], state["pseudo"], strict=True)
         ]
-        _set_rng_state(state["rng"])
+        rng_ranks = state.get("rng_ranks", [])
+        if world == 1:
+            _set_rng_state(state["rng"])
+        elif len(rng_ranks) == world:
+            _set_rng_state(rng_ranks[distributed.rank()])
+        elif main:
+            saved = len(rng_ranks) or 1
+            log.warning("checkpoint of %d process(es), run of %d: new dropout seeds", saved, world)
         start = int(state["epoch"])
         log.info("resuming %s at epoch %d", run_dir, start)
-    else:
+    elif main:
         save_config(cfg, run_dir / "config.yaml")
-    logbook = JsonlLog(run_dir / "log.jsonl", start)
-    ordered = torch.utils.data.DataLoader(train_fixed, batch_size=tc.batch_size, collate_fn=collate)
+    logbook = JsonlLog(run_dir / "log.jsonl", start) if main else None
+    if world > 1:
+        ddp = distributed.wrap_model(model, device)
+        ordered = ShardedLoader(train_fixed, tc.batch_size)
+    else:
+        ddp = None
+        ordered = torch.utils.data.DataLoader(
+            train_fixed, batch_size=tc.batch_size, collate_fn=collate
+        )
 
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
@@ -834,7 +910,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         pc = cfg.pseudo
         if pc.enabled and epoch == pc.regen_epochs[0]:  # the base stage's result, for reference
             base = evaluate_model(model, test_set, cfg, device)[1]
-            write_json(run_dir / "metrics_base.json", base)
+            if main:
+                write_json(run_dir / "metrics_base.json", base)
             record["eval_base"] = {"average_mAP": base["headline"]}
         if pc.enabled and epoch in pc.regen_epochs:  # before the epoch's first batch (§1.8)
             if pc.reset_memory:
@@ -850,11 +927,18 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             group["lr"] = lr
         train_set.set_epoch(epoch)
         shuffle = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=tc.batch_size, shuffle=True, generator=shuffle, collate_fn=collate
-        )
+        if world > 1:  # every rank draws the same order and takes its slice of each batch
+            loader = ShardedLoader(train_set, tc.batch_size, generator=shuffle)
+        else:
+            loader = torch.utils.data.DataLoader(
+                train_set,
+                batch_size=tc.batch_size,
+                shuffle=True,
+                generator=shuffle,
+                collate_fn=collate,
+            )
         record["loss"] = train_one_epoch(
-            model, loader, optimizer, cfg, epoch, device, targets, progress=progress
+            model, loader, optimizer, cfg, epoch, device, targets, progress and main, ddp
         )
         if epoch == tc.warmup_epoch:
             init_memory(model, ordered, device)
@@ -878,21 +962,17 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             "pseudo": [labels for _, labels in history],
             "rng": _rng_state(),
         }
-        save_checkpoint(run_dir / "last.pt", state)
-        if tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0:
-            save_checkpoint(run_dir / f"epoch_{epoch + 1:03d}.pt", state)
-        logbook.write(record)
+        if world > 1:  # every rank's dropout stream, for an exact resume
+            state["rng_ranks"] = distributed.gather_objects(state["rng"])
+        if main:
+            save_checkpoint(run_dir / "last.pt", state)
+            if tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0:
+                save_checkpoint(run_dir / f"epoch_{epoch + 1:03d}.pt", state)
+            logbook.write(record)
 
-    preds = predict(
-        model,
-        test_set,
-        device,
-        video_mix=cfg.detect.video_mix,
-        cas_mix=cfg.detect.cas_mix,
-        batch_size=tc.batch_size,
-    )
-    results, metrics = evaluate_predictions(preds, test_set, cfg)
-    save_predictions(run_dir / "cas_test.npz", preds, test_set.class_names, cfg, test_set.subset)
-    write_json(run_dir / "detections_test.json", results)
-    write_json(run_dir / "metrics.json", metrics)
+    cache = run_dir / "cas_test.npz" if main else None
+    results, metrics = evaluate_model(model, test_set, cfg, device, cache=cache)
+    if main:
+        write_json(run_dir / "detections_test.json", results)
+        write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -1,0 +1,189 @@
+"""Data-parallel training: sharding, and 2 CPU processes (gloo) == 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from wtal import distributed
+from wtal.config import load_config
+from wtal.data import FeatureDataset, collate
+from wtal.engine import fit, load_checkpoint
+from wtal.synth import THUMOS, write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 9 training videos in global batches of 4: batches of 4, 4 and 1, so with 2 processes the
+# last batch leaves rank 1 empty. Dropout is off: each process draws its own dropout masks,
+# so only a dropout-free run can match the single process number for number.
+TINY = """\
+model: {embed_dim: 32, dropout: 0.0}
+train:
+  epochs: 3
+  warmup_epoch: 0
+  lr_milestones: [2]
+  lr_values: [5.0e-4, 1.0e-4]
+  batch_size: 4
+  videos_per_step: 4
+  checkpoint_every: 2
+  device: cpu
+loss: {spl_milestones: [1, 2]}
+pseudo:
+  regen_epochs: [2]
+  temperatures: [0.02]
+  teacher_dropout: false
+  delta_start: 3
+  delta_switch: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset folder, config file)."""
+    root = tmp_path_factory.mktemp("ddp")
+    spec = replace(
+        THUMOS,
+        train_videos=9,
+        test_videos=4,
+        feat_dim=16,
+        num_classes=4,
+        min_snippets=30,
+        median_snippets=50,
+        max_snippets=80,
+    )
+    write_synthetic(root / "data", spec, seed=0)
+    (root / "tiny.yaml").write_text(TINY)
+    return root / "data", root / "tiny.yaml"
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_split_sizes_cover_every_item_once(world):
+    for n in range(12):
+        sizes = distributed.split_sizes(n, world)
+        assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+        ranges = [distributed.shard_range(n, r, world) for r in range(world)]
+        assert [i for r in ranges for i in r] == list(range(n))
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_shards_of_a_shuffled_epoch_make_up_the_single_process_batches(tiny, world):
+    dataset = FeatureDataset(tiny[0], "validation")
+    single = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=4,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(7),
+        collate_fn=collate,
+    )
+    expected = [b.video_ids for b in single]
+    shards = [
+        list(
+            distributed.ShardedLoader(
+                dataset, 4, generator=torch.Generator().manual_seed(7), rank_=r, world=world
+            )
+        )
+        for r in range(world)
+    ]
+    assert all(len(s) == len(expected) for s in shards)
+    for i, videos in enumerate(expected):
+        parts = [s[i] for s in shards]
+        union = [v for p in parts if not p.empty for v in p.batch.video_ids]
+        assert union == videos  # same videos, same order
+        assert all(p.global_size == len(videos) for p in parts)
+        assert [0 if p.empty else len(p.batch.video_ids) for p in parts] == list(parts[0].counts)
+    # 9 videos in batches of 4: the last batch has 1 video, so ranks >= 1 get a stand-in.
+    assert [p[-1].empty for p in shards] == [False] + [True] * (world - 1)
+    other = distributed.ShardedLoader(
+        dataset, 4, generator=torch.Generator().manual_seed(8), rank_=0, world=1
+    )
+    assert [b.batch.video_ids for b in other] != expected
+
+
+def test_helpers_are_the_identity_without_a_process_group(tiny, monkeypatch):
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with distributed.process_group(torch.device("cpu")) as world:
+        assert world == 1 and not dist.is_initialized()
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    dataset = FeatureDataset(tiny[0], "validation")
+    assert distributed.shard_dataset(dataset) is dataset
+    batch = collate([dataset[0], dataset[1]])
+    x = torch.arange(6.0).reshape(2, 3)
+    assert distributed.gather_rows(batch, x)[0] is x
+    assert distributed.sum_over_ranks({"a": 1.5}) == {"a": 1.5}
+    assert distributed.all_gather_objects("x") == ["x"] == distributed.gather_objects("x")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _torchrun(*args: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", "-m", "wtal", "train", *args, "--quiet"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ddp_runs") / "two"
+    _torchrun(str(tiny[1]), "--data", str(tiny[0]), "--run-dir", str(run))
+    return run
+
+
+def test_two_processes_train_the_single_process_model(tiny, ddp_run, tmp_path):
+    """3 epochs (memory from epoch 1, pseudo labels at epoch 2) on 2 gloo processes give the
+    weights, memory and pseudo labels of 1 process with the same global batches."""
+    data, config = tiny
+    single = tmp_path / "one"
+    fit(load_config(config, [f"data.path={str(data)!r}"]), single, progress=False)
+    a, b = load_checkpoint(single), load_checkpoint(ddp_run)
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-5, msg=key)
+    assert int(a["model"]["memory.num_filled"].sum()) > 0  # the memory was in use
+    assert b["pseudo_epochs"] == a["pseudo_epochs"] == [2]
+    labels_a, labels_b = a["pseudo"][0], b["pseudo"][0]
+    assert sorted(labels_b) == sorted(labels_a) and len(labels_a) == 9
+    for vid, y in labels_a.items():
+        torch.testing.assert_close(labels_b[vid], y, rtol=0, atol=1e-4, msg=vid)
+    log_a = [json.loads(x) for x in (single / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (ddp_run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log_b] == [0, 1, 2]  # written once, by rank 0
+    for ra, rb in zip(log_a, log_b, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+    assert log_b[2]["pseudo"]["segments"] == log_a[2]["pseudo"]["segments"]
+    metrics_a = json.loads((single / "metrics.json").read_text())
+    metrics_b = json.loads((ddp_run / "metrics.json").read_text())
+    assert metrics_b["headline"] == pytest.approx(metrics_a["headline"], abs=1e-6)
+    assert len(b["rng_ranks"]) == 2
+
+
+def test_resume_under_ddp_is_bit_identical(ddp_run, tmp_path):
+    """2 epochs + 2 processes resuming for 1 more == 3 epochs straight, bit for bit."""
+    run = tmp_path / "resumed"
+    run.mkdir()
+    shutil.copy(ddp_run / "config.yaml", run / "config.yaml")
+    shutil.copy(ddp_run / "epoch_002.pt", run / "last.pt")
+    lines = (ddp_run / "log.jsonl").read_text().splitlines()
+    (run / "log.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    _torchrun("--resume", str(run))
+    a, b = load_checkpoint(ddp_run)["model"], load_checkpoint(run)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (run / "log.jsonl").read_text().splitlines() != lines[:2]
+    assert len((run / "log.jsonl").read_text().splitlines()) == 3
