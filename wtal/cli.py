@@ -525,7 +525,20 @@ def _add_postprocess_parser(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- plot
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
+def write_timelines(
+    cache_path: str | Path,
+    out: str | Path,
+    *,
+    videos: Sequence[str] | None = None,
+    num: int = 5,
+    results_path: str | Path | None = None,
+    gt_path: str | Path | None = None,
+) -> list[Path]:
+    """One timeline PNG per video of a CAS cache (``OUT/<video_id>.png``); returns the paths.
+
+    ``videos`` picks the videos (default: the first ``num``); detections come from
+    ``results_path`` or are re-run from the cache; ground truth from ``gt_path`` if given.
+    """
     from dataclasses import replace
 
     from wtal.config import Config
@@ -534,38 +547,52 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from wtal.plots import plot_video
     from wtal.segments import snippets_to_seconds
 
-    cache = load_predictions(args.cache)
+    cache = load_predictions(cache_path)
     cfg = cache.config or Config()
     by_id = {p.video_id: p for p in cache.predictions}
-    if args.videos:
-        ids = [v.strip() for v in args.videos.split(",") if v.strip()]
+    if videos:
+        ids = list(videos)
         unknown = [v for v in ids if v not in by_id]
         if unknown:
-            raise InputError(args.cache, f"no video {unknown[0]!r} in the cache")
+            raise InputError(cache_path, f"no video {unknown[0]!r} in the cache")
     else:
-        if args.num < 1:
-            raise InputError(None, f"--num: expected a number >= 1, got {args.num}")
-        ids = list(by_id)[: args.num]
-    if args.results:
-        results = load_results(args.results)["results"]
+        if num < 1:
+            raise InputError(None, f"--num: expected a number >= 1, got {num}")
+        ids = list(by_id)[:num]
+    if results_path:
+        results = load_results(results_path)["results"]
     else:
         chosen = [by_id[v] for v in ids]
         results = results_from_predictions(chosen, cache.class_names, cfg.detect)["results"]
-    database = load_ground_truth(args.gt)["database"] if args.gt else {}
-    out = Path(args.out)
+    database = load_ground_truth(gt_path)["database"] if gt_path else {}
+    paths = []
     for vid in ids:
         pred = by_id[vid]
         found = detect(pred, replace(cfg.detect, fusion="none"))  # the proposals, unfused
         segments = snippets_to_seconds(found.segments.numpy(), pred.fps, pred.snippet_frames)
+        paths.append(Path(out) / f"{vid}.png")
         plot_video(
-            out / f"{vid}.png",
+            paths[-1],
             pred,
             cache.class_names,
             detections=results.get(vid, []),
             ground_truth=database[vid]["annotations"] if vid in database else None,
             proposals=(segments, found.labels.numpy()),
         )
-    print(f"wrote {len(ids)} plots to {out}")
+    return paths
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    videos = [v.strip() for v in args.videos.split(",") if v.strip()] if args.videos else None
+    paths = write_timelines(
+        args.cache,
+        args.out,
+        videos=videos,
+        num=args.num,
+        results_path=args.results,
+        gt_path=args.gt,
+    )
+    print(f"wrote {len(paths)} plots to {args.out}")
     return 0
 
 
@@ -643,11 +670,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{title}:")
         print(_metrics_table({"base stage": base[protocol], "full method": metrics[protocol]}))
     print(f"\nvideo classification mAP: {metrics['classification_map']:.2f}")
+    plots = _demo_plots(run_dir, data, base, metrics, args.plots)
+    print(f"\nrun folder: {run_dir}")
     print(
-        f"run folder: {run_dir} (config.yaml, log.jsonl, last.pt, detections_test.json, "
-        "metrics.json, metrics_base.json)"
+        "  config.yaml, log.jsonl, last.pt, detections_test.json, cas_test.npz, "
+        "metrics.json, metrics_base.json"
     )
+    print(f"  {', '.join(str(p.relative_to(run_dir)) for p in plots)}")
     return 0
+
+
+def _demo_plots(run_dir: Path, data: Path, base: dict, full: dict, num_videos: int) -> list[Path]:
+    """mAP vs tIoU (base stage vs full method) and a few test-video timelines."""
+    from wtal.plots import plot_map_vs_tiou
+
+    out = run_dir / "plots"
+    curves = {
+        name: ([float(t) for t in m["official"]["mAP"]], list(m["official"]["mAP"].values()))
+        for name, m in (("base stage", base), ("full method", full))
+    }
+    plot_map_vs_tiou(curves, out / "map_vs_tiou.png", title="test mAP, official protocol")
+    paths = [out / "map_vs_tiou.png"]
+    paths += write_timelines(
+        run_dir / "cas_test.npz",
+        out / "timelines",
+        num=num_videos,
+        results_path=run_dir / "detections_test.json",
+        gt_path=data / "annotations.json",
+    )
+    return paths
 
 
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -661,6 +712,9 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
         help="override a field of the demo config (repeatable)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--plots", type=int, default=4, metavar="N", help="test videos to draw timelines of"
+    )
     demo.set_defaults(func=cmd_demo)
 
 
