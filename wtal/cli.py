@@ -220,6 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not cfg.data.path:
             raise InputError(args.config, "data.path is empty: pass --data PATH")
         run_dir = Path(args.run_dir) if args.run_dir else _run_dir_for(args.config)
+        if (run_dir / "config.yaml").exists():  # never overwrite another run's files
+            raise InputError(run_dir, "already holds a run: continue it with --resume RUN_DIR")
     print(f"run folder: {run_dir}")
     metrics = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps({"average_map": metrics["headline"]}, indent=None))
