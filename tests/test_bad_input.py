@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import torch
 
 from wtal.cli import main
 from wtal.config import load_config
-from wtal.engine import fit
+from wtal.engine import fit, load_checkpoint, open_datasets
+from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
 TINY = {
@@ -478,3 +480,77 @@ def test_video_shorter_than_a_proposal_is_valid_input(base, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     results = json.loads((run / "detections_test.json").read_text())["results"]
     assert results[TEST_IDS[0]] == []
+
+
+# ----------------------------------------------------------------------------- security
+
+
+def test_malicious_checkpoint_is_refused_without_running_it(base, tmp_path):
+    marker = tmp_path / "pwned"
+    state = torch.load(base.run / "last.pt", weights_only=True)
+    state["payload"] = _Payload(marker)
+    torch.save(state, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="refused: it would run pickled code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_yaml_python_tags_are_not_executed(base, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"train: !!python/object/apply:pathlib.Path.touch [{str(marker)!r}]\n")
+    rc = main(["train", str(config), "--data", str(base.data), "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "evil.yaml" in err[0] and "malformed YAML" in err[0]
+    assert not marker.exists() and not (tmp_path / "r").exists()
+
+
+def test_overrides_are_literals_not_code(base, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    code = f"train.epochs=__import__('pathlib').Path({str(marker)!r}).touch()"
+    argv = ["train", str(base.config), "--data", str(base.data), "--run-dir", str(tmp_path)]
+    rc = main([*argv, "--set", code])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "train.epochs" in err[0] and "expected int" in err[0]
+    assert not marker.exists()
+
+
+def test_paths_expand_home_only(base, tmp_path, monkeypatch, capsys):
+    """``~`` is expanded in dataset paths; environment variables are not (nor globs)."""
+    home = tmp_path / "home"
+    shutil.copytree(base.data, home / "data")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WTAL_BENCH_DIR", str(home))
+    assert main(["data", "check", "~/data"]) == 0
+    train, _, test = open_datasets(load_config(None, ["data.path='~/data'"]))
+    assert len(train) == 6 and len(test) == 4
+    capsys.readouterr()
+    for literal in ("$WTAL_BENCH_DIR/data", "${HOME}/data", str(home / "da*")):
+        assert main(["data", "check", literal]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{literal}: not a dataset folder" in err[0]
+
+
+def test_pickle_is_read_only_from_a_wtalc_bundle():
+    """Source scan: the only ``np.load(..., allow_pickle=True)`` is the W-TALC reader; every
+    ``torch.load`` passes ``weights_only=True``; no ``pickle.load``, ``eval``/``exec``, unsafe
+    YAML load, shell or environment-variable expansion anywhere in the package."""
+    package = Path(__file__).resolve().parents[1] / "wtal"
+    forbidden = re.compile(
+        r"pickle\.loads?\(|(?<![\w.])eval\(|(?<![\w.])exec\(|yaml\.(unsafe_)?load\("
+        r"|expandvars|os\.system|shell=True"
+    )
+    pickled, loads, bad = [], [], []
+    for path in sorted(package.rglob("*.py")):
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            where = f"{path.relative_to(package)}:{lineno}: {line.strip()}"
+            if re.search(r"np\.load\(.*allow_pickle=True", line):
+                pickled.append(where)
+            if "torch.load(" in line:
+                loads.append(where)
+            if forbidden.search(line):
+                bad.append(where)
+    assert len(pickled) == 1 and pickled[0].startswith("data/layouts.py"), pickled
+    assert "def _load_pickled" in (package / "data" / "layouts.py").read_text()
+    assert loads and all("weights_only=True" in x for x in loads), loads
+    assert not bad, bad

@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={args.device!r}")
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir = Path(args.resume).expanduser()
         if not (run_dir / "config.yaml").is_file():
             raise InputError(run_dir, "not a run folder (no config.yaml)")
         if args.config or overrides:
@@ -219,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         if not cfg.data.path:
             raise InputError(args.config, "data.path is empty: pass --data PATH")
-        run_dir = Path(args.run_dir) if args.run_dir else _run_dir_for(args.config)
+        run_dir = Path(args.run_dir).expanduser() if args.run_dir else _run_dir_for(args.config)
         if (run_dir / "config.yaml").exists():  # never overwrite another run's files
             raise InputError(run_dir, "already holds a run: continue it with --resume RUN_DIR")
     print(f"run folder: {run_dir}")
