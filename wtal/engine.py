@@ -621,8 +621,10 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
 
     Args:
         cfg: the resolved config.
-        run_dir: the run folder (created).
-        resume: continue from ``run_dir/last.pt`` exactly where it stopped.
+        run_dir: the run folder, created once the data has been checked (bad input leaves
+            nothing behind).
+        resume: continue from ``run_dir/last.pt`` exactly where it stopped (from epoch 0
+            when the run stopped before its first checkpoint).
         progress: show tqdm progress bars.
 
     Returns:
@@ -656,7 +658,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         _set_rng_state(state["rng"])
         start = int(state["epoch"])
         log.info("resuming %s at epoch %d", run_dir, start)
-    elif not resume:
+    else:  # a new run, or one that stopped before its first checkpoint
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     logbook = JsonlLog(run_dir / "log.jsonl", start)
