@@ -22,10 +22,17 @@ from wtal.io import InputError
 # ----------------------------------------------------------------------------- data
 
 
+def _require_new_folder(out: str) -> None:
+    """Refuse an existing output folder before any work (the writers refuse it too)."""
+    if Path(out).exists():
+        raise InputError(out, "already exists; choose a new output folder")
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from wtal.synth import PRESETS, apply_overrides, write_synthetic
 
     spec = apply_overrides(PRESETS[args.preset], args.set or [])
+    _require_new_folder(args.out)
     try:
         counts = write_synthetic(args.out, spec, seed=args.seed)
     except OSError as exc:  # disk full, permissions: one line, nothing half-written
@@ -54,6 +61,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from wtal.data import convert_wtalc
 
+    _require_new_folder(args.out)
     try:
         num_videos = convert_wtalc(args.src, args.out, fps=args.fps)
     except OSError as exc:
