@@ -22,10 +22,17 @@ from wtal.io import InputError
 # ----------------------------------------------------------------------------- data
 
 
+def _require_new_folder(out: str) -> None:
+    """Refuse an existing output folder before any work (the writers refuse it too)."""
+    if Path(out).exists():
+        raise InputError(out, "already exists; choose a new output folder")
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from wtal.synth import PRESETS, apply_overrides, write_synthetic
 
     spec = apply_overrides(PRESETS[args.preset], args.set or [])
+    _require_new_folder(args.out)
     try:
         counts = write_synthetic(args.out, spec, seed=args.seed)
     except OSError as exc:  # disk full, permissions: one line, nothing half-written
@@ -54,6 +61,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from wtal.data import convert_wtalc
 
+    _require_new_folder(args.out)
     try:
         num_videos = convert_wtalc(args.src, args.out, fps=args.fps)
     except OSError as exc:
@@ -208,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={args.device!r}")
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir = Path(args.resume).expanduser()
         if not (run_dir / "config.yaml").is_file():
             raise InputError(run_dir, "not a run folder (no config.yaml)")
         if args.config or overrides:
@@ -220,7 +228,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         if not cfg.data.path:
             raise InputError(args.config, "data.path is empty: pass --data PATH")
-        run_dir = Path(args.run_dir) if args.run_dir else _run_dir_for(args.config)
+        run_dir = Path(args.run_dir).expanduser() if args.run_dir else _run_dir_for(args.config)
+        if (run_dir / "config.yaml").exists():  # never overwrite another run's files
+            raise InputError(run_dir, "already holds a run: continue it with --resume RUN_DIR")
     # Under torchrun: one process group for the run (a no-op without torchrun).
     with distributed.process_group(resolve_device(cfg.train.device)) as world:
         run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp names the run

@@ -11,6 +11,9 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
+import pickle
+import signal
 import time
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -38,6 +41,24 @@ from wtal.segments import snippets_to_seconds
 log = logging.getLogger("wtal")
 
 CHECKPOINT_VERSION = 1
+
+FAULT_ENV = "WTAL_FAULT"
+"""Testing hook: ``WTAL_FAULT=<point>:<epoch>`` makes :func:`fault_point` kill the process."""
+RESUME_KEYS = ("config", "model", "optimizer", "epoch", "pseudo_epochs", "pseudo", "rng")
+"""Checkpoint entries that ``fit(..., resume=True)`` needs."""
+
+
+def fault_point(point: str, epoch: int) -> None:
+    """Testing hook for crash safety: SIGKILL this process at a named point of an epoch.
+
+    With ``WTAL_FAULT=<point>:<epoch>`` in the environment the process kills itself, without
+    any cleanup, when it reaches ``point`` in 0-based ``epoch``. Points: ``epoch`` (after the
+    first batch of the epoch), ``pseudo`` (pseudo labels computed, not yet used),
+    ``checkpoint`` (``last.pt`` fully written to its temporary file, not yet renamed). Unset,
+    this is a no-op; tests use it to check that ``--resume`` recovers from a crash anywhere.
+    """
+    if os.environ.get(FAULT_ENV) == f"{point}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -202,6 +223,7 @@ def train_one_epoch(
             model.memory.update(*rows)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + (0.0 if empty else float(v.detach().sum()))
+        fault_point("epoch", epoch)
         n_videos += 0 if empty else len(batch.video_ids)
         since_step += global_size
         if since_step >= cfg.train.videos_per_step:
@@ -746,6 +768,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (a crash never leaves a partial file under ``path``)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        if path.name == "last.pt":  # the state after 0-based epoch e stores epoch = e + 1
+            fault_point("checkpoint", int(state["epoch"]) - 1)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -757,6 +781,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(path, "checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # garbage bytes, not a refused object
+            raise InputError(path, "not a readable wtal checkpoint (UnpicklingError)") from None
+        name = str(exc).split("Unsupported global: GLOBAL ", 1)[-1].split(" ", 1)[0]
+        what = f"refused: it would run pickled code ({name}); checkpoints load weights_only"
+        raise InputError(path, what) from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise InputError(
             path, f"not a readable wtal checkpoint ({exc.__class__.__name__})"
@@ -812,6 +842,54 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key whose values differ between two nested dicts (None if equal)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return None if a == b else (prefix.rstrip("."), a, b)
+    for key in sorted(set(a) | set(b), key=str):
+        found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+        if found is not None:
+            return found
+    return None
+
+
+def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict[str, Any] | None:
+    """``run_dir/last.pt``, checked against the config and the data; None when the run
+    stopped before its first checkpoint (it then starts again from epoch 0).
+
+    Leftover temporary files of writes cut by a crash (``.<name>.*.tmp``) are removed.
+    """
+    for stale in run_dir.glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink()
+    path = run_dir / "last.pt"
+    if not path.exists():
+        periodic = sorted(run_dir.glob("epoch_*.pt"))
+        if periodic:  # a checkpoint went missing: do not silently start over
+            raise InputError(path, f"not found; copy {periodic[-1].name} to last.pt to resume")
+        log.info("no checkpoint in %s yet: starting at epoch 0", run_dir)
+        return None
+    state = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise InputError(path, f"cannot resume from it: no {', '.join(missing)} entries")
+    diff = _first_difference(config_to_dict(cfg), state["config"])
+    if diff is not None:
+        key, here, there = diff
+        what = f"differs from the checkpoint's config ({key}: {here!r} here, {there!r} in last.pt)"
+        raise InputError(run_dir / "config.yaml", what)
+    if state.get("feat_dim") != train_set.feat_dim:
+        dims = f"{state.get('feat_dim')}-d features; the data has {train_set.feat_dim}-d"
+        raise InputError(path, f"trained on {dims}")
+    if state.get("class_names") != list(train_set.class_names):
+        raise InputError(path, f"trained on other classes than {cfg.data.path} now has")
+    video_ids = set(train_set.video_ids)
+    for labels in state["pseudo"]:
+        if set(labels) != video_ids:
+            raise InputError(path, "pseudo labels for other training videos than the data's")
+    return state
+
+
 class JsonlLog:
     """``log.jsonl``: one JSON object per epoch. On resume, entries of epochs that are about
     to be re-run are dropped, so the log matches an uninterrupted run."""
@@ -847,8 +925,10 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
 
     Args:
         cfg: the resolved config.
-        run_dir: the run folder (created).
-        resume: continue from ``run_dir/last.pt`` exactly where it stopped.
+        run_dir: the run folder, created once the data has been checked (bad input leaves
+            nothing behind).
+        resume: continue from ``run_dir/last.pt`` exactly where it stopped (from epoch 0
+            when the run stopped before its first checkpoint).
         progress: show tqdm progress bars.
 
     Under DDP (a process group is initialised, see :mod:`wtal.distributed`) every rank calls
@@ -858,11 +938,12 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         The final metrics (see :func:`evaluate_predictions`).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     world, main = distributed.world_size(), distributed.is_main()
     device = distributed.rank_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
     train_set, train_fixed, test_set = open_datasets(cfg)
+    for dataset in (train_set, test_set):  # fail now, not mid-run with a half-written run folder
+        dataset.check_features(train_set.feat_dim)
     model = build_model(cfg, train_set.feat_dim, train_set.num_classes).to(device)
     if world > 1:  # same initial weights everywhere, then each rank its own dropout stream
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, distributed.rank()))
@@ -872,12 +953,14 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     )
     history: list[tuple[int, dict[str, Tensor]]] = []  # (regeneration epoch, labels per video)
     start = 0
-    if resume:
-        state = load_checkpoint(run_dir / "last.pt")
-        if state["config"] != config_to_dict(cfg):
-            raise InputError(run_dir / "config.yaml", "differs from the checkpoint's config")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    state = _resume_state(run_dir, cfg, train_set) if resume else None
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            what = f"does not fit this config's model ({str(exc).strip().splitlines()[0]})"
+            raise InputError(run_dir / "last.pt", what) from None
         history = [
             (int(e), labels)
             for e, labels in zip(state["pseudo_epochs"], state["pseudo"], strict=True)
@@ -892,7 +975,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             log.warning("checkpoint of %d process(es), run of %d: new dropout seeds", saved, world)
         start = int(state["epoch"])
         log.info("resuming %s at epoch %d", run_dir, start)
-    elif main:
+    elif main:  # a new run, or one that stopped before its first checkpoint
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     logbook = JsonlLog(run_dir / "log.jsonl", start) if main else None
     if world > 1:
@@ -918,6 +1002,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
                 model.memory.reset()
             temperature = pc.temperatures[pc.regen_epochs.index(epoch)]
             labels, stats = generate_pseudo_labels(model, train_fixed, cfg, temperature, device)
+            fault_point("pseudo", epoch)
             history = update_history(history, epoch, labels, history_length=pc.history_length)
             record["pseudo"] = {"temperature": temperature, **stats}
         targets = select_pseudo_target(epoch, history, cfg) if pc.enabled else None
@@ -965,10 +1050,12 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         if world > 1:  # every rank's dropout stream, for an exact resume
             state["rng_ranks"] = distributed.gather_objects(state["rng"])
         if main:
-            save_checkpoint(run_dir / "last.pt", state)
+            # last.pt goes last: it commits the epoch. A crash before its rename re-runs the
+            # epoch on resume (dropping its log record), so nothing is missing or duplicated.
+            logbook.write(record)
             if tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0:
                 save_checkpoint(run_dir / f"epoch_{epoch + 1:03d}.pt", state)
-            logbook.write(record)
+            save_checkpoint(run_dir / "last.pt", state)
 
     cache = run_dir / "cas_test.npz" if main else None
     results, metrics = evaluate_model(model, test_set, cfg, device, cache=cache)

@@ -207,6 +207,19 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def check_features(self, feat_dim: int | None = None) -> None:
+        """Read every video's features once and raise on the first bad one.
+
+        Checks shape, dtype, emptiness, NaN/Inf and the feature dim (``feat_dim``, default
+        the first video's), so that training fails before it starts rather than mid-epoch.
+        Files are memory-mapped one at a time: memory stays bounded by the longest video.
+        """
+        feat_dim = self.feat_dim if feat_dim is None else feat_dim
+        for rec in self.records:
+            problem = feature_problem(self.source.load(rec.video_id), feat_dim)
+            if problem:
+                raise InputError(self.source.feature_path(rec.video_id), problem, rec.video_id)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the random-sampling stream of this epoch."""
         self.epoch = int(epoch)

@@ -373,8 +373,8 @@ class DatasetSource:
     def __init__(
         self, root: str | os.PathLike, layout: str, rep: Reporter, annotation_file: str
     ) -> None:
-        self.root = Path(root)
-        self.layout = detect_layout(root, annotation_file) if layout == "auto" else layout
+        self.root = Path(root).expanduser()  # `~` only: no environment variables, no globbing
+        self.layout = detect_layout(self.root, annotation_file) if layout == "auto" else layout
         if self.layout == "wtalc":
             self.records, classes = read_wtalc_annotations(self.root, rep)
             self.file_classes: list[str] | None = classes

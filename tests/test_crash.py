@@ -1,0 +1,160 @@
+"""Crash safety: ``wtal train`` killed with SIGKILL anywhere resumes to a bit-identical run.
+
+The ``WTAL_FAULT=<point>:<epoch>`` hook of :func:`wtal.engine.fault_point` kills the training
+process at a named point; ``wtal train --resume RUN_DIR`` then continues it. One run is
+killed three times in a row (mid-epoch before the first checkpoint, during pseudo-label
+regeneration, while ``last.pt`` is being written) and must end with the same weights, log,
+metrics and detections as an uninterrupted run, with no partial or temporary file left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from wtal.config import load_config
+from wtal.engine import FAULT_ENV, JsonlLog, fit, load_checkpoint
+from wtal.synth import THUMOS, write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "model": {"embed_dim": 16},
+    "train": {
+        "epochs": 3,
+        "warmup_epoch": 0,
+        "lr_milestones": [2],
+        "lr_values": [5.0e-4, 1.0e-4],
+        "batch_size": 3,
+        "videos_per_step": 6,
+        "checkpoint_every": 2,
+        "device": "cpu",
+    },
+    "loss": {"spl_milestones": [1, 2]},
+    "pseudo": {
+        "regen_epochs": [1, 2],
+        "temperatures": [0.02, 0.002],
+        "delta_start": 2,
+        "delta_switch": 3,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(dataset, config, uninterrupted reference run)."""
+    root = tmp_path_factory.mktemp("crash")
+    spec = replace(
+        THUMOS,
+        train_videos=6,
+        test_videos=4,
+        feat_dim=8,
+        num_classes=3,
+        min_snippets=20,
+        median_snippets=30,
+        max_snippets=40,
+    )
+    write_synthetic(root / "data", spec, seed=0)
+    config = root / "tiny.yaml"
+    config.write_text(json.dumps(TINY))  # JSON is YAML
+    fit(load_config(config, [f"data.path={str(root / 'data')!r}"]), root / "ref", progress=False)
+    return root / "data", config, root / "ref"
+
+
+def _wtal(args: list[str], fault: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    cmd = [sys.executable, "-m", "wtal", *args, "--quiet"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _killed(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == -signal.SIGKILL
+
+
+def test_killed_three_times_resumes_bit_identical(setup, tmp_path):
+    data, config, ref = setup
+    run = tmp_path / "run"
+
+    # 1. killed mid-epoch 0, before any checkpoint: resume starts over
+    proc = _wtal(["train", str(config), "--data", str(data), "--run-dir", str(run)], "epoch:0")
+    assert _killed(proc), proc.stderr
+    assert (run / "config.yaml").is_file() and not (run / "last.pt").exists()
+    assert _epochs(run) == []
+
+    # 2. killed during the pseudo-label regeneration of epoch 1
+    proc = _wtal(["train", "--resume", str(run)], "pseudo:1")
+    assert _killed(proc), proc.stderr
+    assert load_checkpoint(run)["epoch"] == 1 and _epochs(run) == [0]
+
+    # 3. killed while last.pt of epoch 2 is written: the old last.pt stays whole and a
+    #    stale temporary file is left, like a power cut would leave it
+    proc = _wtal(["train", "--resume", str(run)], "checkpoint:2")
+    assert _killed(proc), proc.stderr
+    assert load_checkpoint(run)["epoch"] == 2
+    assert len(list(run.glob(".last.pt.*.tmp"))) == 1
+    assert _epochs(run) == [0, 1, 2]  # epoch 2 logged but not committed: re-run, not doubled
+    assert (run / "epoch_002.pt").is_file()
+
+    # 4. resumed to the end
+    proc = _wtal(["train", "--resume", str(run)], None)
+    assert proc.returncode == 0, proc.stderr
+
+    a, b = load_checkpoint(ref)["model"], load_checkpoint(run)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for name in ("last.pt", "epoch_002.pt"):
+        assert torch.equal(
+            load_checkpoint(ref / name)["optimizer"]["state"][0]["exp_avg"],
+            load_checkpoint(run / name)["optimizer"]["state"][0]["exp_avg"],
+        )
+
+    def records(folder: Path) -> list[dict]:  # without the wall-clock timings
+        recs = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
+        for rec in recs:
+            del rec["time_s"]
+            rec.get("pseudo", {}).pop("solve_s", None)
+        return recs
+
+    assert records(run) == records(ref)  # same losses, each epoch once
+    for name in ("metrics.json", "metrics_base.json", "detections_test.json"):
+        assert json.loads((run / name).read_text()) == json.loads((ref / name).read_text())
+    assert not list(run.glob(".*.tmp")), "stale temporary files left behind"
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in ref.iterdir())
+
+
+def test_resume_of_a_finished_run_changes_nothing(setup, tmp_path):
+    """Killed after the last checkpoint, before the final files: resume only evaluates."""
+    _, _, ref = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "log.jsonl", "last.pt"):
+        (run / name).write_bytes((ref / name).read_bytes())
+    fit(load_config(run / "config.yaml"), run, resume=True, progress=False)
+    assert (run / "last.pt").read_bytes() == (ref / "last.pt").read_bytes()
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(
+        (ref / "metrics.json").read_text()
+    )
+    assert _epochs(run) == [0, 1, 2]
+
+
+def test_log_drops_cut_lines_and_epochs_to_be_rerun(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n{"epo')  # last line cut
+    log = JsonlLog(path, start_epoch=2)
+    log.write({"epoch": 2, "again": True})
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines == [{"epoch": 0}, {"epoch": 1}, {"epoch": 2, "again": True}]
