@@ -14,6 +14,7 @@ from wtal.pseudo import (
     pseudo_label_quality,
     pseudo_target,
     solve_pseudo_labels,
+    solve_pseudo_labels_batch,
     update_history,
 )
 
@@ -258,6 +259,28 @@ def test_bad_input_raises_input_error(seg, scores, labels, match):
     with pytest.raises(InputError, match=match) as info:
         solve_pseudo_labels(np.array(seg), np.array(scores), np.array(labels), 20, 3, video="v1")
     assert "video 'v1'" in str(info.value)
+
+
+def test_batch_equals_per_video_calls():
+    """Videos of different lengths (one empty) solved together give each video's answer."""
+    rng = np.random.default_rng(11)
+    ncol = 3
+    videos = []
+    for T, n in ((60, 14), (25, 0), (90, 25), (40, 9)):
+        seg, scores, labels = _random_video(rng, T, n, ncol) if n else (np.zeros((0, 2)), [], [])
+        videos.append((seg, np.asarray(scores), np.asarray(labels, np.int64), T))
+    batch, stats = solve_pseudo_labels_batch(*zip(*videos, strict=True), ncol)
+    singles = [solve_pseudo_labels(*v, ncol) for v in videos]
+    for (_, _, _, T), y, (one, _) in zip(videos, batch, singles, strict=True):
+        assert y.shape == (T, ncol)
+        np.testing.assert_allclose(y, one, atol=1e-9)
+    assert stats.n_instances == sum(s.n_instances for _, s in singles)
+    assert stats.n_lps == sum(s.n_lps for _, s in singles)
+    with pytest.raises(InputError, match="video 'b'"):
+        solve_pseudo_labels_batch(
+            [videos[0][0], np.array([[5.0, 1.0]])], [videos[0][1], [0.1]],
+            [videos[0][2], [0]], [60, 20], ncol, video_ids=["a", "b"],
+        )  # fmt: skip
 
 
 def test_delta_pseudo_labels():

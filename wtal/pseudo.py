@@ -88,7 +88,8 @@ _LM_MAX = 1e-1  # cap of the Levenberg-Marquardt shift (times 1/eps) when the He
 
 @dataclass(frozen=True)
 class PseudoStats:
-    """What :func:`solve_pseudo_labels` did for one video."""
+    """What :func:`solve_pseudo_labels` did for one video (or
+    :func:`solve_pseudo_labels_batch` for a batch: counts summed, maxima over the batch)."""
 
     n_lps: int
     """Columns with at least one instance (one LP each in the reference code)."""
@@ -260,19 +261,93 @@ def solve_pseudo_labels(
     Raises:
         InputError: malformed shapes, non-finite values, ``end < start`` or a bad label.
     """
+    labels_out, stats = solve_pseudo_labels_batch(
+        [segments], [scores], [labels], [num_snippets], num_columns,
+        outer_scale=outer_scale, outer_power=outer_power, violation_weight=violation_weight,
+        reg_schedule=reg_schedule, residual_tol=residual_tol, gap_tol=gap_tol,
+        feasibility_tol=feasibility_tol, max_newton_iter=max_newton_iter,
+        closed_form=closed_form, dual_grid=dual_grid, enum_max_rows=enum_max_rows,
+        dual_certificate=dual_certificate, video_ids=[video],
+    )  # fmt: skip
+    return labels_out[0], stats
+
+
+def solve_pseudo_labels_batch(
+    segments: Sequence[Any],
+    scores: Sequence[Any],
+    labels: Sequence[Any],
+    num_snippets: Sequence[int],
+    num_columns: int,
+    *,
+    outer_scale: float = OUTER_SCALE,
+    outer_power: float = OUTER_POWER,
+    violation_weight: float = VIOLATION_WEIGHT,
+    reg_schedule: Sequence[float] = REG_SCHEDULE,
+    residual_tol: float = RESIDUAL_TOL,
+    gap_tol: float = GAP_TOL,
+    feasibility_tol: float = FEASIBILITY_TOL,
+    max_newton_iter: int = MAX_NEWTON_ITER,
+    closed_form: bool = True,
+    dual_grid: Sequence[float] = DUAL_GRID,
+    enum_max_rows: int = ENUM_MAX_ROWS,
+    dual_certificate: bool = True,
+    video_ids: Sequence[str | None] | None = None,
+) -> tuple[list[np.ndarray], PseudoStats]:
+    """:func:`solve_pseudo_labels` of many videos in one vectorized pass (same answers).
+
+    Every (video, column) pair gets its own stretch of one flat label array, so the groups
+    of all videos are solved together: one enumeration, one face solve per group-size bucket
+    and at most one HiGHS call for the whole batch instead of per video. This is how the
+    engine regenerates the labels of all training videos.
+
+    Args:
+        segments: per video, (N_v, 2) float fused instances in snippets.
+        scores: per video, (N_v,) float fused scores.
+        labels: per video, (N_v,) int columns in ``[0, num_columns)``.
+        num_snippets: per video, T_v.
+        num_columns: C + 1, shared by all videos.
+        video_ids: per video, its id for error messages (optional).
+        (others): as in :func:`solve_pseudo_labels`.
+
+    Returns:
+        ``(pseudo, stats)``: a list of (T_v, num_columns) float64 arrays, and one
+        :class:`PseudoStats` summed over the batch (``max_*`` fields are maxima, ``n_lps``
+        and ``n_infeasible`` count (video, column) pairs).
+    """
     t0 = time.perf_counter()
-    seg = _to_numpy(segments, np.float64).reshape(-1, 2) if np.size(segments) else np.zeros((0, 2))
-    phi = _to_numpy(scores, np.float64).reshape(-1)
-    lab = _to_numpy(labels, np.int64).reshape(-1)
-    T = int(num_snippets)
-    _validate(seg, phi, lab, T, int(num_columns), video)
+    n_videos = len(num_snippets)
+    if not (len(segments) == len(scores) == len(labels) == n_videos):
+        raise ValueError("segments, scores, labels and num_snippets must have one entry per video")
+    ids = list(video_ids) if video_ids is not None else [None] * n_videos
+    segs, phis, labs = [], [], []
+    for v in range(n_videos):
+        seg_v = segments[v]
+        seg_v = _to_numpy(seg_v, np.float64).reshape(-1, 2) if np.size(seg_v) else np.zeros((0, 2))
+        phi_v = _to_numpy(scores[v], np.float64).reshape(-1)
+        lab_v = _to_numpy(labels[v], np.int64).reshape(-1)
+        _validate(seg_v, phi_v, lab_v, int(num_snippets[v]), int(num_columns), ids[v])
+        segs.append(seg_v)
+        phis.append(phi_v)
+        labs.append(lab_v)
     if violation_weight <= 1:
         raise ValueError(f"violation_weight must be > 1, got {violation_weight}")
-    width = T + 1  # column c occupies flat positions [c * width, c * width + T]: no overlaps
-    flat = np.zeros(num_columns * width)
+    T_v = np.asarray([int(t) for t in num_snippets], np.int64)
+    count = np.asarray([len(p) for p in phis], np.int64)
+    seg = np.concatenate(segs) if n_videos else np.zeros((0, 2))
+    phi = np.concatenate(phis) if n_videos else np.zeros(0)
+    lab = np.concatenate(labs) if n_videos else np.zeros(0, np.int64)
+    vid = np.repeat(np.arange(n_videos), count)  # video of each instance
+    # Every (video, column) pair with instances gets its own stretch of one flat array,
+    # T_v + 1 positions long: the spare position keeps neighbouring stretches apart, so
+    # groups never cross a column or a video. Columns without instances take no space.
+    pairs, pair_of = np.unique(vid * num_columns + lab, return_inverse=True)
+    pair_T = T_v[pairs // num_columns]
+    off_p = np.cumsum(pair_T + 1) - (pair_T + 1)
+    flat = np.zeros(int((pair_T + 1).sum()))
+    T = T_v[vid]  # (N,) snippets of each instance's video
     outer_s, s, e, outer_e = lp_regions(seg, T, outer_scale=outer_scale, outer_power=outer_power)
     hi = np.maximum(e, outer_e)
-    base = lab * width
+    base = off_p[pair_of.reshape(-1)]
     g_lo, g_in0, g_in1, g_hi = base + outer_s, base + s, base + e, base + hi  # flat positions
 
     # Connected groups of instances over shared snippets: sort the non-empty supports, a new
@@ -313,29 +388,9 @@ def solve_pseudo_labels(
         rows = coupled[np.argsort(gid_of[coupled], kind="stable")]
         g = np.unique(gid_of[rows], return_inverse=True)[1]
         cs = _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi)
-        x_cell = np.zeros(len(cs["cell_lo"]))
-        done = np.zeros(len(cs["k_count"]), bool)
-
-        def store(members, x, ok):
-            slot = np.full(len(done), -1)
-            slot[members[ok]] = np.arange(ok.sum())
-            s = slot[cs["cell_group"]]
-            x_cell[s >= 0] = x[ok][s[s >= 0], cs["cell_rank"][s >= 0]]
-            done[members[ok]] = True
-
-        k_count, n_cells = cs["k_count"], cs["n_cells"]
-        members = np.arange(len(k_count))
-        A, n, b = _dense_groups(cs, members, phi, k_count.max(), n_cells.max())
-        lam = _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows)
-        store(members, *_face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER))
-        rest = np.flatnonzero(~done)
-        if len(rest):
-            A, n, b = A[rest], n[rest], b[rest]
-            lam = _lp_duals(A, n, b, violation_weight)
-            if lam is not None:
-                x, ok = _face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER)
-                store(rest, x, ok)
-                n_dual_lp = int(ok.sum())
+        x_cell, done, n_dual_lp = _certify_groups(
+            cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows, violation_weight
+        )
         diff = np.zeros(len(flat) + 1)
         np.add.at(diff, cs["cell_lo"], x_cell)
         np.add.at(diff, cs["cell_hi"], -x_cell)
@@ -354,7 +409,17 @@ def solve_pseudo_labels(
             y = _highs_fallback(y, ~cert, entries, phi, violation_weight)
         flat[entries["var_pos"]] = y
     flat = np.clip(flat, 0.0, 1.0)
-    pseudo = flat.reshape(num_columns, width)[:, :T].T.copy()  # (T, num_columns)
+    # Scatter the stretches into per-video (T_v, num_columns) arrays (one buffer, row-major).
+    size_v = T_v * num_columns
+    out_off = np.cumsum(size_v) - size_v
+    t = np.arange(pair_T.sum()) - np.repeat(np.cumsum(pair_T) - pair_T, pair_T)
+    dst = np.repeat(out_off[pairs // num_columns] + pairs % num_columns, pair_T) + t * num_columns
+    out = np.zeros(int(size_v.sum()))
+    out[dst] = flat[np.repeat(off_p, pair_T) + t]
+    pseudo = [
+        out[o : o + n].reshape(T_v_i, num_columns)
+        for o, n, T_v_i in zip(out_off.tolist(), size_v.tolist(), T_v.tolist(), strict=True)
+    ]
 
     # Residuals of every constraint from prefix sums of the labels.
     cum = np.r_[0.0, np.cumsum(flat)]
@@ -363,14 +428,14 @@ def solve_pseudo_labels(
     viol = np.abs(inner - outer - phi)
     violated = viol > feasibility_tol
     stats = PseudoStats(
-        n_lps=len(np.unique(lab)),
+        n_lps=len(np.unique(base)),
         n_instances=len(phi),
         n_closed_form=len(single) + len(phi) - len(nonempty),
         n_groups=int((sizes >= 2).sum()) if closed_form else len(sizes),
         n_dual_lp=n_dual_lp,
         n_newton=n_newton,
         n_fallback=n_fallback,
-        n_infeasible=len(np.unique(lab[violated])),
+        n_infeasible=len(np.unique(base[violated])),
         n_violated=int(violated.sum()),
         max_violation=float(viol.max()) if len(viol) else 0.0,
         max_gap=max_gap,
@@ -437,6 +502,72 @@ def _solve_coupled(coupled, gid, order, g_lo, g_in0, g_in1, g_hi, phi, w, schedu
 
 # --------------------------------------------------------------------------------------------
 # Coupled groups: exact least-norm optimum from a dual vector (cell space)
+
+
+def _size_buckets(k_count, n_cells):
+    """Bucket of each group: its row and cell counts rounded up to powers of two, so that
+    groups padded together have similar sizes (one big group must not pad all the others)."""
+    kp = 1 << np.ceil(np.log2(np.maximum(k_count, 1))).astype(np.int64)
+    jp = 1 << np.ceil(np.log2(np.maximum(n_cells, 1))).astype(np.int64)
+    keys, bucket = np.unique(kp * (1 << 32) + jp, return_inverse=True)
+    return bucket.reshape(-1), keys >> 32, keys & ((1 << 32) - 1)
+
+
+def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows, w):
+    """Least-norm optimum of every coupled group that a dual vector certifies (cell space).
+
+    Duals are enumerated per linked sub-group (all groups at once), then checked bucket by
+    bucket of similar sizes; the groups they do not certify get their duals from ONE HiGHS
+    solve of all of them and are checked again.
+
+    Returns:
+        ``(x_cell, done, n_dual_lp)``: (J,) label of every cell (0 where not certified), (G,)
+        whether each group is certified, and how many were certified by the HiGHS duals.
+    """
+    k_count, n_cells = cs["k_count"], cs["n_cells"]
+    x_cell = np.zeros(len(cs["cell_lo"]))
+    done = np.zeros(len(k_count), bool)
+    bucket, k_pad, j_pad = _size_buckets(k_count, n_cells)
+    dense = [
+        (m := np.flatnonzero(bucket == i), *_dense_groups(cs, m, phi, int(k), int(j)))
+        for i, (k, j) in enumerate(zip(k_pad, j_pad, strict=True))
+    ]
+
+    def certify(lam_rows, todo):
+        for members, A, n, b in dense:
+            sel = todo[members]
+            if not sel.any():
+                continue
+            members, A, n, b = members[sel], A[sel], n[sel], b[sel]
+            lam = _rows_to_groups(lam_rows, cs, members, A.shape[1])
+            x, ok = _face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER)
+            slot = np.full(len(done), -1)
+            slot[members[ok]] = np.arange(ok.sum())
+            s = slot[cs["cell_group"]]
+            x_cell[s >= 0] = x[ok][s[s >= 0], cs["cell_rank"][s >= 0]]
+            done[members[ok]] = True
+
+    links = _subgroups(cs, g_lo, g_in0, g_in1, g_hi)
+    certify(_subgroup_duals(cs, phi, *links, dual_grid, enum_max_rows), ~done)
+    rest = ~done
+    if not rest.any():
+        return x_cell, done, 0
+    lam_rows = _lp_duals(cs, phi, rest, w)
+    if lam_rows is None:
+        return x_cell, done, 0
+    certify(lam_rows, rest)
+    return x_cell, done, int(done[rest].sum())
+
+
+def _rows_to_groups(values, cs, members, n_rows):
+    """(R,) per-row values -> (len(members), n_rows) padded per-group matrix."""
+    slot = np.full(len(cs["k_count"]), -1)
+    slot[members] = np.arange(len(members))
+    row_slot = slot[cs["row_group"]]
+    mine = row_slot >= 0
+    out = np.zeros((len(members), n_rows))
+    out[row_slot[mine], cs["row_rank"][mine]] = values[mine]
+    return out
 
 
 def _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi):
@@ -520,44 +651,53 @@ def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
     valid = n > 0
     upper = (r < -tol) & valid
     face = (np.abs(r) <= tol) & valid
-    free, one = face, np.zeros_like(face)
     eye = np.eye(A.shape[1])
     pad = (np.abs(A).sum(2) == 0)[:, :, None] * eye
-    At = A.transpose(0, 2, 1)
+    x = np.zeros(n.shape)
     ok = np.zeros(len(A), bool)
+    live = np.arange(len(A))  # groups still iterating: a group stops once certified or fixed
+    one = np.zeros_like(face)
+    free = face.copy()
     for _ in range(max_iter):
-        fixed = n * (upper | one)
-        rhs = b - np.einsum("gkj,gj->gk", A, fixed)
-        M = (A * (n * free)[:, None, :]) @ At + pad
+        Al, nl, fl, ol, frl, ul = A[live], n[live], face[live], one[live], free[live], upper[live]
+        fixed = nl * (ul | ol)
+        rhs = b[live] - np.einsum("gkj,gj->gk", Al, fixed)
+        M = (Al * (nl * frl)[:, None, :]) @ Al.transpose(0, 2, 1) + pad[live]
         # A tiny ridge makes rank-deficient systems (duplicate rows, rows without free
         # cells) solvable; its error is far below CERT_TOL or the check below rejects it.
         beta = np.linalg.solve(M + _RIDGE * eye, rhs[..., None])[..., 0]
-        z = np.einsum("gkj,gk->gj", A, beta)
-        new_one = face & (z >= 1.0)
-        new_free = face & (z > 0.0) & ~new_one
+        z = np.einsum("gkj,gk->gj", Al, beta)
+        new_one = fl & (z >= 1.0)
+        new_free = fl & (z > 0.0) & ~new_one
         # A fixed point: every face cell sits where clip(A' beta, 0, 1) puts it.
-        wrong = (free & ((z < -tol) | (z > 1 + tol))) | (one & (z < 1 - tol))
-        consistent = ~(face & (wrong | (~free & ~one & (z > tol)))).any(1)
-        x = np.where(free, np.clip(z, 0.0, 1.0), 0.0) + (upper | one)
-        resid = np.abs(np.einsum("gkj,gj->gk", A, n * x) - b).max(1)
-        ok = consistent & (resid <= feas_tol)
-        if ok.all() or (np.array_equal(new_free, free) and np.array_equal(new_one, one)):
+        wrong = (frl & ((z < -tol) | (z > 1 + tol))) | (ol & (z < 1 - tol))
+        consistent = ~(fl & (wrong | (~frl & ~ol & (z > tol)))).any(1)
+        xl = np.where(frl, np.clip(z, 0.0, 1.0), 0.0) + (ul | ol)
+        resid = np.abs(np.einsum("gkj,gj->gk", Al, nl * xl) - b[live]).max(1)
+        okl = consistent & (resid <= feas_tol)
+        x[live], ok[live] = xl, okl
+        moving = ~okl & ((new_free != frl).any(1) | (new_one != ol).any(1))
+        live = live[moving]
+        if not len(live):
             break
-        free, one = new_free, new_one
+        free[live], one[live] = new_free[moving], new_one[moving]
     return x, ok
 
 
-def _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, values, max_rows):
-    """Dual vector of every group, enumerated on the grid per sub-group.
+def _subgroups(cs, g_lo, g_in0, g_in1, g_hi):
+    """Linked sub-groups of the rows of every group.
 
     Two rows of a group are linked when the inner range of one meets the support of the
     other; rows that only share outer snippets interact through cells the optimum leaves at 0
     (reduced cost ``1 + lam_i + lam_j > 0`` for non-negative duals), so each linked sub-group
-    gets its own enumeration. The face certificate checks the assembled vector on the whole
-    group. Rows of sub-groups above ``max_rows`` keep ``sign(phi)`` (the isolated dual).
+    gets its own enumeration.
+
+    Returns:
+        ``(sub, sub_rank, size)``: (R,) sub-group of each row, (R,) its rank inside it, and
+        (S,) the size of each sub-group.
     """
     rows, g = cs["rows"], cs["row_group"]
-    k_count, rank = cs["k_count"], cs["row_rank"]
+    k_count = cs["k_count"]
     R = len(rows)
     first = np.cumsum(k_count) - k_count
     kr = k_count[g]
@@ -572,23 +712,49 @@ def _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, values, max_rows):
     order = np.argsort(sub, kind="stable")
     sub_rank = np.empty(R, np.int64)
     sub_rank[order] = np.arange(R) - np.repeat(np.cumsum(size) - size, size)
-    lam = np.zeros(b.shape)
-    lam[g, rank] = np.sign(b[g, rank])
-    sub_group = np.zeros(n_sub, np.int64)
-    sub_group[sub] = g
-    # Gather each sub-group's rows (padding points at an appended zero row).
-    Az = np.concatenate([A, np.zeros((len(A), 1, A.shape[2]))], 1)
-    bz = np.concatenate([b, np.zeros((len(b), 1))], 1)
+    return sub, sub_rank, size
+
+
+def _subgroup_duals(cs, phi, sub, sub_rank, size, values, max_rows):
+    """Dual value of every row, enumerated on the grid per linked sub-group (see
+    :func:`_subgroups`); all sub-groups of one size are enumerated together. The face
+    certificate checks the assembled vector on the whole group. Rows of sub-groups above
+    ``max_rows`` keep ``sign(phi)`` (the isolated dual).
+
+    Returns:
+        (R,) dual value of each row of ``cs``.
+    """
+    rows = cs["rows"]
+    lam = np.sign(phi[rows])
+    er, ec, ev = cs["entry_row"], cs["entry_cell"], cs["entry_val"]
+    small = size[sub[er]] <= max_rows
+    er, ec, ev = er[small], ec[small], ev[small]
+    # The cells a sub-group touches, numbered inside the sub-group (others do not matter).
+    n_all = len(cs["cell_lo"])
+    uniq, local = np.unique(sub[er] * n_all + ec, return_inverse=True)
+    local = local.reshape(-1)
+    u_unit, u_cell = uniq // n_all, uniq % n_all
+    u_rank = np.arange(len(uniq)) - np.searchsorted(u_unit, u_unit)
+    cells_per_unit = np.bincount(u_unit, minlength=len(size))
+    cell_size = (cs["cell_hi"] - cs["cell_lo"])[u_cell]
+    r_all = np.arange(len(rows))
     for K in np.unique(size[size <= max_rows]):
         units = np.flatnonzero(size == K)
-        sel = size[sub] == K
-        idx = np.full((n_sub, K), A.shape[1])
-        idx[sub[sel], sub_rank[sel]] = rank[sel]
-        idx = idx[units]
-        grp = sub_group[units]
+        uslot = np.full(len(size), -1)
+        uslot[units] = np.arange(len(units))
+        J = max(int(cells_per_unit[units].max()), 1)
+        A = np.zeros((len(units), K, J))
+        e = uslot[sub[er]] >= 0
+        A[uslot[sub[er[e]]], sub_rank[er[e]], u_rank[local[e]]] = ev[e]
+        n = np.zeros((len(units), J))
+        c = uslot[u_unit] >= 0
+        n[uslot[u_unit[c]], u_rank[c]] = cell_size[c]
+        r = r_all[uslot[sub] >= 0]
+        b = np.zeros((len(units), K))
+        b[uslot[sub[r]], sub_rank[r]] = phi[rows[r]]
         grid = values if len(values) ** K <= ENUM_MAX_CANDIDATES else DUAL_GRID_COARSE
-        best = _enumerated_duals(Az[grp[:, None], idx], n[grp], bz[grp[:, None], idx], grid)
-        lam[grp[:, None], idx] = best
+        best = _enumerated_duals(A, n, b, grid)
+        lam[r] = best[uslot[sub[r]], sub_rank[r]]
     return lam
 
 
@@ -597,43 +763,62 @@ def _enumerated_duals(A, n, b, values):
     optimal duals include a grid point; the face certificate decides).
 
     Args:
-        A: (G, K, J) cell matrices; n: (G, J) cell sizes; b: (G, K) right sides.
+        A: (G, K, J) cell matrices, only cells the rows touch (padding: 0 with n = 0);
+            n: (G, J) cell sizes; b: (G, K) right sides.
 
     Returns:
         (G, K) the grid point maximising the LP dual ``b' lam - sum_j n_j max(0, a_j' lam - 1)``.
     """
-    K = A.shape[1]
-    # Only the cells these rows touch matter: move them first and drop the rest.
-    touched = (A != 0).any(1)
-    keep = max(int(touched.sum(1).max()), 1)
-    cols = np.argsort(~touched, 1, kind="stable")[:, :keep]
-    A = np.take_along_axis(A, cols[:, None, :], 2)
-    n = np.take_along_axis(n * touched, cols, 1)
-    grid = np.stack(np.meshgrid(*([np.asarray(values, float)] * K), indexing="ij"), -1)
+    G, K, _ = A.shape
+    vals = np.asarray(values, float)
+    # A cell whose term n_j max(0, a_j' lam - 1) is 0 at every grid point adds nothing, and
+    # cells with the same column a_j add up: drop the former, merge the latter (J shrinks
+    # severalfold; with dyadic grid values every term is exact, so the argmax is unchanged).
+    top = (np.where(A > 0, vals.max(), 0.0) - np.where(A < 0, vals.min(), 0.0)).sum(1)  # (G, J)
+    code = ((A + 1.0) * 3.0 ** np.arange(K)[:, None]).sum(1).astype(np.int64)  # column pattern
+    gi, ji = np.nonzero((n > 0) & (top > 1.0))
+    uniq, first, inv = np.unique(gi * 3**K + code[gi, ji], return_index=True, return_inverse=True)
+    unit = uniq // 3**K
+    rank = np.arange(len(uniq)) - np.searchsorted(unit, unit)
+    J = max(int(rank.max()) + 1, 1) if len(uniq) else 1
+    A2 = np.zeros((G, K, J))
+    A2[unit, :, rank] = A[gi[first], :, ji[first]]
+    n2 = np.zeros((G, J))
+    np.add.at(n2, (unit[inv.reshape(-1)], rank[inv.reshape(-1)]), n[gi, ji])
+    A, n = A2, n2
+    grid = np.stack(np.meshgrid(*([vals] * K), indexing="ij"), -1)
     grid = grid.reshape(-1, K)  # (M, K)
     excess = np.maximum(grid @ A - 1.0, 0.0)  # (G, M, J)
     dual = b @ grid.T - (excess @ n[:, :, None])[..., 0]
     return grid[np.argmax(dual, 1)]
 
 
-def _lp_duals(A, n, b, w):
-    """Dual vectors from ONE HiGHS solve of the elastic LP of all given groups (cell space)."""
-    G, K, J = A.shape
-    gi, ki, ji = np.nonzero(A)
-    m, nv = G * K, G * J
-    rows = gi * K + ki
+def _lp_duals(cs, phi, groups, w):
+    """Dual value of every row of the groups selected by the (G,) mask ``groups``, from ONE
+    HiGHS solve of their elastic LP in cell space (variables: cell masses in [0, n_j] and
+    violations; sparse, no padding). Returns (R,) values (0 outside), or None on failure."""
+    rsel = groups[cs["row_group"]]
+    csel = groups[cs["cell_group"]]
+    row_new = np.cumsum(rsel) - 1
+    cell_new = np.cumsum(csel) - 1
+    er, ec = cs["entry_row"], cs["entry_cell"]
+    e = rsel[er]
+    m, nv = int(rsel.sum()), int(csel.sum())
     eye = sparse.identity(m, format="csr")
-    A_eq = sparse.hstack(
-        [sparse.csr_matrix((A[gi, ki, ji], (rows, gi * J + ji)), shape=(m, nv)), eye, -eye],
-        format="csr",
-    )
+    A = sparse.csr_matrix((cs["entry_val"][e], (row_new[er[e]], cell_new[ec[e]])), shape=(m, nv))
+    A_eq = sparse.hstack([A, eye, -eye], format="csr")  # A x + v+ - v- = phi
     c = np.r_[np.ones(nv), np.full(2 * m, w)]
-    ub = np.r_[n.ravel(), np.full(2 * m, np.inf)]
-    res = linprog(c, A_eq=A_eq, b_eq=b.ravel(), bounds=np.c_[np.zeros(nv + 2 * m), ub],
-                  method="highs")  # fmt: skip
+    ub = np.r_[(cs["cell_hi"] - cs["cell_lo"])[csel], np.full(2 * m, np.inf)]
+    b_eq = phi[cs["rows"][rsel]]
+    # No presolve: the system is already reduced to cells, and presolve costs more than it
+    # saves here (the duals are checked by the face certificate either way).
+    res = linprog(c, A_eq=A_eq, b_eq=b_eq, bounds=np.c_[np.zeros(nv + 2 * m), ub],
+                  method="highs", options={"presolve": False})  # fmt: skip
     if res.status != 0:
         return None
-    return res.eqlin.marginals.reshape(G, K)
+    lam = np.zeros(len(rsel))
+    lam[rsel] = res.eqlin.marginals
+    return lam
 
 
 def _dual(A, b, rmask, cmask, mu, eps, w):
