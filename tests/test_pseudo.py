@@ -15,6 +15,7 @@ from wtal.pseudo import (
     pseudo_target,
     solve_pseudo_labels,
     solve_pseudo_labels_batch,
+    summarize_quality,
     update_history,
 )
 
@@ -335,16 +336,40 @@ def test_pseudo_label_quality_hand_case():
     pseudo = np.zeros((T, 3))
     pseudo[2:5, 0] = 0.5  # 1.5 mass, 1.0 of it inside GT [3, 6) of class 0
     pseudo[8, 1] = 0.25  # class 1 has no GT: all outside
-    pseudo[4, 2] = 0.1  # background inside an action
+    pseudo[4, 2] = 0.1  # background inside an action: the wrong place
+    pseudo[0, 2] = 0.3  # background outside every action: the right place
     q = pseudo_label_quality(
         pseudo,
         np.array([[3.0, 6.0]]),
         np.array([0]),
-        pseudo_segments=np.array([[3.0, 5.0], [7.0, 9.0]]),
-        pseudo_segment_labels=np.array([0, 0]),
+        pseudo_segments=np.array([[3.0, 5.0], [7.0, 9.0], [0.0, 2.0]]),
+        pseudo_segment_labels=np.array([0, 0, 2]),  # the background segment is left out
     )
-    np.testing.assert_allclose(q["mass_inside"], [1.0, 0.0, 0.1])
-    np.testing.assert_allclose(q["mass_outside"], [0.5, 0.25, 0.0])
+    np.testing.assert_allclose(q["mass_inside"], [1.0, 0.0, 0.3])
+    np.testing.assert_allclose(q["mass_outside"], [0.5, 0.25, 0.1])
+    assert q["inside_fraction"] == pytest.approx(1.0 / 1.75)
+    assert q["background_outside_fraction"] == pytest.approx(0.75)
     assert q["precision"] == 0.5 and q["recall"] == 1.0
+    assert q["n_pseudo"] == 2 and q["n_hits"] == 1 and q["n_gt"] == 1 and q["n_found"] == 1
     assert q["mean_best_tiou"] == pytest.approx((2 / 3 + 0.0) / 2)
     assert q["mean_gt_best_tiou"] == pytest.approx(2 / 3)
+
+
+def test_summarize_quality_pools_counts_not_rates():
+    """Micro averages: a video with many segments weighs more than one with few."""
+    gt = np.array([[0.0, 4.0]])
+    a = np.zeros((8, 2))
+    a[0:4, 0] = 1.0  # all inside
+    b = np.zeros((8, 2))
+    b[4:8, 0] = 0.5  # all outside
+    qa = pseudo_label_quality(a, gt, [0], pseudo_segments=[[0.0, 4.0]], pseudo_segment_labels=[0])
+    qb = pseudo_label_quality(
+        b, gt, [0], pseudo_segments=[[4.0, 8.0], [5.0, 8.0], [0.0, 4.0]],
+        pseudo_segment_labels=[0, 0, 0],
+    )  # fmt: skip
+    s = summarize_quality([qa, qb])
+    assert s["precision"] == pytest.approx(2 / 4)  # not the mean of 1 and 1/3
+    assert s["recall"] == 1.0 and s["n_pseudo"] == 4 and s["n_gt"] == 2 and s["videos"] == 2
+    assert s["inside_fraction"] == pytest.approx(4.0 / 6.0)
+    assert s["background_outside_fraction"] is None  # no background mass at all
+    assert summarize_quality([]) == {"videos": 0}

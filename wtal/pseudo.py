@@ -42,7 +42,7 @@ from scipy.optimize import linprog
 from scipy.sparse.csgraph import connected_components
 
 from wtal.io import InputError
-from wtal.segments import pairwise_tiou
+from wtal.segments import pairwise_tiou, snippets_to_seconds
 
 OUTER_SCALE = 0.0785
 """Outer-region half-width factor: ``delta = OUTER_SCALE * L ** OUTER_POWER`` (utils.py:197)."""
@@ -1057,26 +1057,33 @@ def pseudo_label_quality(
     pseudo_segment_labels: np.ndarray | None = None,
     tiou_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Where the pseudo-label mass lies, and how good the pseudo segments are, against GT.
+    """Where the pseudo-label mass of one video lies, and how good its pseudo segments are.
 
     A snippet ``t`` is inside the GT of class c when its centre ``t + 0.5`` lies in a GT
-    segment of class c. Segment precision / recall are best-match rates (not one-to-one):
-    a pseudo segment is a hit when its best same-class GT tIoU is >= ``tiou_threshold``, and a
-    GT segment is found when its best same-class pseudo segment tIoU is.
+    segment of class c. The right place for the mass of class column c is inside the GT of
+    c; for the background column (the last one) it is outside every GT segment. Segment
+    precision / recall are best-match rates (not one-to-one) over the action columns: a
+    pseudo segment is a hit when its best same-class GT tIoU is >= ``tiou_threshold``, and a
+    GT segment is found when its best same-class pseudo segment tIoU is. Background pseudo
+    segments have no GT and are left out. Counts and sums are returned so that videos can be
+    pooled with :func:`summarize_quality`.
 
     Args:
         pseudo: (T, C+1) pseudo labels.
         gt_segments: (M, 2) float, GT ``[start, end)`` in snippets.
         gt_labels: (M,) int GT classes in ``[0, C)``.
         pseudo_segments: (N, 2) float fused segments in snippets (optional).
-        pseudo_segment_labels: (N,) int their columns.
+        pseudo_segment_labels: (N,) int their columns in ``[0, C]`` (C = background).
         tiou_threshold: tIoU of a hit.
 
     Returns:
-        ``mass_inside`` / ``mass_outside``: (C+1,) label mass inside / outside that class's GT
-        (the background column counts snippets inside any GT as inside); ``inside_fraction``
-        (total inside over total mass, nan without mass); with segments also ``precision``,
-        ``recall``, ``mean_best_tiou`` (mean over pseudo segments) and ``mean_gt_best_tiou``.
+        ``mass_inside`` / ``mass_outside``: (C+1,) label mass in the right / wrong place per
+        column (see above); ``inside_fraction``: right-place mass of the class columns over
+        their total (nan without mass); ``background_outside_fraction``: the same for the
+        background column. With segments also ``precision``, ``recall``, ``mean_best_tiou``
+        (mean over action pseudo segments of the best same-class GT tIoU) and
+        ``mean_gt_best_tiou``, plus the counts ``n_pseudo``, ``n_hits``, ``n_gt``,
+        ``n_found`` and the sums ``sum_best_tiou``, ``sum_gt_best_tiou``.
     """
     pseudo = _to_numpy(pseudo, np.float64)
     T, ncol = pseudo.shape
@@ -1084,27 +1091,137 @@ def pseudo_label_quality(
     gtl = _to_numpy(gt_labels, np.int64).reshape(-1)
     centre = np.arange(T) + 0.5
     in_gt = (centre[None, :] >= gts[:, :1]) & (centre[None, :] < gts[:, 1:])  # (M, T)
-    inside = np.zeros((ncol, T), bool)
-    np.logical_or.at(inside, gtl, in_gt)
-    inside[ncol - 1] = in_gt.any(0)  # background column: "inside" = inside any action
-    mass_in = (pseudo.T * inside).sum(1)
-    mass_out = (pseudo.T * ~inside).sum(1)
-    total = mass_in.sum() + mass_out.sum()
+    right = np.zeros((ncol, T), bool)
+    np.logical_or.at(right, gtl, in_gt)
+    right[ncol - 1] = ~in_gt.any(0)  # background belongs outside every action
+    mass_in = (pseudo.T * right).sum(1)  # (C+1,)
+    mass_out = (pseudo.T * ~right).sum(1)
     out: dict[str, Any] = {
         "mass_inside": mass_in,
         "mass_outside": mass_out,
-        "inside_fraction": float(mass_in.sum() / total) if total > 0 else float("nan"),
+        "inside_fraction": _ratio(mass_in[:-1].sum(), mass_in[:-1].sum() + mass_out[:-1].sum()),
+        "background_outside_fraction": _ratio(mass_in[-1], mass_in[-1] + mass_out[-1]),
     }
     if pseudo_segments is not None:
         ps = _to_numpy(pseudo_segments, np.float64).reshape(-1, 2)
         pl = _to_numpy(pseudo_segment_labels, np.int64).reshape(-1)
+        action = pl < ncol - 1
+        ps, pl = ps[action], pl[action]
         tiou = pairwise_tiou(ps, gts) * (pl[:, None] == gtl[None, :])  # (N, M) same class only
         best_p = tiou.max(1) if tiou.shape[1] else np.zeros(len(ps))
         best_g = tiou.max(0) if tiou.shape[0] else np.zeros(len(gts))
-        out |= {
-            "precision": float((best_p >= tiou_threshold).mean()) if len(ps) else float("nan"),
-            "recall": float((best_g >= tiou_threshold).mean()) if len(gts) else float("nan"),
-            "mean_best_tiou": float(best_p.mean()) if len(ps) else float("nan"),
-            "mean_gt_best_tiou": float(best_g.mean()) if len(gts) else float("nan"),
+        counts = {
+            "n_pseudo": len(ps),
+            "n_hits": int((best_p >= tiou_threshold).sum()),
+            "n_gt": len(gts),
+            "n_found": int((best_g >= tiou_threshold).sum()),
+            "sum_best_tiou": float(best_p.sum()),
+            "sum_gt_best_tiou": float(best_g.sum()),
         }
+        out |= counts | _rates(counts)
     return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _rates(c: Mapping[str, float]) -> dict[str, float]:
+    return {
+        "precision": _ratio(c["n_hits"], c["n_pseudo"]),
+        "recall": _ratio(c["n_found"], c["n_gt"]),
+        "mean_best_tiou": _ratio(c["sum_best_tiou"], c["n_pseudo"]),
+        "mean_gt_best_tiou": _ratio(c["sum_gt_best_tiou"], c["n_gt"]),
+    }
+
+
+def summarize_quality(per_video: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Pool :func:`pseudo_label_quality` results of many videos (micro averages: every
+    pseudo segment, GT segment and unit of mass counts once).
+
+    Returns:
+        JSON-ready floats ``precision``, ``recall``, ``mean_best_tiou``,
+        ``mean_gt_best_tiou``, ``inside_fraction``, ``background_outside_fraction`` and the
+        counts ``videos``, ``n_pseudo``, ``n_gt`` (None where undefined, e.g. no mass).
+    """
+    keys = ("n_pseudo", "n_hits", "n_gt", "n_found", "sum_best_tiou", "sum_gt_best_tiou")
+    with_segments = [q for q in per_video if "n_pseudo" in q]
+    totals = {k: sum(q[k] for q in with_segments) for k in keys}
+    m_in = sum((np.asarray(q["mass_inside"]) for q in per_video), np.zeros(1))
+    m_out = sum((np.asarray(q["mass_outside"]) for q in per_video), np.zeros(1))
+    out = {"videos": len(per_video)}
+    if with_segments:
+        out |= {"n_pseudo": totals["n_pseudo"], "n_gt": totals["n_gt"]} | _rates(totals)
+    if per_video:
+        out["inside_fraction"] = _ratio(m_in[:-1].sum(), m_in[:-1].sum() + m_out[:-1].sum())
+        out["background_outside_fraction"] = _ratio(m_in[-1], m_in[-1] + m_out[-1])
+    return {k: None if v != v else v for k, v in out.items()}  # NaN is not JSON: None
+
+
+# --------------------------------------------------------------------------------------------
+# Export of pseudo segments as an annotation file
+
+
+def pseudo_annotations(
+    segments: Mapping[str, Any],
+    timing: Mapping[str, Any],
+    class_names: Sequence[str],
+    subset: str,
+    *,
+    version: str = "wtal pseudo labels",
+) -> dict[str, Any]:
+    """Pseudo segments of training videos as an ActionFormer/ActivityNet annotation file.
+
+    The format of ActionFormer's ``thumos14.json``: ``{"version", "database": {video_id:
+    {"subset", "duration", "fps", "annotations": [{"label", "segment", "segment(frames)",
+    "label_id", "score"}]}}}`` with seconds in ``segment``; ``score`` (the fused score phi)
+    is extra and ignored by loaders that do not know it. Background segments are left out.
+    Videos keep their order; annotations go by start time.
+
+    Args:
+        segments: per video, (N, 4) rows ``[start, end, score, column]`` in snippets (numpy or
+            torch), columns in ``[0, C]`` with C = background.
+        timing: per video, ``[num_snippets, fps, snippet_frames, duration_s]`` (duration NaN
+            when unknown: the end of the last snippet is used).
+        class_names: the C class names; ``label_id`` is the index in this list.
+        subset: the subset name written for every video (e.g. ``validation``).
+        version: the file's ``version`` string.
+
+    Returns:
+        The JSON-ready dict.
+
+    Raises:
+        InputError: a video without timing, or malformed segment rows.
+    """
+    num_classes = len(class_names)
+    database: dict[str, Any] = {}
+    for video_id, rows in segments.items():
+        if video_id not in timing:
+            raise InputError(None, "no timing stored for this video", video=video_id)
+        rows = _to_numpy(rows, np.float64)
+        if rows.ndim != 2 or rows.shape[1] != 4 or not np.isfinite(rows).all():
+            raise InputError(
+                None, f"expected finite (N, 4) segment rows, got {rows.shape}", video_id
+            )
+        T, fps, snippet_frames, duration = (float(x) for x in _to_numpy(timing[video_id], float))
+        if not duration > 0:  # unknown (NaN): the features' extent
+            duration = float(snippets_to_seconds(T, fps, snippet_frames))
+        rows = rows[rows[:, 3] < num_classes]  # background column: no action
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        seconds = np.clip(snippets_to_seconds(rows[:, :2], fps, snippet_frames), 0.0, duration)
+        database[video_id] = {
+            "subset": subset,
+            "duration": duration,
+            "fps": fps,
+            "annotations": [
+                {
+                    "label": class_names[int(c)],
+                    "segment": [float(a), float(b)],
+                    "segment(frames)": [float(a * fps), float(b * fps)],
+                    "label_id": int(c),
+                    "score": float(s),
+                }
+                for (a, b), s, c in zip(seconds, rows[:, 2], rows[:, 3], strict=True)
+            ],
+        }
+    return {"version": version, "database": database}
