@@ -788,8 +788,11 @@ def _enumerated_duals(A, n, b, values):
     A, n = A2, n2
     grid = np.stack(np.meshgrid(*([vals] * K), indexing="ij"), -1)
     grid = grid.reshape(-1, K)  # (M, K)
-    excess = np.maximum(grid @ A - 1.0, 0.0)  # (G, M, J)
-    dual = b @ grid.T - (excess @ n[:, :, None])[..., 0]
+    excess = np.matmul(grid[None], A)  # (G, M, J), in place from here on
+    excess -= 1.0
+    np.maximum(excess, 0.0, out=excess)
+    excess *= n[:, None, :]
+    dual = b @ grid.T - excess.sum(2)  # (G, M)
     return grid[np.argmax(dual, 1)]
 
 
