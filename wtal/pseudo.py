@@ -370,12 +370,11 @@ def solve_pseudo_labels_batch(
     with np.errstate(divide="ignore", invalid="ignore"):
         v_in = np.where(pos & (n_in > 0), np.minimum(phi[k] / n_in, 1.0), 0.0)
         v_out = np.where(neg & (n_out > 0), np.minimum(-phi[k] / n_out, 1.0), 0.0)
-    diff = np.zeros(len(flat) + 1)  # supports of isolated instances are disjoint
-    np.add.at(diff, g_in0[k], v_in - v_out)
-    np.add.at(diff, g_in1[k], v_out - v_in)
-    np.add.at(diff, g_lo[k], v_out)
-    np.add.at(diff, np.maximum(g_in1, g_hi)[k], -v_out)
-    flat += np.cumsum(diff)[:-1]
+    # Step changes at the region edges (supports of isolated instances are disjoint); one
+    # bincount adds them in the same order as sequential np.add.at calls would.
+    edges = np.concatenate([g_in0[k], g_in1[k], g_lo[k], np.maximum(g_in1, g_hi)[k]])
+    steps = np.concatenate([v_in - v_out, v_out - v_in, v_out, -v_out])
+    flat += np.cumsum(np.bincount(edges, steps, minlength=len(flat) + 1))[:-1]
 
     n_fallback = n_dual_lp = n_newton = 0
     max_gap = 0.0
@@ -391,10 +390,9 @@ def solve_pseudo_labels_batch(
         x_cell, done, n_dual_lp = _certify_groups(
             cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows, violation_weight
         )
-        diff = np.zeros(len(flat) + 1)
-        np.add.at(diff, cs["cell_lo"], x_cell)
-        np.add.at(diff, cs["cell_hi"], -x_cell)
-        flat += np.cumsum(diff)[:-1]
+        edges = np.concatenate([cs["cell_lo"], cs["cell_hi"]])
+        steps = np.concatenate([x_cell, -x_cell])
+        flat += np.cumsum(np.bincount(edges, steps, minlength=len(flat) + 1))[:-1]
         newton_rows = rows[~done[g]]
     if len(newton_rows):
         n_newton = len(np.unique(gid_of[newton_rows]))
@@ -505,12 +503,21 @@ def _solve_coupled(coupled, gid, order, g_lo, g_in0, g_in1, g_hi, phi, w, schedu
 
 
 def _size_buckets(k_count, n_cells):
-    """Bucket of each group: its row and cell counts rounded up to powers of two, so that
-    groups padded together have similar sizes (one big group must not pad all the others)."""
+    """Bucket of each group: its row count rounded up to a power of two, so that groups
+    padded together have similar sizes (one big group must not pad all the others). Cells
+    (at most ``4 K`` per group) are padded to the bucket's largest count: fewer, larger
+    batches cost less than many small ones at these sizes.
+
+    Returns:
+        ``(bucket, k_pad, j_pad)``: (G,) bucket of each group; per bucket the padded row
+        and cell counts.
+    """
     kp = 1 << np.ceil(np.log2(np.maximum(k_count, 1))).astype(np.int64)
-    jp = 1 << np.ceil(np.log2(np.maximum(n_cells, 1))).astype(np.int64)
-    keys, bucket = np.unique(kp * (1 << 32) + jp, return_inverse=True)
-    return bucket.reshape(-1), keys >> 32, keys & ((1 << 32) - 1)
+    keys, bucket = np.unique(kp, return_inverse=True)
+    bucket = bucket.reshape(-1)
+    j_pad = np.zeros(len(keys), np.int64)
+    np.maximum.at(j_pad, bucket, n_cells)
+    return bucket, keys, np.maximum(j_pad, 1)
 
 
 def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows, w):
@@ -548,7 +555,11 @@ def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows,
             done[members[ok]] = True
 
     links = _subgroups(cs, g_lo, g_in0, g_in1, g_hi)
-    certify(_subgroup_duals(cs, phi, *links, dual_grid, enum_max_rows), ~done)
+    # Only groups whose every sub-group was enumerated are checked here: with a sub-group
+    # left at sign(phi) (overlapping instances) the guess is practically never optimal.
+    largest = np.zeros(len(done), np.int64)
+    np.maximum.at(largest, cs["row_group"], links[2][links[0]])
+    certify(_subgroup_duals(cs, phi, *links, dual_grid, enum_max_rows), largest <= enum_max_rows)
     rest = ~done
     if not rest.any():
         return x_cell, done, 0
@@ -788,11 +799,14 @@ def _enumerated_duals(A, n, b, values):
     A, n = A2, n2
     grid = np.stack(np.meshgrid(*([vals] * K), indexing="ij"), -1)
     grid = grid.reshape(-1, K)  # (M, K)
-    excess = np.matmul(grid[None], A)  # (G, M, J), in place from here on
+    # float32 halves the memory traffic and is exact here: with grid values that are
+    # multiples of 1/2 and integer cell sizes, every product and sum below is a multiple
+    # of 1/2 far below 2**23 (other grids only risk a near-tie, which the certificate catches).
+    excess = np.matmul(grid[None].astype(np.float32), A.astype(np.float32))  # (G, M, J)
     excess -= 1.0
     np.maximum(excess, 0.0, out=excess)
-    excess *= n[:, None, :]
-    dual = b @ grid.T - excess.sum(2)  # (G, M)
+    penalty = np.matmul(excess, n.astype(np.float32)[:, :, None])[..., 0]  # (G, M)
+    dual = b @ grid.T - penalty
     return grid[np.argmax(dual, 1)]
 
 
@@ -807,9 +821,12 @@ def _lp_duals(cs, phi, groups, w):
     er, ec = cs["entry_row"], cs["entry_cell"]
     e = rsel[er]
     m, nv = int(rsel.sum()), int(csel.sum())
-    eye = sparse.identity(m, format="csr")
-    A = sparse.csr_matrix((cs["entry_val"][e], (row_new[er[e]], cell_new[ec[e]])), shape=(m, nv))
-    A_eq = sparse.hstack([A, eye, -eye], format="csr")  # A x + v+ - v- = phi
+    # A x + v+ - v- = phi, built at once in the CSC layout HiGHS takes (no conversions).
+    k = np.arange(m)
+    rows = np.r_[row_new[er[e]], k, k]
+    cols = np.r_[cell_new[ec[e]], nv + k, nv + m + k]
+    vals = np.r_[cs["entry_val"][e], np.ones(m), -np.ones(m)]
+    A_eq = sparse.csc_matrix((vals, (rows, cols)), shape=(m, nv + 2 * m))
     c = np.r_[np.ones(nv), np.full(2 * m, w)]
     ub = np.r_[(cs["cell_hi"] - cs["cell_lo"])[csel], np.full(2 * m, np.inf)]
     b_eq = phi[cs["rows"][rsel]]
