@@ -106,34 +106,36 @@ def synthetic_videos(n, seed):
     return videos
 
 
-def timed(fn, args, repeats):
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+def timed(fn, args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
 
 
 def bench(name, videos, repeats):
-    t_ref = t_ours = 0.0
+    """Best of ``repeats`` per video (reference, per-video call) and per batch; the three are
+    interleaved in every repeat, so a change of machine load hits them alike."""
+    n = len(videos)
+    t_ref, t_ours, t_batch = np.full(n, np.inf), np.full(n, np.inf), np.inf
+    batch_args = (*zip(*videos, strict=True), NUM_COLUMNS)
+    for _ in range(repeats):
+        for i, (segments, scores, labels, T) in enumerate(videos):
+            args = (segments, scores, labels, T, NUM_COLUMNS)
+            tr, ref = timed(reference_loop, args)
+            to, (ours, stats) = timed(solve_pseudo_labels, args)
+            t_ref[i], t_ours[i] = min(t_ref[i], tr), min(t_ours[i], to)
+        tb, (batch, st) = timed(solve_pseudo_labels_batch, batch_args)
+        t_batch = min(t_batch, tb)
     n_inst = n_closed = 0
     max_mass_diff = 0.0
-    for segments, scores, labels, T in videos:
-        args = (segments, scores, labels, T, NUM_COLUMNS)
-        tr, ref = timed(reference_loop, args, repeats)
-        to, (ours, stats) = timed(solve_pseudo_labels, args, repeats)
-        t_ref, t_ours = t_ref + tr, t_ours + to
+    for (segments, scores, labels, T), y in zip(videos, batch, strict=True):
+        ref = reference_loop(segments, scores, labels, T, NUM_COLUMNS)
+        single, stats = solve_pseudo_labels(segments, scores, labels, T, NUM_COLUMNS)
+        assert np.abs(single - y).max() < 1e-9, "batch and per-video answers differ"
         n_inst += stats.n_instances
         n_closed += stats.n_closed_form
-        max_mass_diff = max(max_mass_diff, float(np.abs(ref.sum(0) - ours.sum(0)).max()))
-    t_batch, (batch, st) = timed(
-        solve_pseudo_labels_batch, (*zip(*videos, strict=True), NUM_COLUMNS), repeats
-    )
-    for (segments, scores, labels, T), y in zip(videos, batch, strict=True):
-        single, _ = solve_pseudo_labels(segments, scores, labels, T, NUM_COLUMNS)
-        assert np.abs(single - y).max() < 1e-9, "batch and per-video answers differ"
-    n = len(videos)
+        max_mass_diff = max(max_mass_diff, float(np.abs(ref.sum(0) - y.sum(0)).max()))
+    t_ref, t_ours = t_ref.sum(), t_ours.sum()
     print(
         f"| {name:<22} | {n:>6} | {n_inst / n:>10.0f} | {n_closed / max(n_inst, 1):>6.0%} "
         f"| {1e3 * t_ref / n:>12.2f} | {1e3 * t_ours / n:>9.2f} | {t_ref / t_ours:>6.1f}x "

@@ -72,6 +72,9 @@ DUAL_GRID_COARSE = (-1.0, 0.0, 1.0, 2.0)
 """Grid used instead where ``len(DUAL_GRID) ** K`` exceeds ``ENUM_MAX_CANDIDATES``."""
 ENUM_MAX_CANDIDATES = 1024
 """Most dual candidates enumerated per sub-group (time and memory ~ candidates x cells)."""
+MERGE_MIN_CANDIDATES = 32
+"""Grids with more candidates than this first drop and merge cells (see ``_merge_cells``);
+for smaller ones the bookkeeping costs more than it saves."""
 ENUM_MAX_ROWS = 5
 """Largest coupled group (in constraints) whose dual is enumerated (``len(DUAL_GRID) ** K``
 candidates); larger groups take their dual from one HiGHS solve per video."""
@@ -769,6 +772,28 @@ def _subgroup_duals(cs, phi, sub, sub_rank, size, values, max_rows):
     return lam
 
 
+def _merge_cells(A, n, vals):
+    """Drop and merge cells before a dual enumeration over the grid ``vals ** K``.
+
+    A cell whose term ``n_j max(0, a_j' lam - 1)`` is 0 at every grid point adds nothing, and
+    cells with the same column ``a_j`` add up: drop the former, merge the latter (J shrinks
+    severalfold; with dyadic grid values every term is exact, so the argmax is unchanged).
+    """
+    G, K, _ = A.shape
+    top = (np.where(A > 0, vals.max(), 0.0) - np.where(A < 0, vals.min(), 0.0)).sum(1)  # (G, J)
+    code = ((A + 1.0) * 3.0 ** np.arange(K)[:, None]).sum(1).astype(np.int64)  # column pattern
+    gi, ji = np.nonzero((n > 0) & (top > 1.0))
+    uniq, first, inv = np.unique(gi * 3**K + code[gi, ji], return_index=True, return_inverse=True)
+    unit = uniq // 3**K
+    rank = np.arange(len(uniq)) - np.searchsorted(unit, unit)
+    J = max(int(rank.max()) + 1, 1) if len(uniq) else 1
+    A2 = np.zeros((G, K, J))
+    A2[unit, :, rank] = A[gi[first], :, ji[first]]
+    slot = (unit * J + rank)[inv.reshape(-1)]
+    n2 = np.bincount(slot, n[gi, ji], minlength=G * J).reshape(G, J)
+    return A2, n2
+
+
 def _enumerated_duals(A, n, b, values):
     """Best dual vector of each group over the grid ``values ** K`` (exact when the LP's
     optimal duals include a grid point; the face certificate decides).
@@ -782,21 +807,8 @@ def _enumerated_duals(A, n, b, values):
     """
     G, K, _ = A.shape
     vals = np.asarray(values, float)
-    # A cell whose term n_j max(0, a_j' lam - 1) is 0 at every grid point adds nothing, and
-    # cells with the same column a_j add up: drop the former, merge the latter (J shrinks
-    # severalfold; with dyadic grid values every term is exact, so the argmax is unchanged).
-    top = (np.where(A > 0, vals.max(), 0.0) - np.where(A < 0, vals.min(), 0.0)).sum(1)  # (G, J)
-    code = ((A + 1.0) * 3.0 ** np.arange(K)[:, None]).sum(1).astype(np.int64)  # column pattern
-    gi, ji = np.nonzero((n > 0) & (top > 1.0))
-    uniq, first, inv = np.unique(gi * 3**K + code[gi, ji], return_index=True, return_inverse=True)
-    unit = uniq // 3**K
-    rank = np.arange(len(uniq)) - np.searchsorted(unit, unit)
-    J = max(int(rank.max()) + 1, 1) if len(uniq) else 1
-    A2 = np.zeros((G, K, J))
-    A2[unit, :, rank] = A[gi[first], :, ji[first]]
-    n2 = np.zeros((G, J))
-    np.add.at(n2, (unit[inv.reshape(-1)], rank[inv.reshape(-1)]), n[gi, ji])
-    A, n = A2, n2
+    if len(vals) ** K > MERGE_MIN_CANDIDATES:
+        A, n = _merge_cells(A, n, vals)
     grid = np.stack(np.meshgrid(*([vals] * K), indexing="ij"), -1)
     grid = grid.reshape(-1, K)  # (M, K)
     # float32 halves the memory traffic and is exact here: with grid values that are
