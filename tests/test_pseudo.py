@@ -174,6 +174,25 @@ def test_heavy_overlap_groups_all_paths_agree(path):
     assert used["dual_lp"] > 0  # the HiGHS-dual stage was exercised
 
 
+@pytest.mark.parametrize("seed", [3, 108])
+def test_face_newton_certifies_where_the_active_set_iteration_cycles(seed, monkeypatch):
+    """On these faces the active-set iteration alternates between two free sets; the damped
+    Newton method on the face certifies the HiGHS dual's face instead of the slow path."""
+    import wtal.pseudo as P
+
+    rng = np.random.default_rng(seed)
+    T = 70
+    seg, scores, labels = _random_video(rng, T, 18, 1, neg=0.2)
+    pseudo, stats = solve_pseudo_labels(seg, scores, labels, T, 1)
+    assert stats.n_newton == 0 and stats.n_fallback == 0 and stats.n_dual_lp >= 1
+    _check_optimal_min_norm(seg, scores, labels, pseudo, T, 1)
+    with monkeypatch.context() as m:  # without it, the group needs the regularised path
+        m.setattr(P, "_face_newton", lambda A, *a: (np.zeros(A.shape[::2]), np.zeros(len(A), bool)))
+        slow, s2 = solve_pseudo_labels(seg, scores, labels, T, 1)
+    assert s2.n_newton >= 1
+    np.testing.assert_allclose(pseudo, slow, atol=1e-6)
+
+
 def test_constraint_order_and_column_permutation_do_not_matter():
     rng = np.random.default_rng(7)
     T, ncol = 120, 3

@@ -20,13 +20,16 @@ of their column have a closed form. Each remaining connected group shrinks to it
 of snippets with the same constraint pattern; the least-norm point is constant on each). Any
 dual vector ``lam`` fixes, by complementary slackness, the labels of cells with non-zero reduced
 cost ``1 - A' lam``; if a feasible point of that form exists it is optimal, and the least-norm
-one on the remaining cells is a small bounded least-squares problem. The dual is guessed by
-enumerating a small grid per sub-group (most duals of these +-1 interval matrices are small
-integers or halves); groups whose guess is not certified get their dual from ONE HiGHS solve
-of all of them. What is still not certified (infeasible groups, degenerate faces) goes to an
-exact-regularisation path (for small ``eps`` the minimiser of ``sum y + eps/2 |y|^2`` IS the
-least-norm LP optimum): a semismooth Newton method on its dual for a decreasing ``eps``,
-accepted once an LP duality gap certifies it, else HiGHS on its LP (a vertex, counted).
+one on the remaining cells is a small bounded least-squares problem (an active-set iteration,
+and a damped Newton method where that cycles). The dual is guessed by enumerating a small grid
+per sub-group (most duals of these +-1 interval matrices are small integers or halves); groups
+whose guess is not certified get their dual from ONE HiGHS solve of all of them. Every
+(video, column) pair has its own stretch of one flat array, so :func:`solve_pseudo_labels_batch`
+runs all of this once for a whole set of videos. What is still not certified (infeasible
+groups, degenerate faces) goes to an exact-regularisation path (for small ``eps`` the
+minimiser of ``sum y + eps/2 |y|^2`` IS the least-norm LP optimum): a semismooth Newton
+method on its dual for a decreasing ``eps``, accepted once an LP duality gap certifies it,
+else HiGHS on its LP (a vertex, counted).
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ CERT_TOL = 1e-9
 count as 0 (or 1), and a certified point meets every constraint to within it."""
 MAX_FACE_ITER = 10
 """Primal-dual active-set iterations of the least-norm problem on an optimal face."""
+FACE_NEWTON_ITER = 50
+"""Newton iterations on an optimal face for groups where the active-set iteration cycles."""
 _RIDGE = 1e-13  # Tikhonov shift of the face systems (entries are integer cell counts)
 _ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 _MAX_BACKTRACK = 40  # halvings of the step before the line search gives up on a group
@@ -543,14 +548,14 @@ def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows,
         for i, (k, j) in enumerate(zip(k_pad, j_pad, strict=True))
     ]
 
-    def certify(lam_rows, todo):
+    def certify(lam_rows, todo, newton):
         for members, A, n, b in dense:
             sel = todo[members]
             if not sel.any():
                 continue
             members, A, n, b = members[sel], A[sel], n[sel], b[sel]
             lam = _rows_to_groups(lam_rows, cs, members, A.shape[1])
-            x, ok = _face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER)
+            x, ok = _face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER, newton)
             slot = np.full(len(done), -1)
             slot[members[ok]] = np.arange(ok.sum())
             s = slot[cs["cell_group"]]
@@ -562,14 +567,15 @@ def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows,
     # left at sign(phi) (overlapping instances) the guess is practically never optimal.
     largest = np.zeros(len(done), np.int64)
     np.maximum.at(largest, cs["row_group"], links[2][links[0]])
-    certify(_subgroup_duals(cs, phi, *links, dual_grid, enum_max_rows), largest <= enum_max_rows)
+    first = _subgroup_duals(cs, phi, *links, dual_grid, enum_max_rows)
+    certify(first, largest <= enum_max_rows, newton=False)
     rest = ~done
     if not rest.any():
         return x_cell, done, 0
     lam_rows = _lp_duals(cs, phi, rest, w)
     if lam_rows is None:
         return x_cell, done, 0
-    certify(lam_rows, rest)
+    certify(lam_rows, rest, newton=True)  # HiGHS duals are optimal: their faces are not empty
     return x_cell, done, int(done[rest].sum())
 
 
@@ -642,7 +648,7 @@ def _dense_groups(cs, members, phi, n_rows, n_cols):
     return A, n, b
 
 
-def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
+def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter, newton=False):
     """Least-norm point of the LP optimal face that the dual vector ``lam`` describes.
 
     With reduced costs ``r = 1 - A' lam``, complementary slackness fixes a cell's labels to 0
@@ -657,6 +663,8 @@ def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
         n: (G, J) cell sizes in snippets (0 for padding).
         b: (G, K) right sides.
         lam: (G, K) dual vectors.
+        newton: finish groups the iteration leaves uncertified with :func:`_face_newton`
+            (worth it only for duals known to be optimal: a wrong guess has an empty face).
 
     Returns:
         ``(x, ok)``: (G, J) label of each cell, and (G,) whether the point is certified.
@@ -695,7 +703,66 @@ def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
         if not len(live):
             break
         free[live], one[live] = new_free[moving], new_one[moving]
+    bad = np.flatnonzero(~ok & face.any(1)) if newton else []
+    if len(bad):  # the active-set iteration can cycle: a damped Newton method does not
+        xb, okb = _face_newton(A[bad], n[bad], b[bad], face[bad], upper[bad], feas_tol)
+        x[bad[okb]], ok[bad[okb]] = xb[okb], True
     return x, ok
+
+
+def _face_newton(A, n, b, face, upper, feas_tol, max_iter=FACE_NEWTON_ITER):
+    """Least-norm point on the faces of groups the active-set iteration left uncertified.
+
+    Minimises the dual ``theta(beta) = sum_j n_j h(z_j) - rhs' beta``, ``z = A' beta`` on the
+    face cells (``h`` integrates ``clip(., 0, 1)``), by Newton steps with a backtracking line
+    search and a Levenberg-Marquardt shift (the generalized Hessian is singular where no cell
+    is strictly inside (0, 1)). Its minimiser gives ``x = clip(z, 0, 1)``, the KKT point.
+
+    Returns:
+        ``(x, ok)``: (G, J) labels (face cells ``clip(z)``, cells above the face 1) and (G,)
+        whether every constraint holds to ``feas_tol``.
+    """
+    K = A.shape[1]
+    eye = np.eye(K)
+    w = n * face  # (G, J) weight of each free cell
+    rhs = b - np.einsum("gkj,gj->gk", A, n * upper)
+    acts = ((A != 0) & face[:, None, :]).any(2)  # (G, K) rows that touch the face
+
+    def parts(beta):
+        z = np.einsum("gkj,gk->gj", A, beta)
+        y = np.clip(z, 0.0, 1.0)
+        h = np.where(z <= 0, 0.0, np.where(z < 1, 0.5 * z * z, z - 0.5))
+        theta = (w * h).sum(1) - (rhs * beta).sum(1)
+        grad = np.where(acts, np.einsum("gkj,gj->gk", A, w * y) - rhs, 0.0)
+        return theta, grad, z
+
+    beta = np.zeros(rhs.shape)
+    theta, grad, z = parts(beta)
+    for _ in range(max_iter):
+        res = np.abs(grad).max(1)
+        if (res <= 0.01 * feas_tol).all():
+            break
+        d = w * ((z > 0) & (z < 1))
+        shift = np.minimum(_LM_MAX, res) + 1e-14
+        H = (A * d[:, None, :]) @ A.transpose(0, 2, 1) + (shift[:, None] + ~acts)[:, :, None] * eye
+        step = -np.linalg.solve(H, grad[..., None])[..., 0]
+        slope = (grad * step).sum(1)
+        t = np.ones(len(beta))
+        done = res <= 0.01 * feas_tol
+        for _ in range(_MAX_BACKTRACK):
+            th_n, g_n, z_n = parts(beta + t[:, None] * step)
+            accept = ~done & (th_n <= theta + _ARMIJO * t * slope)
+            beta[accept] += t[accept, None] * step[accept]
+            theta[accept], grad[accept], z[accept] = th_n[accept], g_n[accept], z_n[accept]
+            done |= accept
+            if done.all():
+                break
+            t = np.where(done, t, 0.5 * t)
+        if not (done | (res <= 0.01 * feas_tol)).any():
+            break
+    x = np.where(face, np.clip(z, 0.0, 1.0), 0.0) + upper
+    resid = np.abs(np.einsum("gkj,gj->gk", A, n * x) - b).max(1)
+    return x, resid <= feas_tol
 
 
 def _subgroups(cs, g_lo, g_in0, g_in1, g_hi):
