@@ -548,8 +548,8 @@ def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows,
         for i, (k, j) in enumerate(zip(k_pad, j_pad, strict=True))
     ]
 
-    def certify(lam_rows, todo, newton):
-        for members, A, n, b in dense:
+    def certify(lam_rows, todo, newton, batches):
+        for members, A, n, b in batches:
             sel = todo[members]
             if not sel.any():
                 continue
@@ -568,14 +568,18 @@ def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows,
     largest = np.zeros(len(done), np.int64)
     np.maximum.at(largest, cs["row_group"], links[2][links[0]])
     first = _subgroup_duals(cs, phi, *links, dual_grid, enum_max_rows)
-    certify(first, largest <= enum_max_rows, newton=False)
+    certify(first, largest <= enum_max_rows, False, dense)
     rest = ~done
     if not rest.any():
         return x_cell, done, 0
     lam_rows = _lp_duals(cs, phi, rest, w)
     if lam_rows is None:
         return x_cell, done, 0
-    certify(lam_rows, rest, newton=True)  # HiGHS duals are optimal: their faces are not empty
+    # Few groups are left: one padded batch costs less than one per bucket. HiGHS duals are
+    # optimal, so their faces are not empty and worth the Newton method where needed.
+    members = np.flatnonzero(rest)
+    k, j = int(k_count[members].max()), int(n_cells[members].max())
+    certify(lam_rows, rest, True, [(members, *_dense_groups(cs, members, phi, k, j))])
     return x_cell, done, int(done[rest].sum())
 
 
