@@ -14,6 +14,8 @@ from wtal.pseudo import (
     pseudo_label_quality,
     pseudo_target,
     solve_pseudo_labels,
+    solve_pseudo_labels_batch,
+    summarize_quality,
     update_history,
 )
 
@@ -172,6 +174,25 @@ def test_heavy_overlap_groups_all_paths_agree(path):
     assert used["dual_lp"] > 0  # the HiGHS-dual stage was exercised
 
 
+@pytest.mark.parametrize("seed", [3, 108])
+def test_face_newton_certifies_where_the_active_set_iteration_cycles(seed, monkeypatch):
+    """On these faces the active-set iteration alternates between two free sets; the damped
+    Newton method on the face certifies the HiGHS dual's face instead of the slow path."""
+    import wtal.pseudo as P
+
+    rng = np.random.default_rng(seed)
+    T = 70
+    seg, scores, labels = _random_video(rng, T, 18, 1, neg=0.2)
+    pseudo, stats = solve_pseudo_labels(seg, scores, labels, T, 1)
+    assert stats.n_newton == 0 and stats.n_fallback == 0 and stats.n_dual_lp >= 1
+    _check_optimal_min_norm(seg, scores, labels, pseudo, T, 1)
+    with monkeypatch.context() as m:  # without it, the group needs the regularised path
+        m.setattr(P, "_face_newton", lambda A, *a: (np.zeros(A.shape[::2]), np.zeros(len(A), bool)))
+        slow, s2 = solve_pseudo_labels(seg, scores, labels, T, 1)
+    assert s2.n_newton >= 1
+    np.testing.assert_allclose(pseudo, slow, atol=1e-6)
+
+
 def test_constraint_order_and_column_permutation_do_not_matter():
     rng = np.random.default_rng(7)
     T, ncol = 120, 3
@@ -260,6 +281,28 @@ def test_bad_input_raises_input_error(seg, scores, labels, match):
     assert "video 'v1'" in str(info.value)
 
 
+def test_batch_equals_per_video_calls():
+    """Videos of different lengths (one empty) solved together give each video's answer."""
+    rng = np.random.default_rng(11)
+    ncol = 3
+    videos = []
+    for T, n in ((60, 14), (25, 0), (90, 25), (40, 9)):
+        seg, scores, labels = _random_video(rng, T, n, ncol) if n else (np.zeros((0, 2)), [], [])
+        videos.append((seg, np.asarray(scores), np.asarray(labels, np.int64), T))
+    batch, stats = solve_pseudo_labels_batch(*zip(*videos, strict=True), ncol)
+    singles = [solve_pseudo_labels(*v, ncol) for v in videos]
+    for (_, _, _, T), y, (one, _) in zip(videos, batch, singles, strict=True):
+        assert y.shape == (T, ncol)
+        np.testing.assert_allclose(y, one, atol=1e-9)
+    assert stats.n_instances == sum(s.n_instances for _, s in singles)
+    assert stats.n_lps == sum(s.n_lps for _, s in singles)
+    with pytest.raises(InputError, match="video 'b'"):
+        solve_pseudo_labels_batch(
+            [videos[0][0], np.array([[5.0, 1.0]])], [videos[0][1], [0.1]],
+            [videos[0][2], [0]], [60, 20], ncol, video_ids=["a", "b"],
+        )  # fmt: skip
+
+
 def test_delta_pseudo_labels():
     rng = np.random.default_rng(0)
     y = rng.random((7, 3))
@@ -312,16 +355,40 @@ def test_pseudo_label_quality_hand_case():
     pseudo = np.zeros((T, 3))
     pseudo[2:5, 0] = 0.5  # 1.5 mass, 1.0 of it inside GT [3, 6) of class 0
     pseudo[8, 1] = 0.25  # class 1 has no GT: all outside
-    pseudo[4, 2] = 0.1  # background inside an action
+    pseudo[4, 2] = 0.1  # background inside an action: the wrong place
+    pseudo[0, 2] = 0.3  # background outside every action: the right place
     q = pseudo_label_quality(
         pseudo,
         np.array([[3.0, 6.0]]),
         np.array([0]),
-        pseudo_segments=np.array([[3.0, 5.0], [7.0, 9.0]]),
-        pseudo_segment_labels=np.array([0, 0]),
+        pseudo_segments=np.array([[3.0, 5.0], [7.0, 9.0], [0.0, 2.0]]),
+        pseudo_segment_labels=np.array([0, 0, 2]),  # the background segment is left out
     )
-    np.testing.assert_allclose(q["mass_inside"], [1.0, 0.0, 0.1])
-    np.testing.assert_allclose(q["mass_outside"], [0.5, 0.25, 0.0])
+    np.testing.assert_allclose(q["mass_inside"], [1.0, 0.0, 0.3])
+    np.testing.assert_allclose(q["mass_outside"], [0.5, 0.25, 0.1])
+    assert q["inside_fraction"] == pytest.approx(1.0 / 1.75)
+    assert q["background_outside_fraction"] == pytest.approx(0.75)
     assert q["precision"] == 0.5 and q["recall"] == 1.0
+    assert q["n_pseudo"] == 2 and q["n_hits"] == 1 and q["n_gt"] == 1 and q["n_found"] == 1
     assert q["mean_best_tiou"] == pytest.approx((2 / 3 + 0.0) / 2)
     assert q["mean_gt_best_tiou"] == pytest.approx(2 / 3)
+
+
+def test_summarize_quality_pools_counts_not_rates():
+    """Micro averages: a video with many segments weighs more than one with few."""
+    gt = np.array([[0.0, 4.0]])
+    a = np.zeros((8, 2))
+    a[0:4, 0] = 1.0  # all inside
+    b = np.zeros((8, 2))
+    b[4:8, 0] = 0.5  # all outside
+    qa = pseudo_label_quality(a, gt, [0], pseudo_segments=[[0.0, 4.0]], pseudo_segment_labels=[0])
+    qb = pseudo_label_quality(
+        b, gt, [0], pseudo_segments=[[4.0, 8.0], [5.0, 8.0], [0.0, 4.0]],
+        pseudo_segment_labels=[0, 0, 0],
+    )  # fmt: skip
+    s = summarize_quality([qa, qb])
+    assert s["precision"] == pytest.approx(2 / 4)  # not the mean of 1 and 1/3
+    assert s["recall"] == 1.0 and s["n_pseudo"] == 4 and s["n_gt"] == 2 and s["videos"] == 2
+    assert s["inside_fraction"] == pytest.approx(4.0 / 6.0)
+    assert s["background_outside_fraction"] is None  # no background mass at all
+    assert summarize_quality([]) == {"videos": 0}

@@ -728,6 +728,206 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+# ----------------------------------------------------------------------------- pseudo labels
+
+
+def _pseudo_rounds(run_dir: Path) -> tuple[dict, list[tuple[int, dict]]]:
+    """The checkpoint of a run folder and its stored regenerations ``[(epoch, inputs)]``."""
+    from wtal.engine import load_checkpoint
+
+    state = load_checkpoint(run_dir)
+    rounds = list(
+        zip(state.get("pseudo_segment_epochs", []), state.get("pseudo_segments", []), strict=True)
+    )
+    if not rounds:
+        where = run_dir / "last.pt" if run_dir.is_dir() else run_dir
+        raise InputError(where, "no pseudo-label regeneration stored (none reached yet?)")
+    return state, rounds
+
+
+def _pick_round(rounds: list[tuple[int, dict]], epoch: int | None, where: Path) -> tuple[int, dict]:
+    if epoch is None:
+        return rounds[-1]
+    for e, inputs in rounds:
+        if e == epoch:
+            return e, inputs
+    raise InputError(where, f"no regeneration at epoch {epoch} (stored: {[e for e, _ in rounds]})")
+
+
+def cmd_export_pseudo(args: argparse.Namespace) -> int:
+    from wtal.io import write_json
+    from wtal.pseudo import pseudo_annotations
+
+    run_dir = Path(args.run_dir)
+    state, rounds = _pseudo_rounds(run_dir)
+    epoch, inputs = _pick_round(rounds, args.epoch, run_dir)
+    subset = state["config"]["data"]["train_subset"]
+    annotations = pseudo_annotations(
+        inputs["segments"],
+        inputs["timing"],
+        state["class_names"],
+        subset,
+        version=f"wtal {__version__} pseudo labels, epoch {epoch}, {run_dir.name}",
+    )
+    write_json(args.out, annotations)
+    count = sum(len(v["annotations"]) for v in annotations["database"].values())
+    print(
+        f"wrote {args.out}: {count} pseudo segments on {len(annotations['database'])} "
+        f"{subset} videos (regeneration at epoch {epoch}, {args.format} format)"
+    )
+    return 0
+
+
+def cmd_plot_pseudo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from wtal.config import Config, from_dict
+    from wtal.plots import plot_pseudo_evolution
+    from wtal.pseudo import solve_pseudo_labels_batch
+
+    run_dir = Path(args.run_dir)
+    state, rounds = _pseudo_rounds(run_dir)
+    timing = rounds[-1][1]["timing"]
+    videos = args.videos or list(timing)[: args.num_videos]
+    unknown = [v for v in videos if v not in timing]
+    if unknown:
+        raise InputError(run_dir, f"--videos: not training videos of this run: {unknown[:3]}")
+    gt = _training_ground_truth(from_dict(Config, state["config"]), args.data, state)
+    out = Path(args.out)
+    class_names = state["class_names"]
+    ncol = len(class_names) + 1
+    for vid in videos:
+        T, fps, snippet_frames, _ = (float(x) for x in timing[vid])
+        rows = [inputs["segments"][vid].numpy() for _, inputs in rounds]
+        labels, _ = solve_pseudo_labels_batch(
+            [r[:, :2] for r in rows],
+            [r[:, 2] for r in rows],
+            [r[:, 3].astype(np.int64) for r in rows],
+            [int(T)] * len(rows),
+            ncol,
+            video_ids=[vid] * len(rows),
+        )
+        seg_s, seg_labels = gt.get(vid, (None, None))
+        path = out / f"pseudo_{vid}.png"
+        plot_pseudo_evolution(
+            path, vid, [e for e, _ in rounds], labels, fps=fps, snippet_frames=snippet_frames,
+            class_names=class_names, gt_segments_s=seg_s, gt_labels=seg_labels,
+        )  # fmt: skip
+        print(f"wrote {path}")
+    return 0
+
+
+def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
+    """{video: (segments_s (M, 2), labels (M,))} of the run's training subset; empty (with a
+    warning) when the dataset cannot be read, so that plots still show the labels."""
+    import numpy as np
+
+    from wtal.data import FeatureDataset
+
+    try:
+        dataset = FeatureDataset(
+            data or cfg.data.path,
+            cfg.data.train_subset,
+            layout=cfg.data.layout,
+            fps=cfg.data.fps,
+            snippet_frames=cfg.data.snippet_frames,
+            class_names=state["class_names"],
+        )
+    except InputError as exc:
+        print(f"warning: no ground truth overlay ({exc})", file=sys.stderr)
+        return {}
+    index = {name: i for i, name in enumerate(state["class_names"])}
+    out = {}
+    for vid, entry in dataset.ground_truth()["database"].items():
+        anns = entry["annotations"]
+        seg = np.array([a["segment"] for a in anns], np.float64).reshape(-1, 2)
+        out[vid] = (seg, np.array([index[a["label"]] for a in anns], np.int64))
+    return out
+
+
+def _add_pseudo_parsers(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser(
+        "export-pseudo",
+        help="write a run's pseudo segments as an annotation file",
+        description="The fused segments of the last (or --epoch) pseudo-label regeneration "
+        "on the training videos, in seconds, as an ActionFormer-style annotation file "
+        '({"database": {video: {"subset", "duration", "fps", "annotations": [{"segment", '
+        '"label", "label_id", "score"}]}}}).',
+    )
+    export.add_argument("run_dir", help="run folder (or its last.pt)")
+    export.add_argument("--format", choices=["actionformer"], default="actionformer")
+    export.add_argument("--out", required=True, help="JSON file to write")
+    export.add_argument("--epoch", type=int, help="regeneration epoch (default: the last)")
+    export.set_defaults(func=cmd_export_pseudo)
+
+    plot = sub.add_parser(
+        "plot-pseudo",
+        help="plot how pseudo labels evolve over the regenerations",
+        description="One PNG per video: a row per regeneration, label mass per class over "
+        "time, ground truth shaded. Labels are recomputed from the stored LP inputs.",
+    )
+    plot.add_argument("run_dir", help="run folder (or its last.pt)")
+    plot.add_argument("--out", required=True, help="folder for pseudo_<video>.png")
+    plot.add_argument("--videos", nargs="+", metavar="VIDEO", help="training videos to plot")
+    plot.add_argument(
+        "--num-videos", type=int, default=4, help="without --videos: the first N (default 4)"
+    )
+    plot.add_argument("--data", help="dataset root for the GT overlay (default: the run's)")
+    plot.set_defaults(func=cmd_plot_pseudo)
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from wtal.bench import format_bench, run_seeds, summarize_seeds, write_bench
+    from wtal.config import load_config
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(
+            None, f"--seeds: expected integers like 0,1,2, got {args.seeds!r}"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise InputError(None, f"--seeds: expected distinct integers, got {args.seeds!r}")
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.path={args.data!r}")
+    cfg = load_config(args.config, overrides)
+    if not cfg.data.path:
+        raise InputError(args.config, "data.path is empty: pass --data PATH")
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.config).stem}"
+    runs = run_seeds(cfg, seeds, out, progress=not args.quiet)
+    summary = summarize_seeds(runs, seeds)
+    json_path, md_path = write_bench(summary, out)
+    print(format_bench(summary))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="train and evaluate one config under several seeds; mean +- std",
+        description="Each seed trains into OUT/seed<k> (finished runs are reused, "
+        "interrupted ones resumed); prints mean +- std per tIoU of the base stage and the "
+        "full method under both protocols, and writes OUT/bench.json and OUT/bench.md.",
+    )
+    bench.add_argument("config", help="YAML config (only what differs from defaults)")
+    bench.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
+    bench.add_argument("--data", help="dataset root (sets data.path)")
+    bench.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=10 (repeatable)",
+    )
+    bench.add_argument("--out", help="bench folder (default runs/bench-<config>)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_bench)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -745,6 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_postprocess_parser(sub)
     _add_plot_parser(sub)
     _add_demo_parser(sub)
+    _add_pseudo_parsers(sub)
+    _add_bench_parser(sub)
     return parser
 
 

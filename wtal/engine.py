@@ -35,8 +35,14 @@ from wtal.fusion import detect as detect_segments
 from wtal.io import InputError, atomic_path, write_json
 from wtal.losses import base_losses, pseudo_label_loss
 from wtal.model import ModelOutput, WTALModel
-from wtal.pseudo import pseudo_target, solve_pseudo_labels, update_history
-from wtal.segments import snippets_to_seconds
+from wtal.pseudo import (
+    pseudo_label_quality,
+    pseudo_target,
+    solve_pseudo_labels_batch,
+    summarize_quality,
+    update_history,
+)
+from wtal.segments import seconds_to_snippets, snippets_to_seconds
 
 log = logging.getLogger("wtal")
 
@@ -604,14 +610,23 @@ def generate_pseudo_labels(
     cfg: Config,
     temperature: float,
     device: torch.device,
-) -> tuple[dict[str, Tensor], dict[str, float]]:
+) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Tensor]]:
     """Snippet pseudo labels (T, C+1) of every training video (paper.md §1.6).
 
     The teacher is the current model itself: the reference copies the weights into a
-    teacher right before this pass and uses the copy for nothing else.
+    teacher right before this pass and uses the copy for nothing else. The LPs of all
+    videos are solved in one batch.
 
     Under DDP each rank labels its slice of the videos (:func:`wtal.distributed.shard_dataset`)
     and every rank returns the gathered labels of all videos and the summed statistics.
+
+    Returns:
+        ``(labels, stats, fused)``: labels per video; JSON-ready statistics, with a
+        ``quality`` entry (:func:`wtal.pseudo.summarize_quality`) when the training videos
+        carry ground truth; and ``fused = {"segments": {video: (N, 4)}, "timing": {video:
+        (4,)}}``, the segments fed to the LP as float64 rows ``[start, end, score, column]``
+        in snippets and each video's ``[T, fps, snippet_frames, duration_s]`` (enough to
+        recompute the labels and to convert to seconds).
     """
     preds = predict(
         model,
@@ -622,33 +637,79 @@ def generate_pseudo_labels(
         batch_size=cfg.train.batch_size,
         dropout=cfg.pseudo.teacher_dropout,
     )
-    labels: dict[str, Tensor] = {}
-    totals = {"segments": 0, "lps": 0, "infeasible": 0, "fallback": 0, "solve_s": 0.0}
+    found_all = []
     for pred in preds:
         found = detect(pred, cfg.detect, temperature=temperature, background=True)
         if cfg.pseudo.gt_classes_only:
             allowed = np.append(pred.labels > 0, True)
             keep = torch.from_numpy(allowed)[found.labels]
             found = type(found)(*(x[keep] for x in found))
-        y, stats = solve_pseudo_labels(
-            found.segments.numpy(),
-            found.scores.numpy(),
-            found.labels.numpy(),
-            num_snippets=pred.cas.shape[0],
-            num_columns=pred.cas.shape[1],
-            video=pred.video_id,
+        found_all.append(found)
+    ys, solved = solve_pseudo_labels_batch(
+        [f.segments.numpy() for f in found_all],
+        [f.scores.numpy() for f in found_all],
+        [f.labels.numpy() for f in found_all],
+        [p.cas.shape[0] for p in preds],
+        preds[0].cas.shape[1] if preds else dataset.num_classes + 1,
+        video_ids=[p.video_id for p in preds],
+    )
+    labels = {
+        p.video_id: torch.from_numpy(np.asarray(y, dtype=np.float32))
+        for p, y in zip(preds, ys, strict=True)
+    }
+    segments = {
+        p.video_id: torch.cat(
+            [f.segments, f.scores[:, None], f.labels[:, None].to(torch.float64)], 1
+        ).to(torch.float64)
+        for p, f in zip(preds, found_all, strict=True)
+    }
+    timing = {
+        p.video_id: torch.tensor(
+            [p.cas.shape[0], p.fps, p.snippet_frames, p.duration_s], dtype=torch.float64
         )
-        labels[pred.video_id] = torch.from_numpy(np.asarray(y, dtype=np.float32))
-        totals["segments"] += len(found.scores)
-        totals["lps"] += stats.n_lps
-        totals["infeasible"] += stats.n_infeasible
-        totals["fallback"] += stats.n_fallback
-        totals["solve_s"] += stats.solve_time_s
+        for p in preds
+    }
+    stats: dict[str, Any] = {
+        "segments": sum(len(f.scores) for f in found_all),
+        "lps": solved.n_lps,
+        "infeasible": solved.n_infeasible,
+        "fallback": solved.n_fallback,
+        "solve_s": solved.solve_time_s,
+    }
+    per_video = _pseudo_quality(dataset, preds, ys, found_all)
     if distributed.world_size() > 1:
-        parts = distributed.all_gather_objects((labels, totals))
-        labels = {vid: y for part, _ in parts for vid, y in part.items()}
-        totals = {k: sum(t[k] for _, t in parts) for k in totals}
-    return labels, totals
+        parts = distributed.all_gather_objects((labels, segments, timing, stats, per_video))
+        labels = {k: v for part in parts for k, v in part[0].items()}
+        segments = {k: v for part in parts for k, v in part[1].items()}
+        timing = {k: v for part in parts for k, v in part[2].items()}
+        stats = {k: sum(part[3][k] for part in parts) for k in stats}
+        per_video = [q for part in parts for q in part[4]]
+    if per_video:
+        stats["quality"] = summarize_quality(per_video)
+    return labels, stats, {"segments": segments, "timing": timing}
+
+
+def _pseudo_quality(dataset: FeatureDataset, preds, ys, found_all) -> list[dict[str, Any]]:
+    """Pseudo labels against the ground truth of each training video that has some."""
+    database = dataset.ground_truth()["database"]
+    index = {name: i for i, name in enumerate(dataset.class_names)}
+    per_video = []
+    for pred, y, found in zip(preds, ys, found_all, strict=True):
+        annotations = database[pred.video_id]["annotations"]
+        if not annotations:
+            continue
+        gt_s = np.array([a["segment"] for a in annotations], np.float64).reshape(-1, 2)
+        gt = seconds_to_snippets(gt_s, pred.fps, pred.snippet_frames)
+        per_video.append(
+            pseudo_label_quality(
+                y,
+                gt,
+                np.array([index[a["label"]] for a in annotations], np.int64),
+                pseudo_segments=found.segments.numpy(),
+                pseudo_segment_labels=found.labels.numpy(),
+            )
+        )
+    return per_video
 
 
 def select_pseudo_target(
@@ -952,6 +1013,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         model.parameters(), lr=tc.lr_values[0], betas=tc.betas, weight_decay=tc.weight_decay
     )
     history: list[tuple[int, dict[str, Tensor]]] = []  # (regeneration epoch, labels per video)
+    fused: list[tuple[int, dict[str, Any]]] = []  # every regeneration's LP input (small)
     start = 0
     state = _resume_state(run_dir, cfg, train_set) if resume else None
     if state is not None:
@@ -965,6 +1027,13 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             (int(e), labels)
             for e, labels in zip(state["pseudo_epochs"], state["pseudo"], strict=True)
         ]
+        fused = list(
+            zip(
+                state.get("pseudo_segment_epochs", []),
+                state.get("pseudo_segments", []),
+                strict=True,
+            )
+        )
         rng_ranks = state.get("rng_ranks", [])
         if world == 1:
             _set_rng_state(state["rng"])
@@ -1001,9 +1070,12 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             if pc.reset_memory:
                 model.memory.reset()
             temperature = pc.temperatures[pc.regen_epochs.index(epoch)]
-            labels, stats = generate_pseudo_labels(model, train_fixed, cfg, temperature, device)
+            labels, stats, inputs = generate_pseudo_labels(
+                model, train_fixed, cfg, temperature, device
+            )
             fault_point("pseudo", epoch)
             history = update_history(history, epoch, labels, history_length=pc.history_length)
+            fused.append((epoch, inputs))
             record["pseudo"] = {"temperature": temperature, **stats}
         targets = select_pseudo_target(epoch, history, cfg) if pc.enabled else None
 
@@ -1045,6 +1117,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             "optimizer": optimizer.state_dict(),
             "pseudo_epochs": [e for e, _ in history],
             "pseudo": [labels for _, labels in history],
+            "pseudo_segment_epochs": [e for e, _ in fused],
+            "pseudo_segments": [inputs for _, inputs in fused],
             "rng": _rng_state(),
         }
         if world > 1:  # every rank's dropout stream, for an exact resume

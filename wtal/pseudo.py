@@ -20,13 +20,16 @@ of their column have a closed form. Each remaining connected group shrinks to it
 of snippets with the same constraint pattern; the least-norm point is constant on each). Any
 dual vector ``lam`` fixes, by complementary slackness, the labels of cells with non-zero reduced
 cost ``1 - A' lam``; if a feasible point of that form exists it is optimal, and the least-norm
-one on the remaining cells is a small bounded least-squares problem. The dual is guessed by
-enumerating a small grid per sub-group (most duals of these +-1 interval matrices are small
-integers or halves); groups whose guess is not certified get their dual from ONE HiGHS solve
-of all of them. What is still not certified (infeasible groups, degenerate faces) goes to an
-exact-regularisation path (for small ``eps`` the minimiser of ``sum y + eps/2 |y|^2`` IS the
-least-norm LP optimum): a semismooth Newton method on its dual for a decreasing ``eps``,
-accepted once an LP duality gap certifies it, else HiGHS on its LP (a vertex, counted).
+one on the remaining cells is a small bounded least-squares problem (an active-set iteration,
+and a damped Newton method where that cycles). The dual is guessed by enumerating a small grid
+per sub-group (most duals of these +-1 interval matrices are small integers or halves); groups
+whose guess is not certified get their dual from ONE HiGHS solve of all of them. Every
+(video, column) pair has its own stretch of one flat array, so :func:`solve_pseudo_labels_batch`
+runs all of this once for a whole set of videos. What is still not certified (infeasible
+groups, degenerate faces) goes to an exact-regularisation path (for small ``eps`` the
+minimiser of ``sum y + eps/2 |y|^2`` IS the least-norm LP optimum): a semismooth Newton
+method on its dual for a decreasing ``eps``, accepted once an LP duality gap certifies it,
+else HiGHS on its LP (a vertex, counted).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from scipy.optimize import linprog
 from scipy.sparse.csgraph import connected_components
 
 from wtal.io import InputError
-from wtal.segments import pairwise_tiou
+from wtal.segments import pairwise_tiou, snippets_to_seconds
 
 OUTER_SCALE = 0.0785
 """Outer-region half-width factor: ``delta = OUTER_SCALE * L ** OUTER_POWER`` (utils.py:197)."""
@@ -72,6 +75,9 @@ DUAL_GRID_COARSE = (-1.0, 0.0, 1.0, 2.0)
 """Grid used instead where ``len(DUAL_GRID) ** K`` exceeds ``ENUM_MAX_CANDIDATES``."""
 ENUM_MAX_CANDIDATES = 1024
 """Most dual candidates enumerated per sub-group (time and memory ~ candidates x cells)."""
+MERGE_MIN_CANDIDATES = 32
+"""Grids with more candidates than this first drop and merge cells (see ``_merge_cells``);
+for smaller ones the bookkeeping costs more than it saves."""
 ENUM_MAX_ROWS = 5
 """Largest coupled group (in constraints) whose dual is enumerated (``len(DUAL_GRID) ** K``
 candidates); larger groups take their dual from one HiGHS solve per video."""
@@ -80,6 +86,8 @@ CERT_TOL = 1e-9
 count as 0 (or 1), and a certified point meets every constraint to within it."""
 MAX_FACE_ITER = 10
 """Primal-dual active-set iterations of the least-norm problem on an optimal face."""
+FACE_NEWTON_ITER = 50
+"""Newton iterations on an optimal face for groups where the active-set iteration cycles."""
 _RIDGE = 1e-13  # Tikhonov shift of the face systems (entries are integer cell counts)
 _ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 _MAX_BACKTRACK = 40  # halvings of the step before the line search gives up on a group
@@ -88,7 +96,8 @@ _LM_MAX = 1e-1  # cap of the Levenberg-Marquardt shift (times 1/eps) when the He
 
 @dataclass(frozen=True)
 class PseudoStats:
-    """What :func:`solve_pseudo_labels` did for one video."""
+    """What :func:`solve_pseudo_labels` did for one video (or
+    :func:`solve_pseudo_labels_batch` for a batch: counts summed, maxima over the batch)."""
 
     n_lps: int
     """Columns with at least one instance (one LP each in the reference code)."""
@@ -122,6 +131,13 @@ def _to_numpy(x: Any, dtype: type) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor: no torch import needed here
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype)
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a 1-D array: ``np.unique`` by a sort, which is many times
+    faster than numpy's default (hash-based) path for integer arrays of these sizes."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
 
 
 def lp_regions(
@@ -260,19 +276,93 @@ def solve_pseudo_labels(
     Raises:
         InputError: malformed shapes, non-finite values, ``end < start`` or a bad label.
     """
+    labels_out, stats = solve_pseudo_labels_batch(
+        [segments], [scores], [labels], [num_snippets], num_columns,
+        outer_scale=outer_scale, outer_power=outer_power, violation_weight=violation_weight,
+        reg_schedule=reg_schedule, residual_tol=residual_tol, gap_tol=gap_tol,
+        feasibility_tol=feasibility_tol, max_newton_iter=max_newton_iter,
+        closed_form=closed_form, dual_grid=dual_grid, enum_max_rows=enum_max_rows,
+        dual_certificate=dual_certificate, video_ids=[video],
+    )  # fmt: skip
+    return labels_out[0], stats
+
+
+def solve_pseudo_labels_batch(
+    segments: Sequence[Any],
+    scores: Sequence[Any],
+    labels: Sequence[Any],
+    num_snippets: Sequence[int],
+    num_columns: int,
+    *,
+    outer_scale: float = OUTER_SCALE,
+    outer_power: float = OUTER_POWER,
+    violation_weight: float = VIOLATION_WEIGHT,
+    reg_schedule: Sequence[float] = REG_SCHEDULE,
+    residual_tol: float = RESIDUAL_TOL,
+    gap_tol: float = GAP_TOL,
+    feasibility_tol: float = FEASIBILITY_TOL,
+    max_newton_iter: int = MAX_NEWTON_ITER,
+    closed_form: bool = True,
+    dual_grid: Sequence[float] = DUAL_GRID,
+    enum_max_rows: int = ENUM_MAX_ROWS,
+    dual_certificate: bool = True,
+    video_ids: Sequence[str | None] | None = None,
+) -> tuple[list[np.ndarray], PseudoStats]:
+    """:func:`solve_pseudo_labels` of many videos in one vectorized pass (same answers).
+
+    Every (video, column) pair gets its own stretch of one flat label array, so the groups
+    of all videos are solved together: one enumeration, one face solve per group-size bucket
+    and at most one HiGHS call for the whole batch instead of per video. This is how the
+    engine regenerates the labels of all training videos.
+
+    Args:
+        segments: per video, (N_v, 2) float fused instances in snippets.
+        scores: per video, (N_v,) float fused scores.
+        labels: per video, (N_v,) int columns in ``[0, num_columns)``.
+        num_snippets: per video, T_v.
+        num_columns: C + 1, shared by all videos.
+        video_ids: per video, its id for error messages (optional).
+        (others): as in :func:`solve_pseudo_labels`.
+
+    Returns:
+        ``(pseudo, stats)``: a list of (T_v, num_columns) float64 arrays, and one
+        :class:`PseudoStats` summed over the batch (``max_*`` fields are maxima, ``n_lps``
+        and ``n_infeasible`` count (video, column) pairs).
+    """
     t0 = time.perf_counter()
-    seg = _to_numpy(segments, np.float64).reshape(-1, 2) if np.size(segments) else np.zeros((0, 2))
-    phi = _to_numpy(scores, np.float64).reshape(-1)
-    lab = _to_numpy(labels, np.int64).reshape(-1)
-    T = int(num_snippets)
-    _validate(seg, phi, lab, T, int(num_columns), video)
+    n_videos = len(num_snippets)
+    if not (len(segments) == len(scores) == len(labels) == n_videos):
+        raise ValueError("segments, scores, labels and num_snippets must have one entry per video")
+    ids = list(video_ids) if video_ids is not None else [None] * n_videos
+    segs, phis, labs = [], [], []
+    for v in range(n_videos):
+        seg_v = segments[v]
+        seg_v = _to_numpy(seg_v, np.float64).reshape(-1, 2) if np.size(seg_v) else np.zeros((0, 2))
+        phi_v = _to_numpy(scores[v], np.float64).reshape(-1)
+        lab_v = _to_numpy(labels[v], np.int64).reshape(-1)
+        _validate(seg_v, phi_v, lab_v, int(num_snippets[v]), int(num_columns), ids[v])
+        segs.append(seg_v)
+        phis.append(phi_v)
+        labs.append(lab_v)
     if violation_weight <= 1:
         raise ValueError(f"violation_weight must be > 1, got {violation_weight}")
-    width = T + 1  # column c occupies flat positions [c * width, c * width + T]: no overlaps
-    flat = np.zeros(num_columns * width)
+    T_v = np.asarray([int(t) for t in num_snippets], np.int64)
+    count = np.asarray([len(p) for p in phis], np.int64)
+    seg = np.concatenate(segs) if n_videos else np.zeros((0, 2))
+    phi = np.concatenate(phis) if n_videos else np.zeros(0)
+    lab = np.concatenate(labs) if n_videos else np.zeros(0, np.int64)
+    vid = np.repeat(np.arange(n_videos), count)  # video of each instance
+    # Every (video, column) pair with instances gets its own stretch of one flat array,
+    # T_v + 1 positions long: the spare position keeps neighbouring stretches apart, so
+    # groups never cross a column or a video. Columns without instances take no space.
+    pairs, pair_of = np.unique(vid * num_columns + lab, return_inverse=True)
+    pair_T = T_v[pairs // num_columns]
+    off_p = np.cumsum(pair_T + 1) - (pair_T + 1)
+    flat = np.zeros(int((pair_T + 1).sum()))
+    T = T_v[vid]  # (N,) snippets of each instance's video
     outer_s, s, e, outer_e = lp_regions(seg, T, outer_scale=outer_scale, outer_power=outer_power)
     hi = np.maximum(e, outer_e)
-    base = lab * width
+    base = off_p[pair_of.reshape(-1)]
     g_lo, g_in0, g_in1, g_hi = base + outer_s, base + s, base + e, base + hi  # flat positions
 
     # Connected groups of instances over shared snippets: sort the non-empty supports, a new
@@ -295,12 +385,11 @@ def solve_pseudo_labels(
     with np.errstate(divide="ignore", invalid="ignore"):
         v_in = np.where(pos & (n_in > 0), np.minimum(phi[k] / n_in, 1.0), 0.0)
         v_out = np.where(neg & (n_out > 0), np.minimum(-phi[k] / n_out, 1.0), 0.0)
-    diff = np.zeros(len(flat) + 1)  # supports of isolated instances are disjoint
-    np.add.at(diff, g_in0[k], v_in - v_out)
-    np.add.at(diff, g_in1[k], v_out - v_in)
-    np.add.at(diff, g_lo[k], v_out)
-    np.add.at(diff, np.maximum(g_in1, g_hi)[k], -v_out)
-    flat += np.cumsum(diff)[:-1]
+    # Step changes at the region edges (supports of isolated instances are disjoint); one
+    # bincount adds them in the same order as sequential np.add.at calls would.
+    edges = np.concatenate([g_in0[k], g_in1[k], g_lo[k], np.maximum(g_in1, g_hi)[k]])
+    steps = np.concatenate([v_in - v_out, v_out - v_in, v_out, -v_out])
+    flat += np.cumsum(np.bincount(edges, steps, minlength=len(flat) + 1))[:-1]
 
     n_fallback = n_dual_lp = n_newton = 0
     max_gap = 0.0
@@ -313,36 +402,15 @@ def solve_pseudo_labels(
         rows = coupled[np.argsort(gid_of[coupled], kind="stable")]
         g = np.unique(gid_of[rows], return_inverse=True)[1]
         cs = _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi)
-        x_cell = np.zeros(len(cs["cell_lo"]))
-        done = np.zeros(len(cs["k_count"]), bool)
-
-        def store(members, x, ok):
-            slot = np.full(len(done), -1)
-            slot[members[ok]] = np.arange(ok.sum())
-            s = slot[cs["cell_group"]]
-            x_cell[s >= 0] = x[ok][s[s >= 0], cs["cell_rank"][s >= 0]]
-            done[members[ok]] = True
-
-        k_count, n_cells = cs["k_count"], cs["n_cells"]
-        members = np.arange(len(k_count))
-        A, n, b = _dense_groups(cs, members, phi, k_count.max(), n_cells.max())
-        lam = _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows)
-        store(members, *_face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER))
-        rest = np.flatnonzero(~done)
-        if len(rest):
-            A, n, b = A[rest], n[rest], b[rest]
-            lam = _lp_duals(A, n, b, violation_weight)
-            if lam is not None:
-                x, ok = _face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER)
-                store(rest, x, ok)
-                n_dual_lp = int(ok.sum())
-        diff = np.zeros(len(flat) + 1)
-        np.add.at(diff, cs["cell_lo"], x_cell)
-        np.add.at(diff, cs["cell_hi"], -x_cell)
-        flat += np.cumsum(diff)[:-1]
+        x_cell, done, n_dual_lp = _certify_groups(
+            cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows, violation_weight
+        )
+        edges = np.concatenate([cs["cell_lo"], cs["cell_hi"]])
+        steps = np.concatenate([x_cell, -x_cell])
+        flat += np.cumsum(np.bincount(edges, steps, minlength=len(flat) + 1))[:-1]
         newton_rows = rows[~done[g]]
     if len(newton_rows):
-        n_newton = len(np.unique(gid_of[newton_rows]))
+        n_newton = len(_sorted_unique(gid_of[newton_rows]))
         y, cert, gaps, entries = _solve_coupled(
             newton_rows, gid, order, g_lo, g_in0, g_in1, g_hi, phi,
             violation_weight, reg_schedule, residual_tol, gap_tol, max_newton_iter,
@@ -354,7 +422,17 @@ def solve_pseudo_labels(
             y = _highs_fallback(y, ~cert, entries, phi, violation_weight)
         flat[entries["var_pos"]] = y
     flat = np.clip(flat, 0.0, 1.0)
-    pseudo = flat.reshape(num_columns, width)[:, :T].T.copy()  # (T, num_columns)
+    # Scatter the stretches into per-video (T_v, num_columns) arrays (one buffer, row-major).
+    size_v = T_v * num_columns
+    out_off = np.cumsum(size_v) - size_v
+    t = np.arange(pair_T.sum()) - np.repeat(np.cumsum(pair_T) - pair_T, pair_T)
+    dst = np.repeat(out_off[pairs // num_columns] + pairs % num_columns, pair_T) + t * num_columns
+    out = np.zeros(int(size_v.sum()))
+    out[dst] = flat[np.repeat(off_p, pair_T) + t]
+    pseudo = [
+        out[o : o + n].reshape(T_v_i, num_columns)
+        for o, n, T_v_i in zip(out_off.tolist(), size_v.tolist(), T_v.tolist(), strict=True)
+    ]
 
     # Residuals of every constraint from prefix sums of the labels.
     cum = np.r_[0.0, np.cumsum(flat)]
@@ -363,14 +441,14 @@ def solve_pseudo_labels(
     viol = np.abs(inner - outer - phi)
     violated = viol > feasibility_tol
     stats = PseudoStats(
-        n_lps=len(np.unique(lab)),
+        n_lps=len(pairs),
         n_instances=len(phi),
         n_closed_form=len(single) + len(phi) - len(nonempty),
         n_groups=int((sizes >= 2).sum()) if closed_form else len(sizes),
         n_dual_lp=n_dual_lp,
         n_newton=n_newton,
         n_fallback=n_fallback,
-        n_infeasible=len(np.unique(lab[violated])),
+        n_infeasible=len(_sorted_unique(base[violated])),
         n_violated=int(violated.sum()),
         max_violation=float(viol.max()) if len(viol) else 0.0,
         max_gap=max_gap,
@@ -439,6 +517,90 @@ def _solve_coupled(coupled, gid, order, g_lo, g_in0, g_in1, g_hi, phi, w, schedu
 # Coupled groups: exact least-norm optimum from a dual vector (cell space)
 
 
+def _size_buckets(k_count, n_cells):
+    """Bucket of each group: its row count rounded up to a power of two, so that groups
+    padded together have similar sizes (one big group must not pad all the others). Cells
+    (at most ``4 K`` per group) are padded to the bucket's largest count: fewer, larger
+    batches cost less than many small ones at these sizes.
+
+    Returns:
+        ``(bucket, k_pad, j_pad)``: (G,) bucket of each group; per bucket the padded row
+        and cell counts.
+    """
+    kp = 1 << np.ceil(np.log2(np.maximum(k_count, 1))).astype(np.int64)
+    keys, bucket = np.unique(kp, return_inverse=True)
+    bucket = bucket.reshape(-1)
+    j_pad = np.zeros(len(keys), np.int64)
+    np.maximum.at(j_pad, bucket, n_cells)
+    return bucket, keys, np.maximum(j_pad, 1)
+
+
+def _certify_groups(cs, phi, g_lo, g_in0, g_in1, g_hi, dual_grid, enum_max_rows, w):
+    """Least-norm optimum of every coupled group that a dual vector certifies (cell space).
+
+    Duals are enumerated per linked sub-group (all groups at once), then checked bucket by
+    bucket of similar sizes; the groups they do not certify get their duals from ONE HiGHS
+    solve of all of them and are checked again.
+
+    Returns:
+        ``(x_cell, done, n_dual_lp)``: (J,) label of every cell (0 where not certified), (G,)
+        whether each group is certified, and how many were certified by the HiGHS duals.
+    """
+    k_count, n_cells = cs["k_count"], cs["n_cells"]
+    x_cell = np.zeros(len(cs["cell_lo"]))
+    done = np.zeros(len(k_count), bool)
+    bucket, k_pad, j_pad = _size_buckets(k_count, n_cells)
+    dense = [
+        (m := np.flatnonzero(bucket == i), *_dense_groups(cs, m, phi, int(k), int(j)))
+        for i, (k, j) in enumerate(zip(k_pad, j_pad, strict=True))
+    ]
+
+    def certify(lam_rows, todo, newton, batches):
+        for members, A, n, b in batches:
+            sel = todo[members]
+            if not sel.any():
+                continue
+            members, A, n, b = members[sel], A[sel], n[sel], b[sel]
+            lam = _rows_to_groups(lam_rows, cs, members, A.shape[1])
+            x, ok = _face_least_norm(A, n, b, lam, CERT_TOL, CERT_TOL, MAX_FACE_ITER, newton)
+            slot = np.full(len(done), -1)
+            slot[members[ok]] = np.arange(ok.sum())
+            s = slot[cs["cell_group"]]
+            x_cell[s >= 0] = x[ok][s[s >= 0], cs["cell_rank"][s >= 0]]
+            done[members[ok]] = True
+
+    links = _subgroups(cs, g_lo, g_in0, g_in1, g_hi)
+    # Only groups whose every sub-group was enumerated are checked here: with a sub-group
+    # left at sign(phi) (overlapping instances) the guess is practically never optimal.
+    largest = np.zeros(len(done), np.int64)
+    np.maximum.at(largest, cs["row_group"], links[2][links[0]])
+    first = _subgroup_duals(cs, phi, *links, dual_grid, enum_max_rows)
+    certify(first, largest <= enum_max_rows, False, dense)
+    rest = ~done
+    if not rest.any():
+        return x_cell, done, 0
+    lam_rows = _lp_duals(cs, phi, rest, w)
+    if lam_rows is None:
+        return x_cell, done, 0
+    # Few groups are left: one padded batch costs less than one per bucket. HiGHS duals are
+    # optimal, so their faces are not empty and worth the Newton method where needed.
+    members = np.flatnonzero(rest)
+    k, j = int(k_count[members].max()), int(n_cells[members].max())
+    certify(lam_rows, rest, True, [(members, *_dense_groups(cs, members, phi, k, j))])
+    return x_cell, done, int(done[rest].sum())
+
+
+def _rows_to_groups(values, cs, members, n_rows):
+    """(R,) per-row values -> (len(members), n_rows) padded per-group matrix."""
+    slot = np.full(len(cs["k_count"]), -1)
+    slot[members] = np.arange(len(members))
+    row_slot = slot[cs["row_group"]]
+    mine = row_slot >= 0
+    out = np.zeros((len(members), n_rows))
+    out[row_slot[mine], cs["row_rank"][mine]] = values[mine]
+    return out
+
+
 def _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi):
     """Cells of every coupled group: maximal snippet runs on which all its rows agree.
 
@@ -462,7 +624,7 @@ def _cell_system(rows, g, g_lo, g_in0, g_in1, g_hi):
     hi = np.maximum(z, g_hi[rows])
     g_start = np.minimum.reduceat(lo, first)
     g_end = np.maximum.reduceat(hi, first)
-    bps = np.unique(np.concatenate([lo, a, z, hi]))
+    bps = _sorted_unique(np.concatenate([lo, a, z, hi]))
     c_lo, c_hi = bps[:-1], bps[1:]
     c_grp = np.searchsorted(g_start, c_lo, side="right") - 1
     keep = c_lo < g_end[c_grp]  # drop the gaps between groups
@@ -497,7 +659,7 @@ def _dense_groups(cs, members, phi, n_rows, n_cols):
     return A, n, b
 
 
-def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
+def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter, newton=False):
     """Least-norm point of the LP optimal face that the dual vector ``lam`` describes.
 
     With reduced costs ``r = 1 - A' lam``, complementary slackness fixes a cell's labels to 0
@@ -512,6 +674,8 @@ def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
         n: (G, J) cell sizes in snippets (0 for padding).
         b: (G, K) right sides.
         lam: (G, K) dual vectors.
+        newton: finish groups the iteration leaves uncertified with :func:`_face_newton`
+            (worth it only for duals known to be optimal: a wrong guess has an empty face).
 
     Returns:
         ``(x, ok)``: (G, J) label of each cell, and (G,) whether the point is certified.
@@ -520,44 +684,112 @@ def _face_least_norm(A, n, b, lam, tol, feas_tol, max_iter):
     valid = n > 0
     upper = (r < -tol) & valid
     face = (np.abs(r) <= tol) & valid
-    free, one = face, np.zeros_like(face)
     eye = np.eye(A.shape[1])
     pad = (np.abs(A).sum(2) == 0)[:, :, None] * eye
-    At = A.transpose(0, 2, 1)
+    x = np.zeros(n.shape)
     ok = np.zeros(len(A), bool)
+    live = np.arange(len(A))  # groups still iterating: a group stops once certified or fixed
+    one = np.zeros_like(face)
+    free = face.copy()
     for _ in range(max_iter):
-        fixed = n * (upper | one)
-        rhs = b - np.einsum("gkj,gj->gk", A, fixed)
-        M = (A * (n * free)[:, None, :]) @ At + pad
+        Al, nl, fl, ol, frl, ul = A[live], n[live], face[live], one[live], free[live], upper[live]
+        fixed = nl * (ul | ol)
+        rhs = b[live] - np.einsum("gkj,gj->gk", Al, fixed)
+        M = (Al * (nl * frl)[:, None, :]) @ Al.transpose(0, 2, 1) + pad[live]
         # A tiny ridge makes rank-deficient systems (duplicate rows, rows without free
         # cells) solvable; its error is far below CERT_TOL or the check below rejects it.
         beta = np.linalg.solve(M + _RIDGE * eye, rhs[..., None])[..., 0]
-        z = np.einsum("gkj,gk->gj", A, beta)
-        new_one = face & (z >= 1.0)
-        new_free = face & (z > 0.0) & ~new_one
+        z = np.einsum("gkj,gk->gj", Al, beta)
+        new_one = fl & (z >= 1.0)
+        new_free = fl & (z > 0.0) & ~new_one
         # A fixed point: every face cell sits where clip(A' beta, 0, 1) puts it.
-        wrong = (free & ((z < -tol) | (z > 1 + tol))) | (one & (z < 1 - tol))
-        consistent = ~(face & (wrong | (~free & ~one & (z > tol)))).any(1)
-        x = np.where(free, np.clip(z, 0.0, 1.0), 0.0) + (upper | one)
-        resid = np.abs(np.einsum("gkj,gj->gk", A, n * x) - b).max(1)
-        ok = consistent & (resid <= feas_tol)
-        if ok.all() or (np.array_equal(new_free, free) and np.array_equal(new_one, one)):
+        wrong = (frl & ((z < -tol) | (z > 1 + tol))) | (ol & (z < 1 - tol))
+        consistent = ~(fl & (wrong | (~frl & ~ol & (z > tol)))).any(1)
+        xl = np.where(frl, np.clip(z, 0.0, 1.0), 0.0) + (ul | ol)
+        resid = np.abs(np.einsum("gkj,gj->gk", Al, nl * xl) - b[live]).max(1)
+        okl = consistent & (resid <= feas_tol)
+        x[live], ok[live] = xl, okl
+        moving = ~okl & ((new_free != frl).any(1) | (new_one != ol).any(1))
+        live = live[moving]
+        if not len(live):
             break
-        free, one = new_free, new_one
+        free[live], one[live] = new_free[moving], new_one[moving]
+    bad = np.flatnonzero(~ok & face.any(1)) if newton else []
+    if len(bad):  # the active-set iteration can cycle: a damped Newton method does not
+        xb, okb = _face_newton(A[bad], n[bad], b[bad], face[bad], upper[bad], feas_tol)
+        x[bad[okb]], ok[bad[okb]] = xb[okb], True
     return x, ok
 
 
-def _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, values, max_rows):
-    """Dual vector of every group, enumerated on the grid per sub-group.
+def _face_newton(A, n, b, face, upper, feas_tol, max_iter=FACE_NEWTON_ITER):
+    """Least-norm point on the faces of groups the active-set iteration left uncertified.
+
+    Minimises the dual ``theta(beta) = sum_j n_j h(z_j) - rhs' beta``, ``z = A' beta`` on the
+    face cells (``h`` integrates ``clip(., 0, 1)``), by Newton steps with a backtracking line
+    search and a Levenberg-Marquardt shift (the generalized Hessian is singular where no cell
+    is strictly inside (0, 1)). Its minimiser gives ``x = clip(z, 0, 1)``, the KKT point.
+
+    Returns:
+        ``(x, ok)``: (G, J) labels (face cells ``clip(z)``, cells above the face 1) and (G,)
+        whether every constraint holds to ``feas_tol``.
+    """
+    K = A.shape[1]
+    eye = np.eye(K)
+    w = n * face  # (G, J) weight of each free cell
+    rhs = b - np.einsum("gkj,gj->gk", A, n * upper)
+    acts = ((A != 0) & face[:, None, :]).any(2)  # (G, K) rows that touch the face
+
+    def parts(beta):
+        z = np.einsum("gkj,gk->gj", A, beta)
+        y = np.clip(z, 0.0, 1.0)
+        h = np.where(z <= 0, 0.0, np.where(z < 1, 0.5 * z * z, z - 0.5))
+        theta = (w * h).sum(1) - (rhs * beta).sum(1)
+        grad = np.where(acts, np.einsum("gkj,gj->gk", A, w * y) - rhs, 0.0)
+        return theta, grad, z
+
+    beta = np.zeros(rhs.shape)
+    theta, grad, z = parts(beta)
+    for _ in range(max_iter):
+        res = np.abs(grad).max(1)
+        if (res <= 0.01 * feas_tol).all():
+            break
+        d = w * ((z > 0) & (z < 1))
+        shift = np.minimum(_LM_MAX, res) + 1e-14
+        H = (A * d[:, None, :]) @ A.transpose(0, 2, 1) + (shift[:, None] + ~acts)[:, :, None] * eye
+        step = -np.linalg.solve(H, grad[..., None])[..., 0]
+        slope = (grad * step).sum(1)
+        t = np.ones(len(beta))
+        done = res <= 0.01 * feas_tol
+        for _ in range(_MAX_BACKTRACK):
+            th_n, g_n, z_n = parts(beta + t[:, None] * step)
+            accept = ~done & (th_n <= theta + _ARMIJO * t * slope)
+            beta[accept] += t[accept, None] * step[accept]
+            theta[accept], grad[accept], z[accept] = th_n[accept], g_n[accept], z_n[accept]
+            done |= accept
+            if done.all():
+                break
+            t = np.where(done, t, 0.5 * t)
+        if not (done | (res <= 0.01 * feas_tol)).any():
+            break
+    x = np.where(face, np.clip(z, 0.0, 1.0), 0.0) + upper
+    resid = np.abs(np.einsum("gkj,gj->gk", A, n * x) - b).max(1)
+    return x, resid <= feas_tol
+
+
+def _subgroups(cs, g_lo, g_in0, g_in1, g_hi):
+    """Linked sub-groups of the rows of every group.
 
     Two rows of a group are linked when the inner range of one meets the support of the
     other; rows that only share outer snippets interact through cells the optimum leaves at 0
     (reduced cost ``1 + lam_i + lam_j > 0`` for non-negative duals), so each linked sub-group
-    gets its own enumeration. The face certificate checks the assembled vector on the whole
-    group. Rows of sub-groups above ``max_rows`` keep ``sign(phi)`` (the isolated dual).
+    gets its own enumeration.
+
+    Returns:
+        ``(sub, sub_rank, size)``: (R,) sub-group of each row, (R,) its rank inside it, and
+        (S,) the size of each sub-group.
     """
     rows, g = cs["rows"], cs["row_group"]
-    k_count, rank = cs["k_count"], cs["row_rank"]
+    k_count = cs["k_count"]
     R = len(rows)
     first = np.cumsum(k_count) - k_count
     kr = k_count[g]
@@ -572,24 +804,72 @@ def _subgroup_duals(A, n, b, cs, g_lo, g_in0, g_in1, g_hi, values, max_rows):
     order = np.argsort(sub, kind="stable")
     sub_rank = np.empty(R, np.int64)
     sub_rank[order] = np.arange(R) - np.repeat(np.cumsum(size) - size, size)
-    lam = np.zeros(b.shape)
-    lam[g, rank] = np.sign(b[g, rank])
-    sub_group = np.zeros(n_sub, np.int64)
-    sub_group[sub] = g
-    # Gather each sub-group's rows (padding points at an appended zero row).
-    Az = np.concatenate([A, np.zeros((len(A), 1, A.shape[2]))], 1)
-    bz = np.concatenate([b, np.zeros((len(b), 1))], 1)
-    for K in np.unique(size[size <= max_rows]):
+    return sub, sub_rank, size
+
+
+def _subgroup_duals(cs, phi, sub, sub_rank, size, values, max_rows):
+    """Dual value of every row, enumerated on the grid per linked sub-group (see
+    :func:`_subgroups`); all sub-groups of one size are enumerated together. The face
+    certificate checks the assembled vector on the whole group. Rows of sub-groups above
+    ``max_rows`` keep ``sign(phi)`` (the isolated dual).
+
+    Returns:
+        (R,) dual value of each row of ``cs``.
+    """
+    rows = cs["rows"]
+    lam = np.sign(phi[rows])
+    er, ec, ev = cs["entry_row"], cs["entry_cell"], cs["entry_val"]
+    small = size[sub[er]] <= max_rows
+    er, ec, ev = er[small], ec[small], ev[small]
+    # The cells a sub-group touches, numbered inside the sub-group (others do not matter).
+    n_all = len(cs["cell_lo"])
+    uniq, local = np.unique(sub[er] * n_all + ec, return_inverse=True)
+    local = local.reshape(-1)
+    u_unit, u_cell = uniq // n_all, uniq % n_all
+    u_rank = np.arange(len(uniq)) - np.searchsorted(u_unit, u_unit)
+    cells_per_unit = np.bincount(u_unit, minlength=len(size))
+    cell_size = (cs["cell_hi"] - cs["cell_lo"])[u_cell]
+    r_all = np.arange(len(rows))
+    for K in _sorted_unique(size[size <= max_rows]):
         units = np.flatnonzero(size == K)
-        sel = size[sub] == K
-        idx = np.full((n_sub, K), A.shape[1])
-        idx[sub[sel], sub_rank[sel]] = rank[sel]
-        idx = idx[units]
-        grp = sub_group[units]
+        uslot = np.full(len(size), -1)
+        uslot[units] = np.arange(len(units))
+        J = max(int(cells_per_unit[units].max()), 1)
+        A = np.zeros((len(units), K, J))
+        e = uslot[sub[er]] >= 0
+        A[uslot[sub[er[e]]], sub_rank[er[e]], u_rank[local[e]]] = ev[e]
+        n = np.zeros((len(units), J))
+        c = uslot[u_unit] >= 0
+        n[uslot[u_unit[c]], u_rank[c]] = cell_size[c]
+        r = r_all[uslot[sub] >= 0]
+        b = np.zeros((len(units), K))
+        b[uslot[sub[r]], sub_rank[r]] = phi[rows[r]]
         grid = values if len(values) ** K <= ENUM_MAX_CANDIDATES else DUAL_GRID_COARSE
-        best = _enumerated_duals(Az[grp[:, None], idx], n[grp], bz[grp[:, None], idx], grid)
-        lam[grp[:, None], idx] = best
+        best = _enumerated_duals(A, n, b, grid)
+        lam[r] = best[uslot[sub[r]], sub_rank[r]]
     return lam
+
+
+def _merge_cells(A, n, vals):
+    """Drop and merge cells before a dual enumeration over the grid ``vals ** K``.
+
+    A cell whose term ``n_j max(0, a_j' lam - 1)`` is 0 at every grid point adds nothing, and
+    cells with the same column ``a_j`` add up: drop the former, merge the latter (J shrinks
+    severalfold; with dyadic grid values every term is exact, so the argmax is unchanged).
+    """
+    G, K, _ = A.shape
+    top = (np.where(A > 0, vals.max(), 0.0) - np.where(A < 0, vals.min(), 0.0)).sum(1)  # (G, J)
+    code = ((A + 1.0) * 3.0 ** np.arange(K)[:, None]).sum(1).astype(np.int64)  # column pattern
+    gi, ji = np.nonzero((n > 0) & (top > 1.0))
+    uniq, first, inv = np.unique(gi * 3**K + code[gi, ji], return_index=True, return_inverse=True)
+    unit = uniq // 3**K
+    rank = np.arange(len(uniq)) - np.searchsorted(unit, unit)
+    J = max(int(rank.max()) + 1, 1) if len(uniq) else 1
+    A2 = np.zeros((G, K, J))
+    A2[unit, :, rank] = A[gi[first], :, ji[first]]
+    slot = (unit * J + rank)[inv.reshape(-1)]
+    n2 = np.bincount(slot, n[gi, ji], minlength=G * J).reshape(G, J)
+    return A2, n2
 
 
 def _enumerated_duals(A, n, b, values):
@@ -597,43 +877,58 @@ def _enumerated_duals(A, n, b, values):
     optimal duals include a grid point; the face certificate decides).
 
     Args:
-        A: (G, K, J) cell matrices; n: (G, J) cell sizes; b: (G, K) right sides.
+        A: (G, K, J) cell matrices, only cells the rows touch (padding: 0 with n = 0);
+            n: (G, J) cell sizes; b: (G, K) right sides.
 
     Returns:
         (G, K) the grid point maximising the LP dual ``b' lam - sum_j n_j max(0, a_j' lam - 1)``.
     """
-    K = A.shape[1]
-    # Only the cells these rows touch matter: move them first and drop the rest.
-    touched = (A != 0).any(1)
-    keep = max(int(touched.sum(1).max()), 1)
-    cols = np.argsort(~touched, 1, kind="stable")[:, :keep]
-    A = np.take_along_axis(A, cols[:, None, :], 2)
-    n = np.take_along_axis(n * touched, cols, 1)
-    grid = np.stack(np.meshgrid(*([np.asarray(values, float)] * K), indexing="ij"), -1)
+    G, K, _ = A.shape
+    vals = np.asarray(values, float)
+    if len(vals) ** K > MERGE_MIN_CANDIDATES:
+        A, n = _merge_cells(A, n, vals)
+    grid = np.stack(np.meshgrid(*([vals] * K), indexing="ij"), -1)
     grid = grid.reshape(-1, K)  # (M, K)
-    excess = np.maximum(grid @ A - 1.0, 0.0)  # (G, M, J)
-    dual = b @ grid.T - (excess @ n[:, :, None])[..., 0]
+    # float32 halves the memory traffic and is exact here: with grid values that are
+    # multiples of 1/2 and integer cell sizes, every product and sum below is a multiple
+    # of 1/2 far below 2**23 (other grids only risk a near-tie, which the certificate catches).
+    excess = np.matmul(grid[None].astype(np.float32), A.astype(np.float32))  # (G, M, J)
+    excess -= 1.0
+    np.maximum(excess, 0.0, out=excess)
+    penalty = np.matmul(excess, n.astype(np.float32)[:, :, None])[..., 0]  # (G, M)
+    dual = b @ grid.T - penalty
     return grid[np.argmax(dual, 1)]
 
 
-def _lp_duals(A, n, b, w):
-    """Dual vectors from ONE HiGHS solve of the elastic LP of all given groups (cell space)."""
-    G, K, J = A.shape
-    gi, ki, ji = np.nonzero(A)
-    m, nv = G * K, G * J
-    rows = gi * K + ki
-    eye = sparse.identity(m, format="csr")
-    A_eq = sparse.hstack(
-        [sparse.csr_matrix((A[gi, ki, ji], (rows, gi * J + ji)), shape=(m, nv)), eye, -eye],
-        format="csr",
-    )
+def _lp_duals(cs, phi, groups, w):
+    """Dual value of every row of the groups selected by the (G,) mask ``groups``, from ONE
+    HiGHS solve of their elastic LP in cell space (variables: cell masses in [0, n_j] and
+    violations; sparse, no padding). Returns (R,) values (0 outside), or None on failure."""
+    rsel = groups[cs["row_group"]]
+    csel = groups[cs["cell_group"]]
+    row_new = np.cumsum(rsel) - 1
+    cell_new = np.cumsum(csel) - 1
+    er, ec = cs["entry_row"], cs["entry_cell"]
+    e = rsel[er]
+    m, nv = int(rsel.sum()), int(csel.sum())
+    # A x + v+ - v- = phi, built at once in the CSC layout HiGHS takes (no conversions).
+    k = np.arange(m)
+    rows = np.r_[row_new[er[e]], k, k]
+    cols = np.r_[cell_new[ec[e]], nv + k, nv + m + k]
+    vals = np.r_[cs["entry_val"][e], np.ones(m), -np.ones(m)]
+    A_eq = sparse.csc_matrix((vals, (rows, cols)), shape=(m, nv + 2 * m))
     c = np.r_[np.ones(nv), np.full(2 * m, w)]
-    ub = np.r_[n.ravel(), np.full(2 * m, np.inf)]
-    res = linprog(c, A_eq=A_eq, b_eq=b.ravel(), bounds=np.c_[np.zeros(nv + 2 * m), ub],
-                  method="highs")  # fmt: skip
+    ub = np.r_[(cs["cell_hi"] - cs["cell_lo"])[csel], np.full(2 * m, np.inf)]
+    b_eq = phi[cs["rows"][rsel]]
+    # No presolve: the system is already reduced to cells, and presolve costs more than it
+    # saves here (the duals are checked by the face certificate either way).
+    res = linprog(c, A_eq=A_eq, b_eq=b_eq, bounds=np.c_[np.zeros(nv + 2 * m), ub],
+                  method="highs", options={"presolve": False})  # fmt: skip
     if res.status != 0:
         return None
-    return res.eqlin.marginals.reshape(G, K)
+    lam = np.zeros(len(rsel))
+    lam[rsel] = res.eqlin.marginals
+    return lam
 
 
 def _dual(A, b, rmask, cmask, mu, eps, w):
@@ -872,26 +1167,33 @@ def pseudo_label_quality(
     pseudo_segment_labels: np.ndarray | None = None,
     tiou_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Where the pseudo-label mass lies, and how good the pseudo segments are, against GT.
+    """Where the pseudo-label mass of one video lies, and how good its pseudo segments are.
 
     A snippet ``t`` is inside the GT of class c when its centre ``t + 0.5`` lies in a GT
-    segment of class c. Segment precision / recall are best-match rates (not one-to-one):
-    a pseudo segment is a hit when its best same-class GT tIoU is >= ``tiou_threshold``, and a
-    GT segment is found when its best same-class pseudo segment tIoU is.
+    segment of class c. The right place for the mass of class column c is inside the GT of
+    c; for the background column (the last one) it is outside every GT segment. Segment
+    precision / recall are best-match rates (not one-to-one) over the action columns: a
+    pseudo segment is a hit when its best same-class GT tIoU is >= ``tiou_threshold``, and a
+    GT segment is found when its best same-class pseudo segment tIoU is. Background pseudo
+    segments have no GT and are left out. Counts and sums are returned so that videos can be
+    pooled with :func:`summarize_quality`.
 
     Args:
         pseudo: (T, C+1) pseudo labels.
         gt_segments: (M, 2) float, GT ``[start, end)`` in snippets.
         gt_labels: (M,) int GT classes in ``[0, C)``.
         pseudo_segments: (N, 2) float fused segments in snippets (optional).
-        pseudo_segment_labels: (N,) int their columns.
+        pseudo_segment_labels: (N,) int their columns in ``[0, C]`` (C = background).
         tiou_threshold: tIoU of a hit.
 
     Returns:
-        ``mass_inside`` / ``mass_outside``: (C+1,) label mass inside / outside that class's GT
-        (the background column counts snippets inside any GT as inside); ``inside_fraction``
-        (total inside over total mass, nan without mass); with segments also ``precision``,
-        ``recall``, ``mean_best_tiou`` (mean over pseudo segments) and ``mean_gt_best_tiou``.
+        ``mass_inside`` / ``mass_outside``: (C+1,) label mass in the right / wrong place per
+        column (see above); ``inside_fraction``: right-place mass of the class columns over
+        their total (nan without mass); ``background_outside_fraction``: the same for the
+        background column. With segments also ``precision``, ``recall``, ``mean_best_tiou``
+        (mean over action pseudo segments of the best same-class GT tIoU) and
+        ``mean_gt_best_tiou``, plus the counts ``n_pseudo``, ``n_hits``, ``n_gt``,
+        ``n_found`` and the sums ``sum_best_tiou``, ``sum_gt_best_tiou``.
     """
     pseudo = _to_numpy(pseudo, np.float64)
     T, ncol = pseudo.shape
@@ -899,27 +1201,137 @@ def pseudo_label_quality(
     gtl = _to_numpy(gt_labels, np.int64).reshape(-1)
     centre = np.arange(T) + 0.5
     in_gt = (centre[None, :] >= gts[:, :1]) & (centre[None, :] < gts[:, 1:])  # (M, T)
-    inside = np.zeros((ncol, T), bool)
-    np.logical_or.at(inside, gtl, in_gt)
-    inside[ncol - 1] = in_gt.any(0)  # background column: "inside" = inside any action
-    mass_in = (pseudo.T * inside).sum(1)
-    mass_out = (pseudo.T * ~inside).sum(1)
-    total = mass_in.sum() + mass_out.sum()
+    right = np.zeros((ncol, T), bool)
+    np.logical_or.at(right, gtl, in_gt)
+    right[ncol - 1] = ~in_gt.any(0)  # background belongs outside every action
+    mass_in = (pseudo.T * right).sum(1)  # (C+1,)
+    mass_out = (pseudo.T * ~right).sum(1)
     out: dict[str, Any] = {
         "mass_inside": mass_in,
         "mass_outside": mass_out,
-        "inside_fraction": float(mass_in.sum() / total) if total > 0 else float("nan"),
+        "inside_fraction": _ratio(mass_in[:-1].sum(), mass_in[:-1].sum() + mass_out[:-1].sum()),
+        "background_outside_fraction": _ratio(mass_in[-1], mass_in[-1] + mass_out[-1]),
     }
     if pseudo_segments is not None:
         ps = _to_numpy(pseudo_segments, np.float64).reshape(-1, 2)
         pl = _to_numpy(pseudo_segment_labels, np.int64).reshape(-1)
+        action = pl < ncol - 1
+        ps, pl = ps[action], pl[action]
         tiou = pairwise_tiou(ps, gts) * (pl[:, None] == gtl[None, :])  # (N, M) same class only
         best_p = tiou.max(1) if tiou.shape[1] else np.zeros(len(ps))
         best_g = tiou.max(0) if tiou.shape[0] else np.zeros(len(gts))
-        out |= {
-            "precision": float((best_p >= tiou_threshold).mean()) if len(ps) else float("nan"),
-            "recall": float((best_g >= tiou_threshold).mean()) if len(gts) else float("nan"),
-            "mean_best_tiou": float(best_p.mean()) if len(ps) else float("nan"),
-            "mean_gt_best_tiou": float(best_g.mean()) if len(gts) else float("nan"),
+        counts = {
+            "n_pseudo": len(ps),
+            "n_hits": int((best_p >= tiou_threshold).sum()),
+            "n_gt": len(gts),
+            "n_found": int((best_g >= tiou_threshold).sum()),
+            "sum_best_tiou": float(best_p.sum()),
+            "sum_gt_best_tiou": float(best_g.sum()),
         }
+        out |= counts | _rates(counts)
     return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _rates(c: Mapping[str, float]) -> dict[str, float]:
+    return {
+        "precision": _ratio(c["n_hits"], c["n_pseudo"]),
+        "recall": _ratio(c["n_found"], c["n_gt"]),
+        "mean_best_tiou": _ratio(c["sum_best_tiou"], c["n_pseudo"]),
+        "mean_gt_best_tiou": _ratio(c["sum_gt_best_tiou"], c["n_gt"]),
+    }
+
+
+def summarize_quality(per_video: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Pool :func:`pseudo_label_quality` results of many videos (micro averages: every
+    pseudo segment, GT segment and unit of mass counts once).
+
+    Returns:
+        JSON-ready floats ``precision``, ``recall``, ``mean_best_tiou``,
+        ``mean_gt_best_tiou``, ``inside_fraction``, ``background_outside_fraction`` and the
+        counts ``videos``, ``n_pseudo``, ``n_gt`` (None where undefined, e.g. no mass).
+    """
+    keys = ("n_pseudo", "n_hits", "n_gt", "n_found", "sum_best_tiou", "sum_gt_best_tiou")
+    with_segments = [q for q in per_video if "n_pseudo" in q]
+    totals = {k: sum(q[k] for q in with_segments) for k in keys}
+    m_in = sum((np.asarray(q["mass_inside"]) for q in per_video), np.zeros(1))
+    m_out = sum((np.asarray(q["mass_outside"]) for q in per_video), np.zeros(1))
+    out = {"videos": len(per_video)}
+    if with_segments:
+        out |= {"n_pseudo": totals["n_pseudo"], "n_gt": totals["n_gt"]} | _rates(totals)
+    if per_video:
+        out["inside_fraction"] = _ratio(m_in[:-1].sum(), m_in[:-1].sum() + m_out[:-1].sum())
+        out["background_outside_fraction"] = _ratio(m_in[-1], m_in[-1] + m_out[-1])
+    return {k: None if v != v else v for k, v in out.items()}  # NaN is not JSON: None
+
+
+# --------------------------------------------------------------------------------------------
+# Export of pseudo segments as an annotation file
+
+
+def pseudo_annotations(
+    segments: Mapping[str, Any],
+    timing: Mapping[str, Any],
+    class_names: Sequence[str],
+    subset: str,
+    *,
+    version: str = "wtal pseudo labels",
+) -> dict[str, Any]:
+    """Pseudo segments of training videos as an ActionFormer/ActivityNet annotation file.
+
+    The format of ActionFormer's ``thumos14.json``: ``{"version", "database": {video_id:
+    {"subset", "duration", "fps", "annotations": [{"label", "segment", "segment(frames)",
+    "label_id", "score"}]}}}`` with seconds in ``segment``; ``score`` (the fused score phi)
+    is extra and ignored by loaders that do not know it. Background segments are left out.
+    Videos keep their order; annotations go by start time.
+
+    Args:
+        segments: per video, (N, 4) rows ``[start, end, score, column]`` in snippets (numpy or
+            torch), columns in ``[0, C]`` with C = background.
+        timing: per video, ``[num_snippets, fps, snippet_frames, duration_s]`` (duration NaN
+            when unknown: the end of the last snippet is used).
+        class_names: the C class names; ``label_id`` is the index in this list.
+        subset: the subset name written for every video (e.g. ``validation``).
+        version: the file's ``version`` string.
+
+    Returns:
+        The JSON-ready dict.
+
+    Raises:
+        InputError: a video without timing, or malformed segment rows.
+    """
+    num_classes = len(class_names)
+    database: dict[str, Any] = {}
+    for video_id, rows in segments.items():
+        if video_id not in timing:
+            raise InputError(None, "no timing stored for this video", video=video_id)
+        rows = _to_numpy(rows, np.float64)
+        if rows.ndim != 2 or rows.shape[1] != 4 or not np.isfinite(rows).all():
+            raise InputError(
+                None, f"expected finite (N, 4) segment rows, got {rows.shape}", video_id
+            )
+        T, fps, snippet_frames, duration = (float(x) for x in _to_numpy(timing[video_id], float))
+        if not duration > 0:  # unknown (NaN): the features' extent
+            duration = float(snippets_to_seconds(T, fps, snippet_frames))
+        rows = rows[rows[:, 3] < num_classes]  # background column: no action
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        seconds = np.clip(snippets_to_seconds(rows[:, :2], fps, snippet_frames), 0.0, duration)
+        database[video_id] = {
+            "subset": subset,
+            "duration": duration,
+            "fps": fps,
+            "annotations": [
+                {
+                    "label": class_names[int(c)],
+                    "segment": [float(a), float(b)],
+                    "segment(frames)": [float(a * fps), float(b * fps)],
+                    "label_id": int(c),
+                    "score": float(s),
+                }
+                for (a, b), s, c in zip(seconds, rows[:, 2], rows[:, 3], strict=True)
+            ],
+        }
+    return {"version": version, "database": database}

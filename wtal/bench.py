@@ -1,0 +1,135 @@
+"""Multi-seed benchmark: train one config under several seeds, report mean +- std.
+
+Each seed is a run folder ``OUT/seed<k>`` written by :func:`wtal.engine.fit`, so a bench is
+resumable: finished runs (``metrics.json`` present) are reused, interrupted ones resumed,
+and a folder holding a run of another config is an error rather than silently mixed in.
+Both stages are reported: the base model right before the first pseudo-label round
+(``metrics_base.json``) and the full method (``metrics.json``), under both protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wtal.config import Config, load_config
+from wtal.io import InputError, atomic_path, read_json, write_json
+
+STAGES = {"base": "metrics_base.json", "full": "metrics.json"}
+"""Stage name -> metrics file of a run folder."""
+PROTOCOLS = ("official", "wtalc")
+"""Evaluation protocols reported (both are always computed by the engine)."""
+
+
+def run_seeds(
+    cfg: Config,
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    progress: bool = False,
+    say: Callable[[str], None] = print,
+) -> list[Path]:
+    """Train ``cfg`` once per seed (``train.seed`` replaced) into ``out/seed<k>``.
+
+    Returns:
+        The run folders, in the order of ``seeds``.
+
+    Raises:
+        InputError: a seed folder holds a run of a different config.
+    """
+    from wtal.engine import fit  # torch is only needed when something is trained
+
+    out = Path(out)
+    runs = []
+    for seed in seeds:
+        run_cfg = replace(cfg, train=replace(cfg.train, seed=int(seed)))
+        run_dir = out / f"seed{seed}"
+        runs.append(run_dir)
+        saved = run_dir / "config.yaml"
+        if saved.is_file() and load_config(saved) != run_cfg:
+            raise InputError(saved, f"seed {seed}: a run of a different config; use another --out")
+        if (run_dir / "metrics.json").is_file():
+            say(f"seed {seed}: finished run reused ({run_dir})")
+            continue
+        resume = (run_dir / "last.pt").is_file()
+        say(f"seed {seed}: {'resuming' if resume else 'training'} into {run_dir}")
+        fit(run_cfg, run_dir, resume=resume, progress=progress)
+    return runs
+
+
+def summarize_seeds(runs: Sequence[str | Path], seeds: Sequence[int]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of every mAP and average, per stage/protocol.
+
+    The standard deviation is the sample one (``ddof=1``; 0 for a single seed).
+
+    Returns:
+        ``{"seeds", "runs", "stages": {stage: {protocol: {"mAP": {tiou: {"mean", "std",
+        "values"}}, "averages": {name: {...}}}}}}``; a stage whose metrics file is missing
+        in some run (e.g. no pseudo-label stage) is left out.
+
+    Raises:
+        InputError: a run's metrics disagree with the others' tIoU thresholds.
+    """
+    summary: dict[str, Any] = {"seeds": list(seeds), "runs": [str(r) for r in runs], "stages": {}}
+    for stage, name in STAGES.items():
+        paths = [Path(r) / name for r in runs]
+        if not all(p.is_file() for p in paths):
+            continue
+        metrics = [read_json(p) for p in paths]
+        summary["stages"][stage] = {}
+        for protocol in PROTOCOLS:
+            table = {}
+            for part in ("mAP", "averages"):
+                for path, m in zip(paths, metrics, strict=True):
+                    if not isinstance(m.get(protocol), dict) or part not in m[protocol]:
+                        raise InputError(path, f"expected a '{protocol}' entry with '{part}'")
+                keys = list(metrics[0][protocol][part])
+                for path, m in zip(paths, metrics, strict=True):
+                    if list(m[protocol][part]) != keys:
+                        raise InputError(path, f"{protocol} {part}: keys differ from {paths[0]}")
+                table[part] = {k: _stats([m[protocol][part][k] for m in metrics]) for k in keys}
+            summary["stages"][stage][protocol] = table
+    return summary
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    x = np.asarray(values, np.float64)
+    std = float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    return {"mean": float(x.mean()), "std": std, "values": x.tolist()}
+
+
+def format_bench(summary: dict[str, Any]) -> str:
+    """Markdown tables (one per protocol): rows = tIoU and averages, columns = stages."""
+    stages = list(summary["stages"])
+    seeds = ", ".join(map(str, summary["seeds"]))
+    lines = [f"mAP (%) over seeds {seeds}: mean +- sample std", ""]
+    if not stages:
+        return "\n".join([*lines, "(no metrics found)"])
+    titles = {"base": "base stage", "full": "full method"}
+    for protocol in PROTOCOLS:
+        lines += [f"### {protocol} protocol", ""]
+        lines.append("| tIoU | " + " | ".join(titles.get(s, s) for s in stages) + " |")
+        lines.append("|---" * (len(stages) + 1) + "|")
+        first = summary["stages"][stages[0]][protocol]
+        for part in ("mAP", "averages"):
+            for key in first[part]:
+                cells = []
+                for s in stages:
+                    v = summary["stages"][s][protocol][part][key]
+                    cells.append(f"{v['mean']:.2f} +- {v['std']:.2f}")
+                lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_bench(summary: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write ``bench.json`` and ``bench.md`` into ``out`` (atomically)."""
+    out = Path(out)
+    write_json(out / "bench.json", summary)
+    with atomic_path(out / "bench.md") as tmp:
+        tmp.write_text("# Multi-seed benchmark\n\n" + format_bench(summary) + "\n")
+    return out / "bench.json", out / "bench.md"
