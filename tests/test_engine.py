@@ -158,3 +158,28 @@ def test_pseudo_target_follows_the_history():
     assert torch.equal(select_pseudo_target(231, hist[:2], cfg)["v"], y[230]["v"])
     delta = select_pseudo_target(251, hist, cfg)["v"]
     assert torch.allclose(delta, torch.full((3, 2), 2.0 * (245 - 230)))
+
+
+def test_log_goes_to_tensorboard_when_installed(tmp_path, monkeypatch):
+    from wtal import engine
+
+    seen = []
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            seen.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(engine, "_summary_writer", lambda log_dir: Writer(log_dir))
+    log = engine.JsonlLog(tmp_path / "log.jsonl", 0, tmp_path / "tensorboard")
+    log.write({"epoch": 3, "loss": {"fore": 1.5, "total": 2.0}, "lr": 1e-4, "pseudo": {"ok": True}})
+    assert seen == [("loss/fore", 1.5, 3), ("loss/total", 2.0, 3), ("lr", 1e-4, 3)]
+    assert json.loads((tmp_path / "log.jsonl").read_text())["epoch"] == 3
+    # Without tensorboard installed the log is the JSONL file alone.
+    monkeypatch.setattr(engine, "_summary_writer", lambda log_dir: None)
+    assert engine.JsonlLog(tmp_path / "other.jsonl", 0, tmp_path / "tb").tensorboard is None

@@ -691,7 +691,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_plots(run_dir: Path, data: Path, base: dict, full: dict, num_videos: int) -> list[Path]:
-    """mAP vs tIoU (base stage vs full method) and a few test-video timelines."""
+    """mAP vs tIoU (base stage vs full method), a few test-video timelines, and the pseudo
+    labels of a few training videos at every regeneration."""
     from wtal.plots import plot_map_vs_tiou
 
     out = run_dir / "plots"
@@ -708,6 +709,7 @@ def _demo_plots(run_dir: Path, data: Path, base: dict, full: dict, num_videos: i
         results_path=run_dir / "detections_test.json",
         gt_path=data / "annotations.json",
     )
+    paths += write_pseudo_plots(run_dir, out / "pseudo", num_videos=num_videos, data=str(data))
     return paths
 
 
@@ -778,24 +780,33 @@ def cmd_export_pseudo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plot_pseudo(args: argparse.Namespace) -> int:
+def write_pseudo_plots(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    videos: Sequence[str] | None = None,
+    num_videos: int = 3,
+    data: str | None = None,
+) -> list[Path]:
+    """One PNG per training video (``OUT/pseudo_<video>.png``): its pseudo labels at every
+    regeneration stored in ``RUN_DIR/last.pt``, with ground truth when the data is readable."""
     import numpy as np
 
     from wtal.config import Config, from_dict
     from wtal.plots import plot_pseudo_evolution
     from wtal.pseudo import solve_pseudo_labels_batch
 
-    run_dir = Path(args.run_dir)
+    run_dir = Path(run_dir)
     state, rounds = _pseudo_rounds(run_dir)
     timing = rounds[-1][1]["timing"]
-    videos = args.videos or list(timing)[: args.num_videos]
+    videos = list(videos or list(timing)[:num_videos])
     unknown = [v for v in videos if v not in timing]
     if unknown:
         raise InputError(run_dir, f"--videos: not training videos of this run: {unknown[:3]}")
-    gt = _training_ground_truth(from_dict(Config, state["config"]), args.data, state)
-    out = Path(args.out)
+    gt = _training_ground_truth(from_dict(Config, state["config"]), data, state)
     class_names = state["class_names"]
     ncol = len(class_names) + 1
+    paths = []
     for vid in videos:
         T, fps, snippet_frames, _ = (float(x) for x in timing[vid])
         rows = [inputs["segments"][vid].numpy() for _, inputs in rounds]
@@ -808,11 +819,20 @@ def cmd_plot_pseudo(args: argparse.Namespace) -> int:
             video_ids=[vid] * len(rows),
         )
         seg_s, seg_labels = gt.get(vid, (None, None))
-        path = out / f"pseudo_{vid}.png"
+        paths.append(Path(out) / f"pseudo_{vid}.png")
         plot_pseudo_evolution(
-            path, vid, [e for e, _ in rounds], labels, fps=fps, snippet_frames=snippet_frames,
-            class_names=class_names, gt_segments_s=seg_s, gt_labels=seg_labels,
+            paths[-1], vid, [e for e, _ in rounds], labels, fps=fps,
+            snippet_frames=snippet_frames, class_names=class_names, gt_segments_s=seg_s,
+            gt_labels=seg_labels,
         )  # fmt: skip
+    return paths
+
+
+def cmd_plot_pseudo(args: argparse.Namespace) -> int:
+    paths = write_pseudo_plots(
+        args.run_dir, args.out, videos=args.videos, num_videos=args.num_videos, data=args.data
+    )
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

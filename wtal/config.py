@@ -155,6 +155,9 @@ class TrainConfig:
     logged, never used to select a checkpoint (paper.md §7 Q15)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to ``RUN_DIR/tensorboard`` when the ``tensorboard``
+    package is installed (it is optional); ``log.jsonl`` is written either way."""
 
     def __post_init__(self) -> None:
         _check(

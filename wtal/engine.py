@@ -951,12 +951,36 @@ def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict
     return state
 
 
+def _summary_writer(log_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``log_dir``, or None when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # an optional extra: log.jsonl alone
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _scalars(record: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """The numeric leaves of a nested log record as ``("loss/fore", value)`` pairs."""
+    out = []
+    for key, value in record.items():
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += _scalars(value, tag + "/")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch":
+            out.append((tag, float(value)))
+    return out
+
+
 class JsonlLog:
     """``log.jsonl``: one JSON object per epoch. On resume, entries of epochs that are about
-    to be re-run are dropped, so the log matches an uninterrupted run."""
+    to be re-run are dropped, so the log matches an uninterrupted run. With
+    ``tensorboard_dir`` (and tensorboard installed) every numeric entry also goes to
+    TensorBoard, at step = epoch."""
 
-    def __init__(self, path: Path, start_epoch: int):
+    def __init__(self, path: Path, start_epoch: int, tensorboard_dir: Path | None = None):
         self.path = path
+        self.tensorboard = _summary_writer(tensorboard_dir) if tensorboard_dir else None
         kept = []
         if path.exists():
             for line in path.read_text().splitlines():
@@ -972,6 +996,10 @@ class JsonlLog:
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for tag, value in _scalars(record):
+                self.tensorboard.add_scalar(tag, value, record["epoch"])
+            self.tensorboard.flush()
 
 
 # ----------------------------------------------------------------------------- fit
@@ -1047,7 +1075,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     elif main:  # a new run, or one that stopped before its first checkpoint
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    logbook = JsonlLog(run_dir / "log.jsonl", start) if main else None
+    tensorboard = run_dir / "tensorboard" if tc.tensorboard else None
+    logbook = JsonlLog(run_dir / "log.jsonl", start, tensorboard) if main else None
     if world > 1:
         ddp = distributed.wrap_model(model, device)
         ordered = ShardedLoader(train_fixed, tc.batch_size)

@@ -1,0 +1,42 @@
+"""The shipped configs load, and say what their comments promise."""
+
+from pathlib import Path
+
+import pytest
+
+from wtal.config import Config, config_to_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "wtal" / "configs"
+
+
+@pytest.mark.parametrize("name", ["thumos14.yaml", "anet13.yaml", "demo.yaml"])
+def test_shipped_config_loads_and_its_schedule_fits(name):
+    cfg = load_config(CONFIGS / name)
+    assert max(cfg.pseudo.regen_epochs) < cfg.train.epochs
+    assert cfg.train.warmup_epoch < cfg.pseudo.regen_epochs[0]
+    assert cfg.pseudo.regen_epochs[0] < cfg.pseudo.delta_start < cfg.pseudo.delta_switch
+
+
+def test_thumos14_is_the_reference_defaults_with_its_data_fields():
+    cfg = config_to_dict(load_config(CONFIGS / "thumos14.yaml"))
+    defaults = config_to_dict(Config())
+    assert {k: v for k, v in cfg.items() if k != "data"} == {
+        k: v for k, v in defaults.items() if k != "data"
+    }
+
+
+def test_anet13_has_the_activitynet_settings():
+    cfg = load_config(CONFIGS / "anet13.yaml")
+    assert (cfg.model.scale, cfg.model.dropout) == (10.0, 0.7)
+    assert cfg.train.lr_values == (2e-5,) and cfg.train.weight_decay == 1e-3
+    assert cfg.data.num_segments == 75
+
+
+def test_demo_keeps_the_reference_stages_in_order():
+    cfg = load_config(CONFIGS / "demo.yaml")
+    # The base stage is scored right before the first regeneration; lambda_spl's last change
+    # comes one epoch after it, as in the reference (201 after 200).
+    first = cfg.pseudo.regen_epochs[0]
+    assert cfg.loss.spl_milestones[-1] == first + 1
+    assert cfg.train.lr_milestones[1] == first
+    assert cfg.model.embed_dim == 512 and cfg.loss.spl_weights == (1.0, 0.5, 0.5)
