@@ -183,3 +183,24 @@ def test_log_goes_to_tensorboard_when_installed(tmp_path, monkeypatch):
     # Without tensorboard installed the log is the JSONL file alone.
     monkeypatch.setattr(engine, "_summary_writer", lambda log_dir: None)
     assert engine.JsonlLog(tmp_path / "other.jsonl", 0, tmp_path / "tb").tensorboard is None
+
+
+def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, monkeypatch, capsys):
+    from wtal import cli, synth
+
+    tiny = replace(
+        THUMOS, train_videos=10, test_videos=6, feat_dim=16, num_classes=4,
+        min_snippets=30, median_snippets=50, max_snippets=80,
+    )  # fmt: skip
+    monkeypatch.setitem(synth.PRESETS, "thumos", tiny)
+    overrides = [x for item in TINY for x in ("--set", item)]
+    assert cli.main(["demo", "--out", str(tmp_path), "--quiet", "--plots", "1", *overrides]) == 0
+    run = tmp_path / "run-seed0"
+    printed = capsys.readouterr().out
+    table = (run / "metrics_table.txt").read_text()
+    assert "base stage" in table and "full method" in table and table.strip() in printed
+    for name in ("metrics.json", "metrics_base.json", "detections_test.json", "cas_test.npz"):
+        assert (run / name).is_file(), name
+    pngs = sorted(p.relative_to(run).as_posix() for p in run.rglob("*.png"))
+    assert pngs[0] == "plots/map_vs_tiou.png" and len(pngs) == 3, pngs
+    assert all((run / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

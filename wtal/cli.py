@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wtal import __version__
-from wtal.io import InputError
+from wtal.io import InputError, atomic_path
 
 # ----------------------------------------------------------------------------- data
 
@@ -673,18 +673,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "[3/3] test-set mAP (%) of the base stage (epoch "
         f"{cfg.pseudo.regen_epochs[0]}) and the full method (epoch {cfg.train.epochs})"
     )
+    tables = []
     for protocol, title in (
         ("official", "official ActivityNet protocol"),
         ("wtalc", "legacy W-TALC protocol"),
     ):
-        print(f"\n{title}:")
-        print(_metrics_table({"base stage": base[protocol], "full method": metrics[protocol]}))
-    print(f"\nvideo classification mAP: {metrics['classification_map']:.2f}")
+        columns = {"base stage": base[protocol], "full method": metrics[protocol]}
+        tables.append(f"{title}:\n{_metrics_table(columns)}")
+    tables.append(f"video classification mAP: {metrics['classification_map']:.2f}")
+    report = "\n\n".join(tables)
+    print("\n" + report)
+    with atomic_path(run_dir / "metrics_table.txt") as tmp:
+        tmp.write_text(report + "\n")
     plots = _demo_plots(run_dir, data, base, metrics, args.plots)
     print(f"\nrun folder: {run_dir}")
     print(
         "  config.yaml, log.jsonl, last.pt, detections_test.json, cas_test.npz, "
-        "metrics.json, metrics_base.json"
+        "metrics.json, metrics_base.json, metrics_table.txt"
     )
     print(f"  {', '.join(str(p.relative_to(run_dir)) for p in plots)}")
     return 0
