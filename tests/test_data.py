@@ -189,6 +189,18 @@ def test_ground_truth_format(tiny):
     assert entry["ambiguous"] == [[0.1, 0.5]]
 
 
+def test_segments_by_video_are_the_ground_truth_as_arrays(tiny):
+    dataset = FeatureDataset(tiny[0] / "wt", "test")
+    database = dataset.ground_truth()["database"]
+    arrays = dataset.segments_by_video()
+    assert list(arrays) == list(database)
+    for vid, (segments, labels) in arrays.items():
+        annotations = database[vid]["annotations"]
+        assert segments.shape == (len(annotations), 2) and labels.dtype == np.int64
+        assert segments.tolist() == [a["segment"] for a in annotations]
+        assert [dataset.class_names[i] for i in labels] == [a["label"] for a in annotations]
+
+
 def test_resampled_video_keeps_the_time_axis(tiny):
     root, _, features = tiny[0], tiny[1], tiny[2]
     dataset = FeatureDataset(root / "pv", "train", num_segments=16)

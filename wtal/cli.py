@@ -348,10 +348,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     import torch
 
-    from wtal.data import FeatureDataset
     from wtal.engine import (
         evaluate_predictions,
         load_trained_model,
+        open_split,
         predict,
         resolve_device,
         results_from_predictions,
@@ -376,14 +376,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         split = ""
     else:
         split = args.split or cfg.data.test_subset
-        dataset = FeatureDataset(
-            args.data,
-            split,
-            layout=cfg.data.layout,
-            fps=cfg.data.fps,
-            snippet_frames=cfg.data.snippet_frames,
-            num_segments=cfg.data.num_segments or None,
-        )
+        dataset = open_split(cfg, split, path=args.data)
         _check_dataset_fits(dataset, class_names, feat_dim, args.data)
         videos = dataset
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -845,29 +838,16 @@ def cmd_plot_pseudo(args: argparse.Namespace) -> int:
 def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
     """{video: (segments_s (M, 2), labels (M,))} of the run's training subset; empty (with a
     warning) when the dataset cannot be read, so that plots still show the labels."""
-    import numpy as np
-
-    from wtal.data import FeatureDataset
+    from wtal.engine import open_split
 
     try:
-        dataset = FeatureDataset(
-            data or cfg.data.path,
-            cfg.data.train_subset,
-            layout=cfg.data.layout,
-            fps=cfg.data.fps,
-            snippet_frames=cfg.data.snippet_frames,
-            class_names=state["class_names"],
+        dataset = open_split(
+            cfg, cfg.data.train_subset, path=data, class_names=state["class_names"]
         )
     except InputError as exc:
         print(f"warning: no ground truth overlay ({exc})", file=sys.stderr)
         return {}
-    index = {name: i for i, name in enumerate(state["class_names"])}
-    out = {}
-    for vid, entry in dataset.ground_truth()["database"].items():
-        anns = entry["annotations"]
-        seg = np.array([a["segment"] for a in anns], np.float64).reshape(-1, 2)
-        out[vid] = (seg, np.array([index[a["label"]] for a in anns], np.int64))
-    return out
+    return dataset.segments_by_video()
 
 
 def _add_pseudo_parsers(sub: argparse._SubParsersAction) -> None:

@@ -84,24 +84,39 @@ def build_model(cfg: Config, feat_dim: int, num_classes: int) -> WTALModel:
     return WTALModel(feat_dim, num_classes, **vars(cfg.model))
 
 
+def open_split(
+    cfg: Config,
+    subset: str,
+    *,
+    path: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    sampling: str = "uniform",
+) -> FeatureDataset:
+    """One subset of the dataset at ``path`` (default ``cfg.data.path``), read as ``cfg.data``
+    says (layout, fps, snippet length, fixed-length resampling)."""
+    dc = cfg.data
+    return FeatureDataset(
+        dc.path if path is None else path,
+        subset,
+        layout=dc.layout,
+        fps=dc.fps,
+        snippet_frames=dc.snippet_frames,
+        num_segments=dc.num_segments or None,
+        sampling=sampling,
+        seed=cfg.train.seed,
+        class_names=class_names,
+    )
+
+
 def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
     """The training split as trained on (random-perturbed sampling when resampling), the
     training split read deterministically (for pseudo labels and memory initialisation), and
     the test split."""
     dc = cfg.data
-    kwargs = dict(
-        layout=dc.layout,
-        fps=dc.fps,
-        snippet_frames=dc.snippet_frames,
-        num_segments=dc.num_segments or None,
-        seed=cfg.train.seed,
-    )
     resampled = dc.num_segments > 0
-    train = FeatureDataset(
-        dc.path, dc.train_subset, sampling="random" if resampled else "uniform", **kwargs
-    )
-    train_fixed = FeatureDataset(dc.path, dc.train_subset, **kwargs) if resampled else train
-    test = FeatureDataset(dc.path, dc.test_subset, class_names=train.class_names, **kwargs)
+    train = open_split(cfg, dc.train_subset, sampling="random" if resampled else "uniform")
+    train_fixed = open_split(cfg, dc.train_subset) if resampled else train
+    test = open_split(cfg, dc.test_subset, class_names=train.class_names)
     return train, train_fixed, test
 
 
@@ -691,20 +706,17 @@ def generate_pseudo_labels(
 
 def _pseudo_quality(dataset: FeatureDataset, preds, ys, found_all) -> list[dict[str, Any]]:
     """Pseudo labels against the ground truth of each training video that has some."""
-    database = dataset.ground_truth()["database"]
-    index = {name: i for i, name in enumerate(dataset.class_names)}
+    truth = dataset.segments_by_video()
     per_video = []
     for pred, y, found in zip(preds, ys, found_all, strict=True):
-        annotations = database[pred.video_id]["annotations"]
-        if not annotations:
+        gt_s, gt_labels = truth[pred.video_id]
+        if not len(gt_labels):
             continue
-        gt_s = np.array([a["segment"] for a in annotations], np.float64).reshape(-1, 2)
-        gt = seconds_to_snippets(gt_s, pred.fps, pred.snippet_frames)
         per_video.append(
             pseudo_label_quality(
                 y,
-                gt,
-                np.array([index[a["label"]] for a in annotations], np.int64),
+                seconds_to_snippets(gt_s, pred.fps, pred.snippet_frames),
+                gt_labels,
                 pseudo_segments=found.segments.numpy(),
                 pseudo_segment_labels=found.labels.numpy(),
             )
@@ -808,18 +820,18 @@ def evaluate_model(
         cas_mix=cfg.detect.cas_mix,
         batch_size=cfg.train.batch_size,
     )
-    if distributed.world_size() == 1:
-        if cache is not None:
-            save_predictions(cache, preds, dataset.class_names, cfg, dataset.subset)
-        return evaluate_predictions(preds, dataset, cfg)
-    parts = distributed.gather_objects(preds)
-    results, metrics = {}, None
-    if parts is not None:  # rank 0
+    world = distributed.world_size()
+    if world > 1:
+        parts = distributed.gather_objects(preds)
+        if parts is None:  # not rank 0: wait for rank 0's metrics
+            return {}, distributed.broadcast_object(None)
         preds = [p for part in parts for p in part]
-        if cache is not None:
-            save_predictions(cache, preds, dataset.class_names, cfg, dataset.subset)
-        results, metrics = evaluate_predictions(preds, dataset, cfg)
-    return results, distributed.broadcast_object(metrics)
+    if cache is not None:
+        save_predictions(cache, preds, dataset.class_names, cfg, dataset.subset)
+    results, metrics = evaluate_predictions(preds, dataset, cfg)
+    if world > 1:
+        metrics = distributed.broadcast_object(metrics)
+    return results, metrics
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -260,6 +260,21 @@ class FeatureDataset(torch.utils.data.Dataset):
             snippet_frames=snippet_frames,
         )
 
+    def segments_by_video(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Ground-truth instances of every video as arrays, without reading features.
+
+        Returns:
+            ``{video_id: (segments_s (N, 2) float64 seconds, labels (N,) int64 class index)}``;
+            videos without instances map to empty arrays.
+        """
+        return {
+            rec.video_id: (
+                rec.segments_s.reshape(-1, 2).astype(np.float64),
+                np.array([self._class_index[n] for n in rec.segment_labels], np.int64),
+            )
+            for rec in self.records
+        }
+
     def ground_truth(self) -> dict[str, Any]:
         """Ground truth of this subset in the ActivityNet format (seconds).
 
