@@ -1,11 +1,18 @@
 """Epoch time of batched training vs one video per forward pass.
 
-Both modes run the engine's own :func:`wtal.engine.train_one_epoch` on the same in-memory
+Every mode runs the engine's own :func:`wtal.engine.train_one_epoch` on the same in-memory
 THUMOS14-sized dataset and the same model, so they compute the same optimizer steps (the
 gradient of 10 videos summed per step, as the reference accumulates 10 single-video passes):
 
 * ``one video per pass``: ``batch_size=1``, the reference's loop;
-* ``batched``: ``batch_size=10``, one padded, masked forward pass per optimizer step.
+* ``batched, one pass``: ``batch_size=10, max_padding=0``, the 10 videos of a step padded
+  to the longest in one masked forward pass;
+* ``batched, by length``: ``batch_size=10, max_padding=1.5`` (the default), the 10 videos
+  sorted by length and split into passes padded by at most 1.5x.
+
+A last row times what no batching can remove: the embedding product (forward and weight
+gradient of ``Linear(D, E)``) of every snippet of the epoch, in steps of 10 videos, and the
+speed-up over one video per pass that a step costing only that would reach.
 
 The dataset: 200 videos of 2048-d non-negative random features (I3D-sized), 20 classes.
 Video lengths are THUMOS14's validation videos (duration * 25 / 16 snippets) when
@@ -81,7 +88,7 @@ class MemoryDataset(torch.utils.data.Dataset):
 def time_epoch(
     cfg: Config, dataset: MemoryDataset, batch_size: int, epoch: int, seed: int
 ) -> float:
-    """Seconds of one :func:`train_one_epoch` with ``batch_size`` videos per forward pass."""
+    """Seconds of one :func:`train_one_epoch` loading ``batch_size`` videos at a time."""
     torch.manual_seed(seed)
     model = build_model(cfg, dataset.videos[0].features.shape[1], len(dataset.videos[0].labels))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr_values[0])
@@ -94,6 +101,18 @@ def time_epoch(
     )
     start = time.perf_counter()
     train_one_epoch(model, loader, optimizer, cfg, epoch, torch.device("cpu"), progress=False)
+    return time.perf_counter() - start
+
+
+def time_embedding(dataset: MemoryDataset, embed_dim: int, seed: int) -> float:
+    """Seconds of the epoch's embedding products alone (the floor of any batching)."""
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(dataset.videos[0].features.shape[1], embed_dim)
+    steps = [dataset.videos[i : i + 10] for i in range(0, len(dataset), 10)]
+    start = time.perf_counter()
+    for step in steps:
+        x = torch.from_numpy(np.concatenate([v.features for v in step]))
+        torch.relu(layer(x)).sum().backward()
     return time.perf_counter() - start
 
 
@@ -126,16 +145,26 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     stages = (("base (no memory)", 0), ("inter-video (memory)", cfg.train.warmup_epoch + 1))
+    modes = (
+        ("one video per pass", 1, 0.0),
+        ("batched, one pass", 10, 0.0),
+        ("batched, by length", 10, 1.5),
+    )
+    single = {}
     for stage, epoch in stages:
-        times = {}
-        for mode, batch_size in (("one video per pass", 1), ("batched (10 per pass)", 10)):
-            best = min(
-                time_epoch(cfg, dataset, batch_size, epoch, args.seed) for _ in range(args.repeats)
+        for mode, batch_size, max_padding in modes:
+            run_cfg = dataclasses.replace(
+                cfg, train=dataclasses.replace(cfg.train, max_padding=max_padding)
             )
-            times[mode] = best * scale
-        single = times["one video per pass"]
-        for mode, seconds in times.items():
-            print(f"{stage:<22}{mode:<24}{seconds:>12.1f}{single / seconds:>9.1f}x")
+            seconds = scale * min(
+                time_epoch(run_cfg, dataset, batch_size, epoch, args.seed)
+                for _ in range(args.repeats)
+            )
+            single.setdefault(stage, seconds)
+            print(f"{stage:<22}{mode:<24}{seconds:>12.1f}{single[stage] / seconds:>9.1f}x")
+    floor = scale * min(time_embedding(dataset, args.embed_dim, args.seed) for _ in range(2))
+    stage = stages[0][0]
+    print(f"{'embedding alone':<22}{'(floor)':<24}{floor:>12.1f}{single[stage] / floor:>9.1f}x")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from wtal.data import (
     Video,
     VideoAnnotation,
     collate,
+    length_groups,
     resample,
+    split_batch,
     write_pervideo,
     write_wtalc,
 )
@@ -128,6 +130,60 @@ def test_collate_pads_and_masks():
         assert torch.all(batch.features[i, n:] == 0)
         assert batch.mask[i, :n].all() and not batch.mask[i, n:].any()
         np.testing.assert_array_equal(batch.labels[i].numpy(), video.labels)
+
+
+def _groups_reference(lengths: list[int], max_padding: float) -> list[list[int]]:
+    """Slow reference: sort, then open a new pass whenever adding the next video would pad
+    the current one beyond ``max_padding`` times its snippets."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            trial = groups[-1] + [i]
+            padded = max(lengths[j] for j in trial) * len(trial)
+            if padded <= max_padding * sum(lengths[j] for j in trial):
+                groups[-1] = trial
+                continue
+        groups.append([i])
+    return groups
+
+
+@pytest.mark.parametrize("max_padding", [1.0, 1.25, 1.5, 3.0])
+def test_length_groups_match_reference_and_bound_padding(max_padding):
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        lengths = rng.integers(1, 3000, size=rng.integers(1, 12)).tolist()
+        if trial % 5 == 0:  # ties
+            lengths = rng.choice([7, 50, 50, 300], size=len(lengths)).tolist()
+        groups = length_groups(lengths, max_padding)
+        assert [g.tolist() for g in groups] == _groups_reference(lengths, max_padding)
+        assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+        for g in groups:
+            sub = np.asarray(lengths)[g]
+            assert np.all(np.diff(sub) >= 0)
+            assert len(g) == 1 or sub.max() * len(g) <= max_padding * sub.sum()
+
+
+def test_length_groups_zero_keeps_one_pass_in_order():
+    for max_padding in (0.0, math.inf):
+        groups = length_groups([300, 5, 2000], max_padding)
+        assert len(groups) == 1 and groups[0].tolist() == [0, 1, 2]
+    assert [g.tolist() for g in length_groups([40, 40, 40], 1.0)] == [[0, 1, 2]]
+
+
+def test_split_batch_rebuilds_each_video():
+    videos = [_video(f"v{i}", n, seed=i) for i, n in enumerate([30, 4, 31, 200, 5])]
+    batch = collate(videos)
+    parts = split_batch(batch, 1.5)
+    assert [p.video_ids for _, p in parts] == [["v1", "v4"], ["v0", "v2"], ["v3"]]
+    for index, part in parts:
+        assert part.features.shape[1] == int(part.lengths.max())
+        for row, i in enumerate(index.tolist()):  # each row is the video, padded with 0
+            n = len(videos[i].features)
+            np.testing.assert_array_equal(part.features[row, :n].numpy(), videos[i].features)
+            assert torch.all(part.features[row, n:] == 0) and int(part.mask[row].sum()) == n
+            np.testing.assert_array_equal(part.labels[row].numpy(), videos[i].labels)
+    assert split_batch(batch, 0)[0][1] is batch
 
 
 def test_collate_accepts_readonly_memmaps(tiny):

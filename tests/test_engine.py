@@ -9,11 +9,21 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from wtal.config import load_config
-from wtal.engine import dist_weight, fit, load_checkpoint, piecewise, select_pseudo_target
+from wtal.data import FeatureDataset
+from wtal.engine import (
+    dist_weight,
+    fit,
+    load_checkpoint,
+    load_trained_model,
+    piecewise,
+    predict,
+    select_pseudo_target,
+)
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
@@ -105,6 +115,41 @@ def test_other_seed_gives_other_weights(straight_run, tiny_data, tmp_path):
     first = load_checkpoint(straight_run / "epoch_002.pt")["model"]
     other = _weights(tmp_path / "seed3")
     assert not torch.equal(first["embedding.weight"], other["embedding.weight"])
+
+
+def test_passes_by_length_compute_the_one_pass_training(tiny_data, tmp_path):
+    """Splitting each batch into passes of similar length changes only the execution: without
+    dropout, 4 epochs (memory from epoch 1, pseudo labels at epochs 2 and 3) give the weights,
+    memory and pseudo labels of one padded pass per batch, and the same predictions."""
+    runs = {}
+    for max_padding in (0, 1.0):
+        run = tmp_path / f"pad{max_padding}"
+        fit(
+            _cfg(tiny_data, "model.dropout=0.0", f"train.max_padding={max_padding}"),
+            run,
+            progress=False,
+        )
+        runs[max_padding] = load_checkpoint(run / "last.pt")
+    a, b = runs[0], runs[1.0]
+    assert int(a["model"]["memory.num_filled"].sum()) > 0
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-5, msg=key)
+    for labels_a, labels_b in zip(a["pseudo"], b["pseudo"], strict=True):
+        assert labels_a.keys() == labels_b.keys()
+        for video, value in labels_a.items():
+            torch.testing.assert_close(labels_b[video], value, rtol=0, atol=1e-5, msg=video)
+
+    model = load_trained_model(tmp_path / "pad0")[0]
+    dataset = FeatureDataset(tiny_data, "test")
+    one, split = (
+        predict(model, dataset, torch.device("cpu"), video_mix=0.6, cas_mix=0.85, batch_size=6,
+                max_padding=max_padding)
+        for max_padding in (0, 1.0)
+    )  # fmt: skip
+    assert [p.video_id for p in split] == dataset.video_ids
+    for p, q in zip(one, split, strict=True):
+        np.testing.assert_allclose(q.cas, p.cas, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(q.video_scores, p.video_scores, rtol=0, atol=1e-6)
 
 
 def test_resume_in_a_fresh_process_is_bit_identical(straight_run, tmp_path):

@@ -290,6 +290,27 @@ def test_determinism_same_seed_same_init_and_outputs():
         assert torch.equal(x, y)
 
 
+def test_dropout_drops_with_its_probability_and_keeps_the_mean():
+    model = WTALModel(8, 3, embed_dim=64, dropout=0.6)
+    with torch.no_grad():  # a positive embedding: every zero is a dropped unit
+        model.embedding.weight.fill_(0.1)
+        model.embedding.bias.fill_(1.0)
+    feats = torch.rand(4, 500, 8)
+    model.eval()
+    clean = model(feats).embedded
+    torch.manual_seed(0)
+    dropped = model.train()(feats).embedded
+    assert torch.all(clean > 0)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.4) < 0.01  # 128,000 draws: sd 0.0014
+    torch.testing.assert_close(dropped[kept], clean[kept] / 0.4)  # inverted dropout
+    torch.manual_seed(0)
+    assert torch.equal(model(feats).embedded, dropped)  # the global RNG decides
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout"):
+            WTALModel(8, 3, dropout=bad)
+
+
 def test_forward_input_errors():
     model = small_model()
     with pytest.raises(ValueError, match="channels"):

@@ -389,6 +389,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         video_mix=cfg.detect.video_mix,
         cas_mix=cfg.detect.cas_mix,
         batch_size=cfg.train.batch_size,
+        max_padding=cfg.train.max_padding,
         progress=not args.quiet,
     )
     metrics = None

@@ -91,6 +91,9 @@ class ModelConfig:
     memory_mask_empty: bool = False
     """Leave never-written memory slots out of the walk; the reference uses them as zeros."""
 
+    def __post_init__(self) -> None:
+        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "a probability in [0, 1)")
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -142,7 +145,14 @@ class TrainConfig:
     videos_per_step: int = 10
     """Videos whose summed (not averaged) losses make one optimizer step (``--batch-size``)."""
     batch_size: int = 10
-    """Videos per forward pass (padded and masked); must divide ``videos_per_step``."""
+    """Videos loaded together (at most this many per forward pass, padded and masked); must
+    divide ``videos_per_step``."""
+    max_padding: float = 1.5
+    """Videos of a batch are sorted by length and split into forward passes whose padded size
+    (longest video x count) is at most this many times their real snippets; 0 runs the whole
+    batch as one pass. Padding is work: on a 2-core CPU with THUMOS14's lengths, one padded
+    pass of 10 takes 1.7-2.5x as long per epoch as one video per pass, passes by length 0.7-1.1x
+    (benchmarks/bench_train.py). The optimizer steps are the same either way."""
     warmup_epoch: int = 100
     """The inter-video memory branch is used for e > warmup_epoch; the memory is initialised
     after epoch ``warmup_epoch`` (method.py:288-298, 330-334)."""
@@ -171,6 +181,12 @@ class TrainConfig:
             "train.batch_size",
             self.batch_size,
             "a divisor of train.videos_per_step",
+        )
+        _check(
+            self.max_padding == 0 or self.max_padding >= 1,
+            "train.max_padding",
+            self.max_padding,
+            "0 (one pass per batch) or a ratio >= 1",
         )
         _check(
             self.device in ("auto", "cpu", "cuda"),

@@ -9,6 +9,7 @@ test detections, and are turned into snippet targets by the LP of :mod:`wtal.pse
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from wtal import __version__, distributed
 from wtal.config import Config, DetectConfig, config_from_dict, config_to_dict, save_config
-from wtal.data import Batch, FeatureDataset, collate
+from wtal.data import Batch, FeatureDataset, collate, split_batch
 from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.fusion import detect as detect_segments
@@ -188,6 +189,18 @@ def _pad_pseudo(targets: dict[str, Tensor], batch: Batch, device: torch.device) 
     return out
 
 
+def _unsplit(rows: list[tuple[np.ndarray, Tensor, Tensor]]) -> tuple[Tensor, ...]:
+    """Per-pass ``(index, tensor, ...)`` rows of :func:`~wtal.data.split_batch` back in the
+    batch's order: each tensor (b, ...) of a pass lands at rows ``index`` of a (B, ...) one."""
+    if len(rows) == 1 and np.array_equal(rows[0][0], np.arange(len(rows[0][0]))):
+        return rows[0][1:]
+    index = torch.from_numpy(np.concatenate([r[0] for r in rows]))
+    inverse = torch.empty_like(index)
+    inverse[index] = torch.arange(len(index))
+    columns = zip(*(r[1:] for r in rows), strict=True)
+    return tuple(torch.cat(parts)[inverse.to(parts[0].device)] for parts in columns)
+
+
 def train_one_epoch(
     model: WTALModel,
     loader: Iterable[Batch] | ShardedLoader,
@@ -224,26 +237,40 @@ def train_one_epoch(
             if isinstance(item, Shard)
             else (item, len(item.video_ids), False)
         )
-        features = batch.features.to(device)
-        mask = batch.mask.to(device)
-        labels = batch.labels.to(device)
-        out = net(features, mask, labels, use_memory=use_memory)
-        pseudo = None if pseudo_targets is None else _pad_pseudo(pseudo_targets, batch, device)
-        terms = compute_losses(out, labels, mask, pseudo, cfg, epoch)
-        loss = terms["total"].sum()
-        if not torch.isfinite(loss):
-            bad = {k: v.detach().tolist() for k, v in terms.items()}
-            raise FloatingPointError(f"non-finite loss at epoch {epoch}: {bad} ({batch.video_ids})")
-        if empty:  # a stand-in video: exact zero gradients keep the all-reduce in step
-            loss = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
-        loss.backward()
+        # Videos of similar length share a forward pass; every pass reads the memory as it
+        # was before the batch, and the batch updates it once, in its own order, afterwards.
+        passes = split_batch(batch, cfg.train.max_padding)
+        rows: list[tuple[np.ndarray, Tensor, Tensor]] = []
+        for i, (index, part) in enumerate(passes):
+            features = part.features.to(device)
+            mask = part.mask.to(device)
+            labels = part.labels.to(device)
+            # Under DDP only the batch's last backward all-reduces (the earlier ones add up
+            # locally), so every rank joins one all-reduce per batch however it splits.
+            last = i == len(passes) - 1
+            with contextlib.nullcontext() if ddp is None or last else ddp.no_sync():
+                out = net(features, mask, labels, use_memory=use_memory)
+                pseudo = (
+                    None if pseudo_targets is None else _pad_pseudo(pseudo_targets, part, device)
+                )
+                terms = compute_losses(out, labels, mask, pseudo, cfg, epoch)
+                loss = terms["total"].sum()
+                if not torch.isfinite(loss):
+                    bad = {k: v.detach().tolist() for k, v in terms.items()}
+                    raise FloatingPointError(
+                        f"non-finite loss at epoch {epoch}: {bad} ({part.video_ids})"
+                    )
+                if empty:  # a stand-in video: exact zero gradients keep the all-reduce in step
+                    loss = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
+                loss.backward()
+            rows.append((index, out.bases.detach(), out.basis_scores.detach()))
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + (0.0 if empty else float(v.detach().sum()))
         if use_memory:
-            rows = distributed.gather_rows(
-                item, out.bases.detach(), out.basis_scores.detach(), labels
+            bases, scores = _unsplit(rows)
+            model.memory.update(
+                *distributed.gather_rows(item, bases, scores, batch.labels.to(device))
             )
-            model.memory.update(*rows)
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + (0.0 if empty else float(v.detach().sum()))
         fault_point("epoch", epoch)
         n_videos += 0 if empty else len(batch.video_ids)
         since_step += global_size
@@ -263,22 +290,31 @@ def train_one_epoch(
 
 @torch.no_grad()
 def init_memory(
-    model: WTALModel, loader: Iterable[Batch] | ShardedLoader, device: torch.device
+    model: WTALModel,
+    loader: Iterable[Batch] | ShardedLoader,
+    device: torch.device,
+    max_padding: float = 0.0,
 ) -> None:
     """Fill the inter-video memory from a dropout-free pass over the training videos
     (after the warm-up epoch, method.py:330-334).
 
-    With a :class:`~wtal.distributed.ShardedLoader` each rank runs its slices and every rank
-    updates from the gathered rows in global order, so all memories are the same.
+    ``max_padding`` splits each batch into passes of similar length
+    (:func:`~wtal.data.split_batch`); the memory is updated batch by batch in the loader's
+    order either way. With a :class:`~wtal.distributed.ShardedLoader` each rank runs its
+    slices and every rank updates from the gathered rows in global order, so all memories
+    are the same.
     """
     was_training = model.training
     model.eval()
     model.memory.reset()
     for item in loader:
         batch = item.batch if isinstance(item, Shard) else item
-        labels = batch.labels.to(device)
-        out = model(batch.features.to(device), batch.mask.to(device), labels)
-        model.memory.update(*distributed.gather_rows(item, out.bases, out.basis_scores, labels))
+        rows = []
+        for index, part in split_batch(batch, max_padding):
+            out = model(part.features.to(device), part.mask.to(device))
+            rows.append((index, out.bases, out.basis_scores))
+        bases, scores = _unsplit(rows)
+        model.memory.update(*distributed.gather_rows(item, bases, scores, batch.labels.to(device)))
     model.train(was_training)
 
 
@@ -319,6 +355,7 @@ def predict(
     video_mix: float,
     cas_mix: float,
     batch_size: int = 10,
+    max_padding: float = 0.0,
     dropout: bool = False,
     progress: bool = False,
 ) -> list[Prediction]:
@@ -327,7 +364,9 @@ def predict(
     ``video_scores = video_mix * p_o + (1 - video_mix) * p_m`` and
     ``cas = (cas_mix * softmax(S_o) + (1 - cas_mix) * softmax(S_m)) * a_o``.
     ``dropout=True`` runs the network in train mode, as the reference's pseudo-label teacher
-    does; nothing is learned or stored either way.
+    does; nothing is learned or stored either way. ``batch_size`` videos are loaded at a time
+    and split into passes of similar length by ``max_padding`` (:func:`~wtal.data.split_batch`);
+    without dropout each video's outputs do not depend on its pass.
     """
     was_training = model.training
     model.train(dropout)
@@ -335,15 +374,15 @@ def predict(
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc="predict", leave=False, disable=not progress):
         videos = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        batch = collate(videos)
-        out = model(batch.features.to(device), batch.mask.to(device))
-        video_scores = video_mix * out.o.video_ca + (1 - video_mix) * out.m.video_ca  # (B, C+1)
-        probs = cas_mix * out.o.logits.softmax(-1) + (1 - cas_mix) * out.m.logits.softmax(-1)
-        cas = probs * out.o.attention.unsqueeze(-1)  # (B, T, C+1)
-        for i, video in enumerate(videos):
-            n = int(batch.lengths[i])
-            preds.append(
-                Prediction(
+        found: dict[int, Prediction] = {}
+        for index, part in split_batch(collate(videos), max_padding):
+            out = model(part.features.to(device), part.mask.to(device))
+            video_scores = video_mix * out.o.video_ca + (1 - video_mix) * out.m.video_ca
+            probs = cas_mix * out.o.logits.softmax(-1) + (1 - cas_mix) * out.m.logits.softmax(-1)
+            cas = probs * out.o.attention.unsqueeze(-1)  # (b, T, C+1)
+            for i, j in enumerate(index.tolist()):
+                n, video = int(part.lengths[i]), videos[j]
+                found[j] = Prediction(
                     video_id=video.video_id,
                     video_scores=video_scores[i].double().cpu().numpy(),
                     cas=cas[i, :n].double().cpu().numpy(),
@@ -353,7 +392,7 @@ def predict(
                     snippet_frames=video.snippet_frames,
                     duration_s=video.duration_s,
                 )
-            )
+        preds.extend(found[j] for j in range(len(videos)))
     model.train(was_training)
     return preds
 
@@ -650,6 +689,7 @@ def generate_pseudo_labels(
         video_mix=cfg.detect.video_mix,
         cas_mix=cfg.pseudo.cas_mix,
         batch_size=cfg.train.batch_size,
+        max_padding=cfg.train.max_padding,
         dropout=cfg.pseudo.teacher_dropout,
     )
     found_all = []
@@ -819,6 +859,7 @@ def evaluate_model(
         video_mix=cfg.detect.video_mix,
         cas_mix=cfg.detect.cas_mix,
         batch_size=cfg.train.batch_size,
+        max_padding=cfg.train.max_padding,
     )
     world = distributed.world_size()
     if world > 1:
@@ -1139,7 +1180,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             model, loader, optimizer, cfg, epoch, device, targets, progress and main, ddp
         )
         if epoch == tc.warmup_epoch:
-            init_memory(model, ordered, device)
+            init_memory(model, ordered, device, tc.max_padding)
         record["lr"] = lr
         record["time_s"] = time.perf_counter() - t0
         if tc.eval_every and (epoch + 1) % tc.eval_every == 0 and epoch + 1 < tc.epochs:

@@ -31,7 +31,15 @@ sampled at ``fps``; :func:`wtal.segments.snippets_to_seconds` is the only conver
 """
 
 from wtal.data.check import check_dataset, convert_wtalc, format_summary
-from wtal.data.dataset import Batch, FeatureDataset, Video, collate, resample
+from wtal.data.dataset import (
+    Batch,
+    FeatureDataset,
+    Video,
+    collate,
+    length_groups,
+    resample,
+    split_batch,
+)
 from wtal.data.layouts import (
     DEFAULT_FPS,
     DEFAULT_SNIPPET_FRAMES,
@@ -57,9 +65,11 @@ __all__ = [
     "convert_wtalc",
     "detect_layout",
     "format_summary",
+    "length_groups",
     "read_pervideo_annotations",
     "read_wtalc_annotations",
     "resample",
+    "split_batch",
     "write_pervideo",
     "write_wtalc",
 ]

@@ -124,6 +124,61 @@ def collate(videos: Sequence[Video]) -> Batch:
     )
 
 
+def length_groups(lengths: Sequence[int] | np.ndarray, max_padding: float) -> list[np.ndarray]:
+    """Split a batch into forward passes of videos of similar length.
+
+    Videos are taken shortest first, and a pass grows while its padded size (its longest
+    video times its number of videos) stays within ``max_padding`` times its real snippets.
+    Padded snippets cost as much as real ones in every (B, T, E) tensor of the model, so a
+    batch of lengths 14 ... 2202 padded as one pass does several times the work of its videos.
+
+    Args:
+        lengths: (B,) snippets of each video.
+        max_padding: >= 1; 0 (or ``inf``) keeps the whole batch in one pass, in its order.
+
+    Returns:
+        One int64 index array into ``lengths`` per pass, in ascending length; together they
+        are a permutation of ``range(B)``.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if max_padding == 0 or not np.isfinite(max_padding):
+        return [np.arange(len(lengths))]
+    order = np.argsort(lengths, kind="stable")
+    groups, start, total = [], 0, 0
+    for i, n in enumerate(lengths[order].tolist()):  # at most batch_size videos
+        # n is the longest so far (ascending order): the pass would pad to n * count.
+        if i > start and n * (i - start + 1) > max_padding * (total + n):
+            groups.append(order[start:i])
+            start, total = i, 0
+        total += n
+    groups.append(order[start:])
+    return groups
+
+
+def split_batch(batch: Batch, max_padding: float) -> list[tuple[np.ndarray, Batch]]:
+    """The passes of :func:`length_groups` as smaller batches, each padded to its longest.
+
+    Returns:
+        ``(index, sub_batch)`` pairs; ``index`` (b,) are the sub-batch's rows in ``batch``.
+    """
+    groups = length_groups(batch.lengths.numpy(), max_padding)
+    if len(groups) == 1 and np.array_equal(groups[0], np.arange(len(batch.video_ids))):
+        return [(groups[0], batch)]
+    parts = []
+    for index in groups:
+        rows = torch.from_numpy(index)
+        longest = int(batch.lengths[rows].max())
+        sub = Batch(
+            features=batch.features[rows, :longest],
+            mask=batch.mask[rows, :longest],
+            labels=batch.labels[rows],
+            video_ids=[batch.video_ids[i] for i in index.tolist()],
+            lengths=batch.lengths[rows],
+        )
+        parts.append((index, sub))
+    return parts
+
+
 # ----------------------------------------------------------------------------- dataset
 
 
