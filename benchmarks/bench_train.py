@@ -8,7 +8,10 @@ gradient of 10 videos summed per step, as the reference accumulates 10 single-vi
 * ``batched, one pass``: ``batch_size=10, max_padding=0``, the 10 videos of a step padded
   to the longest in one masked forward pass;
 * ``batched, by length``: ``batch_size=10, max_padding=1.5`` (the default), the 10 videos
-  sorted by length and split into passes padded by at most 1.5x.
+  sorted by length and split into passes padded by at most 1.5x;
+* ``one video, T x T walk``: one video per pass with ``model.walk_method=dense``, the
+  random walk solved as the (T, T) system the authors' code inverts (once, ``--no-dense``
+  skips it), for the distance to the authors' algorithm.
 
 A last row times what no batching can remove: the embedding product (forward and weight
 gradient of ``Linear(D, E)``) of every snippet of the epoch, in steps of 10 videos, and the
@@ -85,12 +88,23 @@ class MemoryDataset(torch.utils.data.Dataset):
         return self.videos[i]
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_epoch(
-    cfg: Config, dataset: MemoryDataset, batch_size: int, epoch: int, seed: int
+    cfg: Config,
+    dataset: MemoryDataset,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    device: torch.device,
 ) -> float:
     """Seconds of one :func:`train_one_epoch` loading ``batch_size`` videos at a time."""
     torch.manual_seed(seed)
     model = build_model(cfg, dataset.videos[0].features.shape[1], len(dataset.videos[0].labels))
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr_values[0])
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -99,20 +113,26 @@ def time_epoch(
         generator=torch.Generator().manual_seed(seed),
         collate_fn=collate,
     )
+    synchronize(device)
     start = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, cfg, epoch, torch.device("cpu"), progress=False)
+    train_one_epoch(model, loader, optimizer, cfg, epoch, device, progress=False)
+    synchronize(device)
     return time.perf_counter() - start
 
 
-def time_embedding(dataset: MemoryDataset, embed_dim: int, seed: int) -> float:
+def time_embedding(
+    dataset: MemoryDataset, embed_dim: int, seed: int, device: torch.device
+) -> float:
     """Seconds of the epoch's embedding products alone (the floor of any batching)."""
     torch.manual_seed(seed)
-    layer = torch.nn.Linear(dataset.videos[0].features.shape[1], embed_dim)
+    layer = torch.nn.Linear(dataset.videos[0].features.shape[1], embed_dim).to(device)
     steps = [dataset.videos[i : i + 10] for i in range(0, len(dataset), 10)]
+    synchronize(device)
     start = time.perf_counter()
     for step in steps:
-        x = torch.from_numpy(np.concatenate([v.features for v in step]))
+        x = torch.from_numpy(np.concatenate([v.features for v in step])).to(device)
         torch.relu(layer(x)).sum().backward()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -124,7 +144,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20, help="number of classes")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per mode, best kept")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-dense", action="store_true", help="skip the T x T walk row")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     rng = np.random.default_rng(args.seed)
     lengths, source = thumos_lengths(args.videos, rng)
@@ -132,37 +155,49 @@ def main() -> None:
     cfg = Config(
         data=DataConfig(),
         model=dataclasses.replace(ModelConfig(), embed_dim=args.embed_dim),
-        train=dataclasses.replace(TrainConfig(), device="cpu"),
+        train=dataclasses.replace(TrainConfig(), device=device.type),
     )
     print(
         f"{args.videos} videos ({source} lengths: median {int(np.median(lengths))}, "
         f"max {int(lengths.max())}, total {int(lengths.sum())} snippets), "
         f"D={args.feat_dim}, E={args.embed_dim}, {args.classes} classes; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}"
+        f"torch {torch.__version__}, "
+        + (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{torch.get_num_threads()} threads, {platform.processor()}"
+        )
     )
     scale = EPOCH_VIDEOS / args.videos
     header = f"{'stage':<22}{'mode':<24}{'s / epoch':>12}{'speed-up':>10}"
     print(header)
     print("-" * len(header))
     stages = (("base (no memory)", 0), ("inter-video (memory)", cfg.train.warmup_epoch + 1))
-    modes = (
-        ("one video per pass", 1, 0.0),
-        ("batched, one pass", 10, 0.0),
-        ("batched, by length", 10, 1.5),
-    )
+    # (mode, videos loaded at a time, max_padding, random-walk solve, epochs timed)
+    modes = [
+        ("one video per pass", 1, 0.0, "woodbury", args.repeats),
+        ("batched, one pass", 10, 0.0, "woodbury", args.repeats),
+        ("batched, by length", 10, 1.5, "woodbury", args.repeats),
+    ]
+    if not args.no_dense:
+        modes.append(("one video, T x T walk", 1, 0.0, "dense", 1))
     single = {}
     for stage, epoch in stages:
-        for mode, batch_size, max_padding in modes:
+        for mode, batch_size, max_padding, walk, repeats in modes:
             run_cfg = dataclasses.replace(
-                cfg, train=dataclasses.replace(cfg.train, max_padding=max_padding)
+                cfg,
+                model=dataclasses.replace(cfg.model, walk_method=walk),
+                train=dataclasses.replace(cfg.train, max_padding=max_padding),
             )
             seconds = scale * min(
-                time_epoch(run_cfg, dataset, batch_size, epoch, args.seed)
-                for _ in range(args.repeats)
+                time_epoch(run_cfg, dataset, batch_size, epoch, args.seed, device)
+                for _ in range(repeats)
             )
             single.setdefault(stage, seconds)
             print(f"{stage:<22}{mode:<24}{seconds:>12.1f}{single[stage] / seconds:>9.1f}x")
-    floor = scale * min(time_embedding(dataset, args.embed_dim, args.seed) for _ in range(2))
+    floor = scale * min(
+        time_embedding(dataset, args.embed_dim, args.seed, device) for _ in range(2)
+    )
     stage = stages[0][0]
     print(f"{'embedding alone':<22}{'(floor)':<24}{floor:>12.1f}{single[stage] / floor:>9.1f}x")
 

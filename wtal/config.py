@@ -151,7 +151,7 @@ class TrainConfig:
     """Videos of a batch are sorted by length and split into forward passes whose padded size
     (longest video x count) is at most this many times their real snippets; 0 runs the whole
     batch as one pass. Padding is work: on a 2-core CPU with THUMOS14's lengths, one padded
-    pass of 10 takes 1.7-2.5x as long per epoch as one video per pass, passes by length 0.7-1.1x
+    pass of 10 takes 1.9-2.6x as long per epoch as one video per pass, passes by length 0.7-1.1x
     (benchmarks/bench_train.py). The optimizer steps are the same either way."""
     warmup_epoch: int = 100
     """The inter-video memory branch is used for e > warmup_epoch; the memory is initialised
