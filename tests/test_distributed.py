@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # 9 training videos in global batches of 4: batches of 4, 4 and 1, so with 2 processes the
 # last batch leaves rank 1 empty. Dropout is off: each process draws its own dropout masks,
-# so only a dropout-free run can match the single process number for number.
+# so only a dropout-free run can match the single process number for number. max_padding 1
+# runs videos of unequal length in passes of their own, so a rank makes several passes per
+# batch and only the last one all-reduces the gradients.
 TINY = """\
 model: {embed_dim: 32, dropout: 0.0}
 train:
@@ -34,6 +36,7 @@ train:
   lr_values: [5.0e-4, 1.0e-4]
   batch_size: 4
   videos_per_step: 4
+  max_padding: 1.0
   checkpoint_every: 2
   device: cpu
 loss: {spl_milestones: [1, 2]}
