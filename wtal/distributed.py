@@ -108,6 +108,10 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) ->
     )
     try:
         yield dist.get_world_size()
+        # On success every rank waits for the others before tearing down its connections:
+        # a gloo peer that goes first can abort a rank still finishing ("terminate called
+        # without an active exception"). After an exception a barrier could hang instead.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
