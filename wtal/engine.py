@@ -192,8 +192,6 @@ def _pad_pseudo(targets: dict[str, Tensor], batch: Batch, device: torch.device) 
 def _unsplit(rows: list[tuple[np.ndarray, Tensor, Tensor]]) -> tuple[Tensor, ...]:
     """Per-pass ``(index, tensor, ...)`` rows of :func:`~wtal.data.split_batch` back in the
     batch's order: each tensor (b, ...) of a pass lands at rows ``index`` of a (B, ...) one."""
-    if len(rows) == 1 and np.array_equal(rows[0][0], np.arange(len(rows[0][0]))):
-        return rows[0][1:]
     index = torch.from_numpy(np.concatenate([r[0] for r in rows]))
     inverse = torch.empty_like(index)
     inverse[index] = torch.arange(len(index))
