@@ -4,7 +4,8 @@ Each seed is a run folder ``OUT/seed<k>`` written by :func:`wtal.engine.fit`, so
 resumable: finished runs (``metrics.json`` present) are reused, interrupted ones resumed,
 and a folder holding a run of another config is an error rather than silently mixed in.
 Both stages are reported: the base model right before the first pseudo-label round
-(``metrics_base.json``) and the full method (``metrics.json``), under both protocols.
+(``metrics_base.json``) and the full method (``metrics.json``), under both protocols, on the
+test split and, when the config holds out one (``data.val_fraction``), the validation split.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ import numpy as np
 from wtal.config import Config, load_config
 from wtal.io import InputError, atomic_path, read_json, write_json
 
-STAGES = {"base": "metrics_base.json", "full": "metrics.json"}
-"""Stage name -> metrics file of a run folder."""
+STAGES = {
+    "base": "metrics_base.json",
+    "full": "metrics.json",
+    "base_val": "metrics_val_base.json",
+    "full_val": "metrics_val.json",
+}
+"""Stage name -> metrics file of a run folder; the ``*_val`` stages score the validation
+split (``data.val_fraction`` > 0) and are left out of runs without one."""
 PROTOCOLS = ("official", "wtalc")
 """Evaluation protocols reported (both are always computed by the engine)."""
 
@@ -109,7 +116,12 @@ def format_bench(summary: dict[str, Any]) -> str:
     lines = [f"mAP (%) over seeds {seeds}: mean +- sample std", ""]
     if not stages:
         return "\n".join([*lines, "(no metrics found)"])
-    titles = {"base": "base stage", "full": "full method"}
+    titles = {
+        "base": "base stage",
+        "full": "full method",
+        "base_val": "base stage (val)",
+        "full_val": "full method (val)",
+    }
     for protocol in PROTOCOLS:
         lines += [f"### {protocol} protocol", ""]
         lines.append("| tIoU | " + " | ".join(titles.get(s, s) for s in stages) + " |")

@@ -215,6 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.path={args.data!r}")
     if args.device:
         overrides.append(f"train.device={args.device!r}")
+    if args.resume and args.init_from:
+        raise InputError(None, "--resume continues a run; --init-from starts a new one: pick one")
     if args.resume:
         run_dir = Path(args.resume).expanduser()
         if not (run_dir / "config.yaml").is_file():
@@ -237,7 +239,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         main = distributed.is_main()
         if main:
             print(f"run folder: {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
-        metrics = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet and main)
+        metrics = fit(
+            cfg,
+            run_dir,
+            resume=bool(args.resume),
+            init_from=args.init_from,
+            progress=not args.quiet and main,
+        )
     if main:
         print(json.dumps({"average_map": metrics["headline"]}, indent=None))
     return 0
@@ -254,6 +262,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="override a config field, e.g. --set train.epochs=10 (repeatable)",
     )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    train.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start a new run from a checkpoint (RUN/epoch_200.pt): its epoch, weights, "
+        "optimizer, memory, pseudo labels and random state, under CONFIG",
+    )
     train.add_argument("--run-dir", help="run folder (default runs/<config>-<timestamp>)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="sets train.device")
     train.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -43,6 +43,14 @@ class DataConfig:
     num_segments: int = 0
     """Fixed-length resampling to this many snippets per video; 0 keeps the native length
     (THUMOS14 feeds whole videos; ActivityNet recipes sample 75, paper.md §5.2)."""
+    val_fraction: float = 0.0
+    """Share of the training subset's videos held out as a validation split (0: none): left
+    out of training, pseudo labels and the memory, and scored like the test split, so that
+    settings can be chosen without the test split. Class-stratified (per class, by each video's
+    rarest label: round(fraction x n) videos, at least one of a class with >= 2 videos)."""
+    val_seed: int = 0
+    """Seed of the validation split: the same data and seed give the same split whatever
+    ``train.seed`` is and in whatever order the videos are listed."""
 
     def __post_init__(self) -> None:
         _check(
@@ -58,6 +66,9 @@ class DataConfig:
             "positive numbers",
         )
         _check(self.num_segments >= 0, "data.num_segments", self.num_segments, ">= 0")
+        _check(
+            0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "a share in [0, 1)"
+        )
 
 
 @dataclass(frozen=True)
@@ -161,8 +172,12 @@ class TrainConfig:
     checkpoint_every: int = 5
     """Also keep ``epoch_XXX.pt`` every this many epochs (0: only ``last.pt``)."""
     eval_every: int = 0
-    """Evaluate on the test subset every this many epochs (0: only at the end). Results are
-    logged, never used to select a checkpoint (paper.md §7 Q15)."""
+    """Evaluate every this many epochs (0: only at the end): the validation split when
+    ``data.val_fraction`` > 0, else the test subset. Results are logged, never used to select a
+    checkpoint (paper.md §7 Q15)."""
+    eval_test: bool = False
+    """With a validation split, ``eval_every`` also scores the test subset (the final
+    ``metrics.json`` always does)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     tensorboard: bool = True
@@ -280,6 +295,10 @@ class PseudoConfig:
     """Cap on λ_dist (``--max_dist_weight``)."""
     reset_memory: bool = True
     """Zero the inter-video memory at every regeneration (method.py:173)."""
+    fusion: str | None = None
+    """Fusion of the pseudo-label detections (same choices as ``detect.fusion``); None uses
+    ``detect.fusion``. E.g. ``nms`` pseudo labels while the test detections keep Gaussian
+    fusion; both still go through the one ``detect()`` path."""
 
     def __post_init__(self) -> None:
         _check(
@@ -287,6 +306,12 @@ class PseudoConfig:
             "pseudo.temperatures",
             self.temperatures,
             "one temperature per entry of pseudo.regen_epochs",
+        )
+        _check(
+            self.fusion in (None, "gaussian", "nms", "soft-nms", "none"),
+            "pseudo.fusion",
+            self.fusion,
+            "null (as detect.fusion) or one of gaussian, nms, soft-nms, none",
         )
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import copy
+import hashlib
 import json
 import logging
 import os
 import pickle
 import signal
 import time
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,10 +33,12 @@ from tqdm import tqdm
 from wtal import __version__, distributed
 from wtal.config import Config, DetectConfig, config_from_dict, config_to_dict, save_config
 from wtal.data import Batch, FeatureDataset, collate, split_batch
+from wtal.data.split import validation_split
+from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.fusion import detect as detect_segments
-from wtal.io import InputError, atomic_path, write_json
+from wtal.io import InputError, atomic_path, read_json, write_json
 from wtal.losses import base_losses, pseudo_label_loss
 from wtal.model import ModelOutput, WTALModel
 from wtal.pseudo import (
@@ -109,16 +114,60 @@ def open_split(
     )
 
 
+def split_training_videos(cfg: Config, dataset: FeatureDataset) -> tuple[list[str], list[str]]:
+    """``(train_ids, val_ids)`` of the training subset under ``data.val_fraction`` and
+    ``data.val_seed`` (:func:`wtal.data.split.validation_split`; no validation videos at 0).
+
+    Raises:
+        InputError: the fraction leaves no training video, or none of some class.
+    """
+    dc = cfg.data
+    labels = {r.video_id: list(r.labels) for r in dataset.records}
+    train_ids, val_ids = validation_split(labels, dc.val_fraction, dc.val_seed)
+    where = f"data.val_fraction = {dc.val_fraction}"
+    if not train_ids:
+        what = f"leaves no training video of the {len(labels)} in subset {dc.train_subset!r}"
+        raise InputError(None, f"{where} {what}; lower it")
+    kept = {name for v in train_ids for name in labels[v]}
+    lost = sorted({name for names in labels.values() for name in names} - kept)
+    if lost:
+        what = f"leaves no training video of class {lost[0]!r}"
+        raise InputError(None, f"{where} {what} (subset {dc.train_subset!r}); lower it")
+    return train_ids, val_ids
+
+
+def _only_videos(dataset: FeatureDataset, video_ids: Sequence[str]) -> FeatureDataset:
+    """A view of ``dataset`` that serves only ``video_ids`` (in the dataset's order)."""
+    keep = set(video_ids)
+    view = copy.copy(dataset)  # shares the open source; only the record list differs
+    view.records = [r for r in dataset.records if r.video_id in keep]
+    return view
+
+
 def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
     """The training split as trained on (random-perturbed sampling when resampling), the
     training split read deterministically (for pseudo labels and memory initialisation), and
-    the test split."""
+    the test split. Validation videos (``data.val_fraction``) are in neither training view:
+    :func:`open_validation` serves them."""
     dc = cfg.data
     resampled = dc.num_segments > 0
     train = open_split(cfg, dc.train_subset, sampling="random" if resampled else "uniform")
     train_fixed = open_split(cfg, dc.train_subset) if resampled else train
     test = open_split(cfg, dc.test_subset, class_names=train.class_names)
+    if dc.val_fraction > 0:
+        train_ids, _ = split_training_videos(cfg, train)
+        train = _only_videos(train, train_ids)
+        train_fixed = _only_videos(train_fixed, train_ids) if resampled else train
     return train, train_fixed, test
+
+
+def open_validation(cfg: Config) -> FeatureDataset | None:
+    """The validation videos of the training subset, read deterministically like the test
+    split; None when ``data.val_fraction`` is 0."""
+    if cfg.data.val_fraction <= 0:
+        return None
+    train = open_split(cfg, cfg.data.train_subset)
+    return _only_videos(train, split_training_videos(cfg, train)[1])
 
 
 def piecewise(epoch: int, milestones: tuple[int, ...], values: tuple[Any, ...]) -> Any:
@@ -690,9 +739,13 @@ def generate_pseudo_labels(
         max_padding=cfg.train.max_padding,
         dropout=cfg.pseudo.teacher_dropout,
     )
+    # pseudo.fusion may swap the fusion method; everything else is the test-time detection.
+    dcfg = cfg.detect
+    if cfg.pseudo.fusion is not None:
+        dcfg = replace(dcfg, fusion=cfg.pseudo.fusion)
     found_all = []
     for pred in preds:
-        found = detect(pred, cfg.detect, temperature=temperature, background=True)
+        found = detect(pred, dcfg, temperature=temperature, background=True)
         if cfg.pseudo.gt_classes_only:
             allowed = np.append(pred.labels > 0, True)
             keep = torch.from_numpy(allowed)[found.labels]
@@ -704,6 +757,8 @@ def generate_pseudo_labels(
         [f.labels.numpy() for f in found_all],
         [p.cas.shape[0] for p in preds],
         preds[0].cas.shape[1] if preds else dataset.num_classes + 1,
+        outer_scale=dcfg.outer_scale,  # the proposals' outer band (one formula, one setting)
+        outer_power=dcfg.outer_power,
         video_ids=[p.video_id for p in preds],
     )
     labels = {
@@ -787,6 +842,14 @@ def select_pseudo_target(
             return None
         targets[vid] = target
     return targets
+
+
+def is_delta_target(epoch: int, cfg: Config) -> bool:
+    """Whether :func:`select_pseudo_target` gives Δ labels at ``epoch`` (the rule of
+    :func:`wtal.pseudo.pseudo_target`)."""
+    p = cfg.pseudo
+    done = [r for r in p.regen_epochs if r <= epoch]
+    return p.delta and epoch > p.regen_epochs[0] and epoch >= p.delta_start and len(done) >= 2
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -965,9 +1028,22 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
     return None
 
 
+def _check_state(path: Path, state: dict[str, Any], train_set: FeatureDataset, verb: str) -> None:
+    """What resuming and branching both need: every entry, and the data's features and classes."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise InputError(path, f"cannot {verb} from it: no {', '.join(missing)} entries")
+    if state.get("feat_dim") != train_set.feat_dim:
+        dims = f"{state.get('feat_dim')}-d features; the data has {train_set.feat_dim}-d"
+        raise InputError(path, f"trained on {dims}")
+    if state.get("class_names") != list(train_set.class_names):
+        raise InputError(path, f"trained on other classes than {train_set.source.root} now has")
+
+
 def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict[str, Any] | None:
     """``run_dir/last.pt``, checked against the config and the data; None when the run
-    stopped before its first checkpoint (it then starts again from epoch 0).
+    stopped before its first checkpoint (it then starts again from epoch 0, or from its
+    ``init_from.json`` checkpoint).
 
     Leftover temporary files of writes cut by a crash (``.<name>.*.tmp``) are removed.
     """
@@ -979,27 +1055,130 @@ def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict
         periodic = sorted(run_dir.glob("epoch_*.pt"))
         if periodic:  # a checkpoint went missing: do not silently start over
             raise InputError(path, f"not found; copy {periodic[-1].name} to last.pt to resume")
-        log.info("no checkpoint in %s yet: starting at epoch 0", run_dir)
+        log.info("no checkpoint in %s yet: starting from the beginning", run_dir)
         return None
     state = load_checkpoint(path)
-    missing = [key for key in RESUME_KEYS if key not in state]
-    if missing:
-        raise InputError(path, f"cannot resume from it: no {', '.join(missing)} entries")
+    _check_state(path, state, train_set, "resume")
     diff = _first_difference(config_to_dict(cfg), state["config"])
     if diff is not None:
         key, here, there = diff
         what = f"differs from the checkpoint's config ({key}: {here!r} here, {there!r} in last.pt)"
         raise InputError(run_dir / "config.yaml", what)
-    if state.get("feat_dim") != train_set.feat_dim:
-        dims = f"{state.get('feat_dim')}-d features; the data has {train_set.feat_dim}-d"
-        raise InputError(path, f"trained on {dims}")
-    if state.get("class_names") != list(train_set.class_names):
-        raise InputError(path, f"trained on other classes than {cfg.data.path} now has")
     video_ids = set(train_set.video_ids)
     for labels in state["pseudo"]:
         if set(labels) != video_ids:
             raise InputError(path, "pseudo labels for other training videos than the data's")
     return state
+
+
+INIT_FROM_FILE = "init_from.json"
+"""File of a branched run folder naming the checkpoint it started from (path, sha256, epoch)."""
+TRAINING_SET_KEYS = ("path", "train_subset", "val_fraction", "val_seed")
+"""``data`` fields that decide which videos a run trains on."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _branch_state(
+    path: Path, cfg: Config, train_set: FeatureDataset, sha256: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint to start a new run from (``--init-from``), checked against ``cfg`` and
+    the data, and the ``{"path", "sha256", "epoch"}`` record of where the run came from.
+
+    Unlike a resume, the config may differ; the model must still fit it (checked when the
+    weights are loaded), the epoch must leave something to train, and the pseudo-label
+    history must hold every training video and the regenerations the schedule still reads.
+    A checkpoint trained on other videos (``data`` path, subset or validation split) is
+    allowed with a warning.
+    """
+    path = Path(path).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
+    state = load_checkpoint(path)
+    _check_state(path, state, train_set, "branch")
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256:
+        raise InputError(path, f"changed since this run branched from it (sha256 {sha256[:12]})")
+    epoch = int(state["epoch"])
+    if epoch >= cfg.train.epochs:
+        what = f"is at epoch {epoch}; train.epochs = {cfg.train.epochs} leaves nothing to train"
+        raise InputError(path, what)
+    data_then = state["config"].get("data", {})
+    data_now = config_to_dict(cfg)["data"]
+    changed = [k for k in TRAINING_SET_KEYS if data_then.get(k, data_now[k]) != data_now[k]]
+    if changed:
+        warnings.warn(
+            f"{path}: trained on another training set (data.{', data.'.join(changed)} differ)",
+            stacklevel=3,
+        )
+    video_ids = set(train_set.video_ids)
+    if cfg.pseudo.enabled and state["pseudo"]:
+        missing = video_ids - set(state["pseudo"][-1])
+        if missing:
+            what = f"has no pseudo labels of training video {sorted(missing)[0]!r}"
+            raise InputError(path, f"cannot branch from it: it {what}")
+        done = [r for r in cfg.pseudo.regen_epochs if r < epoch][-2:]
+        absent = [r for r in done if r not in state["pseudo_epochs"]]
+        if absent:
+            what = f"no pseudo labels of regeneration epoch {absent[-1]} (pseudo.regen_epochs)"
+            raise InputError(path, f"cannot branch from it: {what}")
+    return state, {"path": str(path.resolve()), "sha256": digest, "epoch": epoch}
+
+
+def _restore(
+    state: dict[str, Any],
+    path: Path,
+    model: WTALModel,
+    optimizer: torch.optim.Optimizer,
+    cfg: Config,
+    train_ids: Sequence[str],
+) -> tuple[list[tuple[int, dict[str, Tensor]]], list[tuple[int, dict[str, Any]]], int]:
+    """Load a checkpoint's weights (memory included), optimizer state, pseudo-label history
+    and random state; returns ``(history, fused, start_epoch)``.
+
+    The optimizer keeps its moments, but takes its hyper-parameters from ``cfg`` (Adam's
+    ``load_state_dict`` would restore the stored ones), so a branch may change them. Pseudo
+    labels of videos that are not training videos here are dropped.
+    """
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        what = f"does not fit this config's model ({str(exc).strip().splitlines()[0]})"
+        raise InputError(path, what) from None
+    for group in optimizer.param_groups:
+        group["betas"], group["weight_decay"] = cfg.train.betas, cfg.train.weight_decay
+    keep = set(train_ids)
+
+    def only(per_video: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in per_video.items() if k in keep}
+
+    history = [
+        (int(e), only(labels))
+        for e, labels in zip(state["pseudo_epochs"], state["pseudo"], strict=True)
+    ]
+    fused = [
+        (int(e), {"segments": only(x["segments"]), "timing": only(x["timing"])})
+        for e, x in zip(
+            state.get("pseudo_segment_epochs", []), state.get("pseudo_segments", []), strict=True
+        )
+    ]
+    world = distributed.world_size()
+    rng_ranks = state.get("rng_ranks", [])
+    if world == 1:
+        _set_rng_state(state["rng"])
+    elif len(rng_ranks) == world:
+        _set_rng_state(rng_ranks[distributed.rank()])
+    elif distributed.is_main():
+        saved = len(rng_ranks) or 1
+        log.warning("checkpoint of %d process(es), run of %d: new dropout seeds", saved, world)
+    return history, fused, int(state["epoch"])
 
 
 def _summary_writer(log_dir: Path) -> Any:
@@ -1056,34 +1235,54 @@ class JsonlLog:
 # ----------------------------------------------------------------------------- fit
 
 
-def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+def fit(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Train the whole method and evaluate the final model on the test subset.
 
     Writes into ``run_dir``: ``config.yaml``, ``log.jsonl``, ``last.pt`` (every epoch) and
-    ``epoch_XXX.pt`` (every ``train.checkpoint_every`` epochs), and at the end
-    ``detections_test.json``, ``cas_test.npz`` and ``metrics.json``.
+    ``epoch_XXX.pt`` (every ``train.checkpoint_every`` epochs), ``metrics_base.json`` right
+    before the first regeneration, and at the end ``detections_test.json``, ``cas_test.npz``
+    and ``metrics.json``. With a validation split (``data.val_fraction``) also
+    ``metrics_val_base.json`` and ``metrics_val.json``.
 
     Args:
         cfg: the resolved config.
         run_dir: the run folder, created once the data has been checked (bad input leaves
             nothing behind).
-        resume: continue from ``run_dir/last.pt`` exactly where it stopped (from epoch 0
-            when the run stopped before its first checkpoint).
+        resume: continue from ``run_dir/last.pt`` exactly where it stopped (from epoch 0,
+            or from the run's ``init_from.json`` checkpoint, when the run stopped before its
+            first checkpoint).
+        init_from: start a new run from this checkpoint (a ``.pt`` file or a run folder):
+            its epoch, weights, memory, optimizer state, pseudo-label history and random
+            state, under ``cfg`` (which may differ, e.g. in ``pseudo.*`` or ``loss.*``).
+            With the checkpoint's own config the run continues bit for bit as the run that
+            wrote it (CPU). The source's path, sha256 and epoch go to ``init_from.json``, the
+            checkpoints and the first ``log.jsonl`` record.
         progress: show tqdm progress bars.
 
     Under DDP (a process group is initialised, see :mod:`wtal.distributed`) every rank calls
     this with the same arguments; rank 0 writes the files, and every rank returns the metrics.
 
     Returns:
-        The final metrics (see :func:`evaluate_predictions`).
+        The final metrics on the test subset (see :func:`evaluate_predictions`).
     """
+    if resume and init_from is not None:
+        raise InputError(run_dir, "--resume continues a run; --init-from starts a new one")
     run_dir = Path(run_dir)
     world, main = distributed.world_size(), distributed.is_main()
     device = distributed.rank_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
     train_set, train_fixed, test_set = open_datasets(cfg)
-    for dataset in (train_set, test_set):  # fail now, not mid-run with a half-written run folder
-        dataset.check_features(train_set.feat_dim)
+    val_set = open_validation(cfg)
+    for dataset in (train_set, test_set, val_set):  # fail now, not mid-run
+        if dataset is not None:
+            dataset.check_features(train_set.feat_dim)
     model = build_model(cfg, train_set.feat_dim, train_set.num_classes).to(device)
     if world > 1:  # same initial weights everywhere, then each rank its own dropout stream
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, distributed.rank()))
@@ -1094,38 +1293,27 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     history: list[tuple[int, dict[str, Tensor]]] = []  # (regeneration epoch, labels per video)
     fused: list[tuple[int, dict[str, Any]]] = []  # every regeneration's LP input (small)
     start = 0
-    state = _resume_state(run_dir, cfg, train_set) if resume else None
+    state, source, branch = None, None, None  # source: path of the checkpoint loaded
+    expected_sha = None
+    if resume:
+        state = _resume_state(run_dir, cfg, train_set)
+        source = run_dir / "last.pt"
+        if state is not None:
+            branch = state.get("init_from")
+        elif (run_dir / INIT_FROM_FILE).is_file():  # a branch that crashed before epoch 1
+            saved = read_json(run_dir / INIT_FROM_FILE)
+            init_from, expected_sha = saved["path"], saved["sha256"]
+    if init_from is not None:
+        source = Path(init_from).expanduser()
+        state, branch = _branch_state(source, cfg, train_set, expected_sha)
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            what = f"does not fit this config's model ({str(exc).strip().splitlines()[0]})"
-            raise InputError(run_dir / "last.pt", what) from None
-        history = [
-            (int(e), labels)
-            for e, labels in zip(state["pseudo_epochs"], state["pseudo"], strict=True)
-        ]
-        fused = list(
-            zip(
-                state.get("pseudo_segment_epochs", []),
-                state.get("pseudo_segments", []),
-                strict=True,
-            )
-        )
-        rng_ranks = state.get("rng_ranks", [])
-        if world == 1:
-            _set_rng_state(state["rng"])
-        elif len(rng_ranks) == world:
-            _set_rng_state(rng_ranks[distributed.rank()])
-        elif main:
-            saved = len(rng_ranks) or 1
-            log.warning("checkpoint of %d process(es), run of %d: new dropout seeds", saved, world)
-        start = int(state["epoch"])
-        log.info("resuming %s at epoch %d", run_dir, start)
-    elif main:  # a new run, or one that stopped before its first checkpoint
+        history, fused, start = _restore(state, source, model, optimizer, cfg, train_set.video_ids)
+        log.info("%s %s at epoch %d", "resuming" if resume else "branching", run_dir, start)
+    if main and not (resume and (run_dir / "config.yaml").is_file()):  # a new run folder
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        if branch is not None:
+            write_json(run_dir / INIT_FROM_FILE, branch)
     tensorboard = run_dir / "tensorboard" if tc.tensorboard else None
     logbook = JsonlLog(run_dir / "log.jsonl", start, tensorboard) if main else None
     if world > 1:
@@ -1140,12 +1328,19 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
+        if branch is not None and epoch == branch["epoch"]:
+            record["init_from"] = branch
         pc = cfg.pseudo
         if pc.enabled and epoch == pc.regen_epochs[0]:  # the base stage's result, for reference
             base = evaluate_model(model, test_set, cfg, device)[1]
             if main:
                 write_json(run_dir / "metrics_base.json", base)
             record["eval_base"] = {"average_mAP": base["headline"]}
+            if val_set is not None:
+                base_val = evaluate_model(model, val_set, cfg, device)[1]
+                if main:
+                    write_json(run_dir / "metrics_val_base.json", base_val)
+                record["eval_base"]["val"] = base_val["headline"]
         if pc.enabled and epoch in pc.regen_epochs:  # before the epoch's first batch (§1.8)
             if pc.reset_memory:
                 model.memory.reset()
@@ -1158,6 +1353,9 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             fused.append((epoch, inputs))
             record["pseudo"] = {"temperature": temperature, **stats}
         targets = select_pseudo_target(epoch, history, cfg) if pc.enabled else None
+        # Diagnostics of the pseudo-label stage: how far one epoch moves the weights.
+        watch = pc.enabled and epoch >= pc.regen_epochs[0]
+        before = parameter_snapshot(model) if watch else None
 
         lr = piecewise(epoch, tc.lr_milestones, tc.lr_values)
         for group in optimizer.param_groups:
@@ -1177,14 +1375,24 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         record["loss"] = train_one_epoch(
             model, loader, optimizer, cfg, epoch, device, targets, progress and main, ddp
         )
+        if before is not None:
+            record["diag"] = {
+                "dist_weight": dist_weight(epoch, cfg),
+                **parameter_change(before, model),
+            }
+            if targets is not None and is_delta_target(epoch, cfg):
+                record["diag"].update(negative_share(targets))
         if epoch == tc.warmup_epoch:
             init_memory(model, ordered, device, tc.max_padding)
         record["lr"] = lr
         record["time_s"] = time.perf_counter() - t0
         if tc.eval_every and (epoch + 1) % tc.eval_every == 0 and epoch + 1 < tc.epochs:
-            record["eval"] = {
-                "average_mAP": evaluate_model(model, test_set, cfg, device)[1]["headline"]
-            }
+            record["eval"] = {}
+            if val_set is not None:
+                record["eval"]["val"] = evaluate_model(model, val_set, cfg, device)[1]["headline"]
+            if val_set is None or tc.eval_test:
+                test_map = evaluate_model(model, test_set, cfg, device)[1]["headline"]
+                record["eval"]["average_mAP"] = test_map
 
         state = {
             "format": "wtal",
@@ -1201,6 +1409,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
             "pseudo_segments": [inputs for _, inputs in fused],
             "rng": _rng_state(),
         }
+        if branch is not None:
+            state["init_from"] = branch
         if world > 1:  # every rank's dropout stream, for an exact resume
             state["rng_ranks"] = distributed.gather_objects(state["rng"])
         if main:
@@ -1216,4 +1426,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     if main:
         write_json(run_dir / "detections_test.json", results)
         write_json(run_dir / "metrics.json", metrics)
+    if val_set is not None:
+        metrics_val = evaluate_model(model, val_set, cfg, device)[1]
+        if main:
+            write_json(run_dir / "metrics_val.json", metrics_val)
     return metrics

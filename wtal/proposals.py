@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(np.arange(0.001, 0.04, 0.002).tolist())
 """The reference's CAS thresholds ``np.arange(0.001, 0.04, 0.002)``: 0.001, 0.003, ..., 0.039."""
 
 OUTER_BANDS: dict[str, tuple[float, float]] = {
-    "reference": (0.0785, 0.9),
+    "reference": REFERENCE_OUTER_BAND,
     "textbook": (0.25, 1.0),
 }
 """``(outer_scale, outer_power)`` of the outer band half-width ``delta = scale * L**power``.
@@ -85,8 +87,8 @@ def generate_proposals(
     class_threshold: float = 0.16,
     thresholds: Sequence[float] | np.ndarray | Tensor = DEFAULT_THRESHOLDS,
     min_length: int = 2,
-    outer_scale: float = 0.0785,
-    outer_power: float = 0.9,
+    outer_scale: float = REFERENCE_OUTER_BAND[0],
+    outer_power: float = REFERENCE_OUTER_BAND[1],
     inclusive_end: bool = True,
     float32_means: bool = False,
 ) -> Segments:
@@ -168,7 +170,7 @@ def generate_proposals(
 
     # Band half-width from a float64 table over lengths, computed by numpy's pow like the
     # reference's Python ``0.0785 * (L ** 0.9)``, so truncation ties resolve identically.
-    table = outer_scale * np.arange(num_snippets + 1, dtype=np.float64) ** outer_power
+    table = outer_band_width(np.arange(num_snippets + 1), outer_scale, outer_power)
     delta = torch.from_numpy(table).to(device)[length]  # (R,)
     s64, e64 = s.to(torch.float64), e.to(torch.float64)
     left_start = torch.clamp(torch.trunc(s64 - delta), min=0).long()

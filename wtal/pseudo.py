@@ -45,12 +45,16 @@ from scipy.optimize import linprog
 from scipy.sparse.csgraph import connected_components
 
 from wtal.io import InputError
-from wtal.segments import pairwise_tiou, snippets_to_seconds
+from wtal.segments import (
+    REFERENCE_OUTER_BAND,
+    outer_band_width,
+    pairwise_tiou,
+    snippets_to_seconds,
+)
 
-OUTER_SCALE = 0.0785
-"""Outer-region half-width factor: ``delta = OUTER_SCALE * L ** OUTER_POWER`` (utils.py:197)."""
-OUTER_POWER = 0.9
-"""Outer-region half-width exponent (utils.py:197)."""
+OUTER_SCALE, OUTER_POWER = REFERENCE_OUTER_BAND
+"""Default outer band of the LP regions: the proposals' band
+(:func:`wtal.segments.outer_band_width`); the engine passes ``detect.outer_scale/outer_power``."""
 VIOLATION_WEIGHT = 100.0
 """Price of one unit of constraint violation, in label mass, for infeasible sets. It must
 exceed the LP's dual multipliers (small integers for these +-1 matrices) for "least violation
@@ -168,7 +172,7 @@ def lp_regions(
     seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
     s = np.trunc(seg[:, 0]).astype(np.int64)
     e = np.trunc(seg[:, 1]).astype(np.int64)
-    delta = outer_scale * (e - s).astype(np.float64) ** outer_power
+    delta = outer_band_width(e - s, outer_scale, outer_power)
     outer_s = np.maximum(0, np.trunc(s - delta).astype(np.int64))
     outer_e = np.minimum(num_snippets - 1, np.trunc(e + delta + 1).astype(np.int64))
     s, e = np.clip(s, 0, num_snippets), np.clip(e, 0, num_snippets)

@@ -9,6 +9,28 @@ from __future__ import annotations
 
 import numpy as np
 
+REFERENCE_OUTER_BAND: tuple[float, float] = (0.0785, 0.9)
+"""The reference's ``(outer_scale, outer_power)``: ``0.0785 * L ** 0.9`` snippets per side
+(detectionMAP.py:130, utils.py:197); the defaults of ``detect.outer_scale/outer_power``."""
+
+
+def outer_band_width(lengths: np.ndarray, scale: float, power: float) -> np.ndarray:
+    """Half-width of the outer band on each side of a segment: ``scale * L ** power`` snippets.
+
+    The one formula of the outer band, for the proposals' outer-inner score and the pseudo
+    labels' LP regions alike. Computed in float64 with numpy's ``pow``, as the reference's
+    Python ``0.0785 * (L ** 0.9)``, so that the callers' truncations resolve ties identically.
+
+    Args:
+        lengths: segment lengths L in snippets, any shape.
+        scale: factor of the band (``detect.outer_scale``).
+        power: exponent of L (``detect.outer_power``).
+
+    Returns:
+        float64 array of the shape of ``lengths``.
+    """
+    return scale * np.asarray(lengths, dtype=np.float64) ** power
+
 
 def snippets_to_seconds(x: np.ndarray | float, fps: float, snippet_frames: float) -> np.ndarray:
     """Convert snippet positions to seconds.
