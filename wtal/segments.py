@@ -18,8 +18,8 @@ def outer_band_width(lengths: np.ndarray, scale: float, power: float) -> np.ndar
     """Half-width of the outer band on each side of a segment: ``scale * L ** power`` snippets.
 
     The one formula of the outer band, for the proposals' outer-inner score and the pseudo
-    labels' LP regions alike. Computed in float64 with numpy's ``pow``, as the reference's
-    Python ``0.0785 * (L ** 0.9)``, so that the callers' truncations resolve ties identically.
+    labels' LP regions alike. Computed in float64 by numpy's array ``pow`` (which can differ
+    from Python's scalar ``**`` in the last bit), the same way for both callers.
 
     Args:
         lengths: segment lengths L in snippets, any shape.

@@ -1,0 +1,123 @@
+"""Pseudo-label settings that follow or override the detection config: ``pseudo.fusion`` and
+the outer band of the LP regions (``detect.outer_scale/outer_power``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import wtal.engine as engine
+from wtal.config import ConfigError, load_config
+from wtal.engine import build_model, evaluate_model, generate_pseudo_labels, open_datasets
+from wtal.pseudo import constraint_matrix, lp_regions, solve_pseudo_labels
+from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
+from wtal.synth import THUMOS, write_synthetic
+
+_DETECT, _SOLVE = engine.detect_segments, engine.solve_pseudo_labels_batch
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    spec = replace(
+        THUMOS,
+        train_videos=4,
+        test_videos=3,
+        feat_dim=16,
+        num_classes=3,
+        min_snippets=30,
+        median_snippets=40,
+        max_snippets=50,
+    )
+    out = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic(out, spec, seed=2)
+    return out
+
+
+def _run_detection_paths(data: Path, monkeypatch, *extra: str) -> dict[str, list]:
+    """Pseudo labels then a test evaluation of an untrained model; returns the fusion
+    method and outer band that each pass gave the one detection function, and the LP's."""
+    cfg = load_config(
+        None,
+        [
+            f"data.path={str(data)!r}",
+            "model.embed_dim=16",
+            "train.device='cpu'",
+            "detect.class_threshold=0.0",  # an untrained model: keep every class
+            *extra,
+        ],
+    )
+    calls: dict[str, list] = {"detect": [], "lp": []}
+    detect, solve = _DETECT, _SOLVE
+
+    def spy_detect(*args, **kwargs):
+        calls["detect"].append((kwargs["method"], kwargs["outer_scale"], kwargs["outer_power"]))
+        return detect(*args, **kwargs)
+
+    def spy_solve(*args, **kwargs):
+        calls["lp"].append((kwargs["outer_scale"], kwargs["outer_power"]))
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "detect_segments", spy_detect)
+    monkeypatch.setattr(engine, "solve_pseudo_labels_batch", spy_solve)
+    torch.manual_seed(0)
+    train, train_fixed, test = open_datasets(cfg)
+    model = build_model(cfg, train.feat_dim, train.num_classes)
+    device = torch.device("cpu")
+    generate_pseudo_labels(model, train_fixed, cfg, 0.02, device)
+    calls["pseudo"], calls["detect"] = calls["detect"], []
+    evaluate_model(model, test, cfg, device)
+    calls["test"] = calls.pop("detect")
+    return calls
+
+
+def test_pseudo_fusion_switches_only_the_pseudo_labels(data, monkeypatch):
+    calls = _run_detection_paths(data, monkeypatch, "pseudo.fusion='nms'")
+    assert len(calls["pseudo"]) == 4 and len(calls["test"]) == 3  # one detect() per video
+    assert {c[0] for c in calls["pseudo"]} == {"nms"}
+    assert {c[0] for c in calls["test"]} == {"gaussian"}
+
+
+def test_pseudo_fusion_defaults_to_the_detection_fusion(data, monkeypatch):
+    calls = _run_detection_paths(data, monkeypatch, "detect.fusion='nms'")
+    assert {c[0] for c in calls["pseudo"]} == {c[0] for c in calls["test"]} == {"nms"}
+
+
+def test_pseudo_fusion_is_checked():
+    with pytest.raises(ConfigError, match="pseudo.fusion = 'max': expected null"):
+        load_config(None, ["pseudo.fusion='max'"])
+
+
+def test_lp_regions_take_the_detection_outer_band(data, monkeypatch):
+    calls = _run_detection_paths(
+        data, monkeypatch, "detect.outer_scale=0.25", "detect.outer_power=1.0"
+    )
+    assert calls["lp"] == [(0.25, 1.0)]
+    assert {c[1:] for c in calls["pseudo"]} == {c[1:] for c in calls["test"]} == {(0.25, 1.0)}
+    defaults = _run_detection_paths(data, monkeypatch)
+    assert defaults["lp"] == [REFERENCE_OUTER_BAND]
+
+
+def test_a_wider_outer_band_changes_the_lp_rows():
+    segments = np.array([[10.0, 30.0], [50.0, 52.0]])
+    default = constraint_matrix(segments, 80).toarray()
+    wider = constraint_matrix(segments, 80, outer_scale=0.25, outer_power=1.0).toarray()
+    assert not np.array_equal(default, wider)
+    # L = 20: delta = 0.0785 * 20**0.9 = 1.16, outer [trunc(8.84), 10) + [30, trunc(32.16));
+    # delta = 0.25 * 20 = 5: [5, 10) + [30, 36).
+    assert np.flatnonzero(default[0] == -1).tolist() == [8, 9, 30, 31]
+    assert np.flatnonzero(wider[0] == -1).tolist() == [5, 6, 7, 8, 9, 30, 31, 32, 33, 34, 35]
+    labels, _ = solve_pseudo_labels(segments, [0.5, 0.5], [0, 0], 80, 2, outer_scale=0.25)
+    assert np.isfinite(labels).all()
+
+
+def test_one_outer_band_formula():
+    lengths = np.arange(0, 300)
+    expected = 0.0785 * lengths.astype(np.float64) ** 0.9  # what both callers computed before
+    np.testing.assert_array_equal(outer_band_width(lengths, *REFERENCE_OUTER_BAND), expected)
+    outer_s, s, e, outer_e = lp_regions(np.array([[100.0, 200.0]]), 400)
+    delta = outer_band_width(np.array([100]), *REFERENCE_OUTER_BAND)[0]
+    assert (outer_s[0], outer_e[0]) == (int(100 - delta), int(200 + delta + 1))
