@@ -47,7 +47,8 @@ class DataConfig:
     """Share of the training subset's videos held out as a validation split (0: none): left
     out of training, pseudo labels and the memory, and scored like the test split, so that
     settings can be chosen without the test split. Class-stratified (per class, by each video's
-    rarest label: round(fraction x n) videos, at least one of a class with >= 2 videos)."""
+    rarest label: round(fraction x n) videos, at least one of a class with >= 2 videos); a
+    fraction that leaves no training video, or none of some class, is refused."""
     val_seed: int = 0
     """Seed of the validation split: the same data and seed give the same split whatever
     ``train.seed`` is and in whatever order the videos are listed."""
