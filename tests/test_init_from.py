@@ -147,6 +147,21 @@ def test_resume_of_a_branch_that_stopped_before_its_first_checkpoint(straight, d
     )
 
 
+def test_cli_branches_into_a_new_run_folder(straight, data, tmp_path, capsys):
+    run = tmp_path / "cli"
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train:\n  seed: 2\n")
+    args = ["train", str(config), "--data", str(data), "--run-dir", str(run), "--quiet"]
+    args += ["--init-from", str(straight), *(x for item in TINY for x in ("--set", item))]
+    assert main(args) == 2  # a run folder means its last.pt: epoch 4 of 4, nothing to train
+    assert "straight/last.pt: is at epoch 4" in capsys.readouterr().err and not run.exists()
+    args[args.index("--init-from") + 1] = str(straight / "epoch_003.pt")
+    assert main(args) == 0
+    assert json.loads((run / "init_from.json").read_text())["epoch"] == 3
+    assert [r["epoch"] for r in _log(run)] == [3]
+    assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
+
+
 def _refused(capsys, tmp_path, data, source, *extra: str) -> str:
     run = tmp_path / "refused"
     config = tmp_path / "tiny.yaml"

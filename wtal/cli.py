@@ -932,7 +932,8 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
         help="train and evaluate one config under several seeds; mean +- std",
         description="Each seed trains into OUT/seed<k> (finished runs are reused, "
         "interrupted ones resumed); prints mean +- std per tIoU of the base stage and the "
-        "full method under both protocols, and writes OUT/bench.json and OUT/bench.md.",
+        "full method under both protocols (on the test split, and on the validation split "
+        "when data.val_fraction > 0), and writes OUT/bench.json and OUT/bench.md.",
     )
     bench.add_argument("config", help="YAML config (only what differs from defaults)")
     bench.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
