@@ -22,7 +22,7 @@ import torch
 
 import wtal.evaluation
 from wtal.cli import main
-from wtal.config import load_config
+from wtal.config import load_config, save_config
 from wtal.engine import fit
 from wtal.synth import THUMOS, write_synthetic
 
@@ -186,6 +186,15 @@ def case_bench_out_is_a_file(base: Base, tmp: Path) -> Case:
     (tmp / "bench").write_text("")
     argv = ["bench", str(base.config), "--data", str(base.data), "--out", str(tmp / "bench")]
     return Case([*argv, "--quiet"], ["bench", "is a file"], unchanged=[tmp / "bench"])
+
+
+def case_bench_later_seed_holds_another_config(base: Base, tmp: Path) -> Case:
+    data = f"data.path={str(base.data)!r}"
+    other = load_config(base.config, [data, "train.epochs=3", "train.seed=1"])
+    save_config(other, tmp / "bench" / "seed1" / "config.yaml")
+    argv = ["bench", str(base.config), "--data", str(base.data), "--seeds", "0,1"]
+    expect = ["seed1", "config.yaml", "a run of a different config"]
+    return Case([*argv, "--out", str(tmp / "bench"), "--quiet"], expect, [tmp / "bench" / "seed0"])
 
 
 def case_synth_out_under_a_file(base: Base, tmp: Path) -> Case:
@@ -394,3 +403,11 @@ def test_unreadable_config_file(base, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err == f"error: {config}: cannot read (Permission denied)\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_largest_seed_trains(base, tmp_path):
+    """Every seed the config accepts (< 2**64) runs: derived seeds wrap to 64 bits."""
+    short = ["train.epochs=1", "pseudo.enabled=False", f"train.seed={2**64 - 1}"]
+    cfg = load_config(base.config, [f"data.path={str(base.data)!r}", *short])
+    metrics = fit(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "last.pt").is_file() and "headline" in metrics
