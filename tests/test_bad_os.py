@@ -347,6 +347,25 @@ def test_full_disk_is_one_line_and_leaves_nothing(command, base, tmp_path, monke
     assert not list(tmp_path.rglob(".*.tmp")), "temporary files left"
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_checkpoint_on_a_full_disk(base, tmp_path, monkeypatch, capsys):
+    """Checkpoint bytes go to /dev/full, which fails every write with ENOSPC like a full disk."""
+    import builtins
+
+    import wtal.engine
+
+    def full_for_binary_writes(file, mode="r", *args, **kwargs):
+        return builtins.open("/dev/full" if mode == "wb" else file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(wtal.engine, "open", full_for_binary_writes, raising=False)
+    run = tmp_path / "run"
+    argv = ["train", str(base.config), "--data", str(base.data), "--run-dir", str(run)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {run / 'last.pt'}: cannot write (No space left on device)\n"
+    assert not (run / "last.pt").exists() and not list(run.glob(".*.tmp"))
+
+
 def test_write_error_without_a_filename_names_the_output(base, tmp_path, monkeypatch, capsys):
     """A full disk while writing (``write`` has no filename) still names the output file."""
     cache = _cache(base, tmp_path)

@@ -881,7 +881,8 @@ def evaluate_model(
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (a crash never leaves a partial file under ``path``)."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's own
+            torch.save(state, f)
         if path.name == "last.pt":  # the state after 0-based epoch e stores epoch = e + 1
             fault_point("checkpoint", int(state["epoch"]) - 1)
 
