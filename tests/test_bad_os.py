@@ -348,21 +348,23 @@ def test_full_disk_is_one_line_and_leaves_nothing(command, base, tmp_path, monke
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-def test_checkpoint_on_a_full_disk(base, tmp_path, monkeypatch, capsys):
-    """Checkpoint bytes go to /dev/full, which fails every write with ENOSPC like a full disk."""
+@pytest.mark.parametrize(("mode", "name"), [("wb", "last.pt"), ("a", "log.jsonl")])
+def test_training_on_a_full_disk(mode, name, base, tmp_path, monkeypatch, capsys):
+    """Checkpoint or log bytes go to /dev/full, which fails every write with ENOSPC."""
     import builtins
 
     import wtal.engine
 
-    def full_for_binary_writes(file, mode="r", *args, **kwargs):
-        return builtins.open("/dev/full" if mode == "wb" else file, mode, *args, **kwargs)
+    def full_for_binary_writes(file, mode_="r", *args, **kwargs):
+        target = "/dev/full" if mode_ == mode else file
+        return builtins.open(target, mode_, *args, **kwargs)
 
     monkeypatch.setattr(wtal.engine, "open", full_for_binary_writes, raising=False)
     run = tmp_path / "run"
     argv = ["train", str(base.config), "--data", str(base.data), "--run-dir", str(run)]
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {run / 'last.pt'}: cannot write (No space left on device)\n"
+    assert err == f"error: {run / name}: cannot write (No space left on device)\n"
     assert not (run / "last.pt").exists() and not list(run.glob(".*.tmp"))
 
 

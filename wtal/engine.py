@@ -1068,8 +1068,11 @@ class JsonlLog:
             tmp.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk: the error has no filename, so name the log
+            raise os_error(exc, "cannot write", self.path) from None
         if self.tensorboard is not None:
             for tag, value in _scalars(record):
                 self.tensorboard.add_scalar(tag, value, record["epoch"])
