@@ -122,8 +122,10 @@ RANGES: dict[str, Range] = {
     "pseudo.dist_max": _NON_NEGATIVE,
 }
 """Allowed values of every numeric field (``section.key``), declared once: checked when a
-config is built, listed by the tests. Every float must also be finite. Schedule points
-(milestones, regeneration and delta epochs) at or after ``train.epochs`` are never reached."""
+config section is built, and the tests derive their bad values from it. Every float must also
+be finite. Cross-field rules live in the ``__post_init__`` methods. Schedule points (lr and
+L_spl milestones, later regenerations, delta epochs) at or after ``train.epochs`` are allowed
+and never reached; only the first regeneration must come before it (see :class:`Config`)."""
 
 
 @dataclass(frozen=True)

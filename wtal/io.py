@@ -38,7 +38,9 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 """Errors that only a write can cause: the fallback message then says ``cannot write``."""
 
 
-def os_error(exc: OSError, what: str | None = None, path: str | os.PathLike | None = None):
+def os_error(
+    exc: OSError, what: str | None = None, path: str | os.PathLike | None = None
+) -> InputError:
     """An :class:`InputError` for an ``OSError``: ``<path>: <what> (<strerror>)``.
 
     Args:
