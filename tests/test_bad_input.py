@@ -85,7 +85,8 @@ def base(tmp_path_factory) -> Base:
     config = _yaml(root / "tiny.yaml", TINY)
     data = [f"data.path={str(root / 'data')!r}"]
     fit(load_config(config, data), root / "run", progress=False)
-    wide = load_config(config, [*data, "model.embed_dim=32", "train.epochs=1"])
+    short = ["train.epochs=1", "pseudo.enabled=False"]  # base stage only
+    wide = load_config(config, [*data, "model.embed_dim=32", *short])
     fit(wide, root / "wide_run", progress=False)
     return Base(root / "data", config, root / "run", root / "wide_run")
 

@@ -117,7 +117,7 @@ def test_a_fraction_leaving_no_training_video_is_refused(data, tmp_path, capsys)
 
 
 def test_val_fraction_must_be_below_one(data):
-    with pytest.raises(InputError, match=r"data.val_fraction = 1.0: expected a share in \[0, 1\)"):
+    with pytest.raises(InputError, match=r"data.val_fraction = 1.0: expected a number in \[0, 1\)"):
         _cfg(data, "data.val_fraction=1.0")
 
 

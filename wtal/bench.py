@@ -51,14 +51,13 @@ def run_seeds(
     from wtal.engine import fit  # torch is only needed when something is trained
 
     out = Path(out)
-    runs = []
-    for seed in seeds:
-        run_cfg = replace(cfg, train=replace(cfg.train, seed=int(seed)))
-        run_dir = out / f"seed{seed}"
-        runs.append(run_dir)
+    runs = [out / f"seed{seed}" for seed in seeds]
+    configs = [replace(cfg, train=replace(cfg.train, seed=int(seed))) for seed in seeds]
+    for seed, run_dir, run_cfg in zip(seeds, runs, configs, strict=True):  # all before training
         saved = run_dir / "config.yaml"
         if saved.is_file() and load_config(saved) != run_cfg:
             raise InputError(saved, f"seed {seed}: a run of a different config; use another --out")
+    for seed, run_dir, run_cfg in zip(seeds, runs, configs, strict=True):
         if (run_dir / "metrics.json").is_file():
             say(f"seed {seed}: finished run reused ({run_dir})")
             continue

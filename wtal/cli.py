@@ -17,13 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wtal import __version__
-from wtal.io import InputError, atomic_path
+from wtal.io import (
+    InputError,
+    atomic_path,
+    check_output_file,
+    check_output_folder,
+    os_error,
+)
 
 # ----------------------------------------------------------------------------- data
 
 
 def _require_new_folder(out: str) -> None:
     """Refuse an existing output folder before any work (the writers refuse it too)."""
+    check_output_folder(out, "OUT")
     if Path(out).exists():
         raise InputError(out, "already exists; choose a new output folder")
 
@@ -231,6 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not cfg.data.path:
             raise InputError(args.config, "data.path is empty: pass --data PATH")
         run_dir = Path(args.run_dir).expanduser() if args.run_dir else _run_dir_for(args.config)
+        check_output_folder(run_dir, "--run-dir")
         if (run_dir / "config.yaml").exists():  # never overwrite another run's files
             raise InputError(run_dir, "already holds a run: continue it with --resume RUN_DIR")
     # Under torchrun: one process group for the run (a no-op without torchrun).
@@ -375,6 +383,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.features is None):
         raise InputError(None, "wtal detect needs either --data PATH or --features VIDEO.npy")
+    out = check_output_file(args.out, "--out")
+    cache = _sidecar(out, ".cas.npz")
+    for sidecar in (cache, _sidecar(out, ".metrics.json")):
+        check_output_file(sidecar, "--out")
     overrides = list(args.set or [])
     if args.data is not None:
         overrides.append(f"data.path={str(args.data)!r}")
@@ -414,8 +426,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
         _report_warnings(caught)
     else:
         results = results_from_predictions(preds, class_names, cfg.detect)
-    out = Path(args.out)
-    cache = _sidecar(out, ".cas.npz")
     save_predictions(cache, preds, class_names, cfg, split)
     write_json(out, results)
     count = sum(len(v) for v in results["results"].values())
@@ -484,10 +494,31 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value!r}")
     cfg = config_from_dict(config_to_dict(cache.config or Config()), overrides)
-    results = results_from_predictions(cache.predictions, cache.class_names, cfg.detect)
     cache_path = Path(args.cache)
     stem = cache_path.name.removesuffix(".npz").removesuffix(".cas")
-    out = Path(args.out) if args.out else cache_path.with_name(f"{stem}.{cfg.detect.fusion}.json")
+    out = (
+        args.out
+        if args.out is not None
+        else cache_path.with_name(f"{stem}.{cfg.detect.fusion}.json")
+    )
+    out = check_output_file(out, "--out")
+    metrics_path = _sidecar(out, ".metrics.json")
+    ground_truth = subset = None
+    if args.gt:  # every input is read and checked before the first file is written
+        check_output_file(metrics_path, "--out")
+        ground_truth = load_ground_truth(args.gt)
+        subset = args.subset
+        if subset is None:
+            present = {v.get("subset") for v in ground_truth["database"].values()}
+            subset = cache.split if cache.split in present else None
+        subset = resolve_subset(ground_truth, subset, source=args.gt)
+    results = results_from_predictions(cache.predictions, cache.class_names, cfg.detect)
+    metrics = None
+    if ground_truth is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metrics = score_results(results, ground_truth, subset, cfg)
+        _report_warnings(caught)
     write_json(out, results)
     d = cfg.detect
     count = sum(len(v) for v in results["results"].values())
@@ -496,19 +527,9 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
         f"{d.overlap_threshold}, soft-NMS sigma {d.soft_nms_sigma}): wrote {out}: {count} "
         f"detections in {len(cache.predictions)} videos"
     )
-    if args.gt:
-        ground_truth = load_ground_truth(args.gt)
-        subset = args.subset
-        if subset is None:
-            present = {v.get("subset") for v in ground_truth["database"].values()}
-            subset = cache.split if cache.split in present else None
-        subset = resolve_subset(ground_truth, subset, source=args.gt)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            metrics = score_results(results, ground_truth, subset, cfg)
-        _report_warnings(caught)
-        write_json(_sidecar(out, ".metrics.json"), metrics)
-        print(f"subset {subset!r}, mAP (%) by tIoU (metrics: {_sidecar(out, '.metrics.json')}):")
+    if metrics is not None:
+        write_json(metrics_path, metrics)
+        print(f"subset {subset!r}, mAP (%) by tIoU (metrics: {metrics_path}):")
         _print_metrics(metrics)
     return 0
 
@@ -602,6 +623,7 @@ def write_timelines(
 
 def cmd_plot(args: argparse.Namespace) -> int:
     videos = [v.strip() for v in args.videos.split(",") if v.strip()] if args.videos else None
+    check_output_folder(args.out, "--out")
     paths = write_timelines(
         args.cache,
         args.out,
@@ -747,15 +769,31 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _pseudo_rounds(run_dir: Path) -> tuple[dict, list[tuple[int, dict]]]:
-    """The checkpoint of a run folder and its stored regenerations ``[(epoch, inputs)]``."""
-    from wtal.engine import load_checkpoint
+    """The checkpoint of a run folder (metadata checked, config under ``"cfg"``) and its
+    stored regenerations ``[(epoch, inputs)]``."""
+    from wtal.engine import checkpoint_config, load_checkpoint
 
+    where = run_dir / "last.pt" if run_dir.is_dir() else run_dir
     state = load_checkpoint(run_dir)
-    rounds = list(
-        zip(state.get("pseudo_segment_epochs", []), state.get("pseudo_segments", []), strict=True)
+    state["cfg"] = checkpoint_config(state, where)
+    epochs, inputs = state.get("pseudo_segment_epochs", []), state.get("pseudo_segments", [])
+    well_formed = (
+        isinstance(epochs, list)
+        and isinstance(inputs, list)
+        and len(epochs) == len(inputs)
+        and all(isinstance(e, int) for e in epochs)
+        and all(
+            isinstance(x, dict)
+            and isinstance(x.get("segments"), dict)
+            and isinstance(x.get("timing"), dict)
+            for x in inputs
+        )
     )
+    if not well_formed:
+        what = "entries 'pseudo_segment_epochs'/'pseudo_segments': not as wtal writes them"
+        raise InputError(where, what)
+    rounds = list(zip(epochs, inputs, strict=True))
     if not rounds:
-        where = run_dir / "last.pt" if run_dir.is_dir() else run_dir
         raise InputError(where, "no pseudo-label regeneration stored (none reached yet?)")
     return state, rounds
 
@@ -773,10 +811,11 @@ def cmd_export_pseudo(args: argparse.Namespace) -> int:
     from wtal.io import write_json
     from wtal.pseudo import pseudo_annotations
 
+    out = check_output_file(args.out, "--out")
     run_dir = Path(args.run_dir)
     state, rounds = _pseudo_rounds(run_dir)
     epoch, inputs = _pick_round(rounds, args.epoch, run_dir)
-    subset = state["config"]["data"]["train_subset"]
+    subset = state["cfg"].data.train_subset
     annotations = pseudo_annotations(
         inputs["segments"],
         inputs["timing"],
@@ -784,10 +823,10 @@ def cmd_export_pseudo(args: argparse.Namespace) -> int:
         subset,
         version=f"wtal {__version__} pseudo labels, epoch {epoch}, {run_dir.name}",
     )
-    write_json(args.out, annotations)
+    write_json(out, annotations)
     count = sum(len(v["annotations"]) for v in annotations["database"].values())
     print(
-        f"wrote {args.out}: {count} pseudo segments on {len(annotations['database'])} "
+        f"wrote {out}: {count} pseudo segments on {len(annotations['database'])} "
         f"{subset} videos (regeneration at epoch {epoch}, {args.format} format)"
     )
     return 0
@@ -805,7 +844,6 @@ def write_pseudo_plots(
     regeneration stored in ``RUN_DIR/last.pt``, with ground truth when the data is readable."""
     import numpy as np
 
-    from wtal.config import Config, from_dict
     from wtal.plots import plot_pseudo_evolution
     from wtal.pseudo import solve_pseudo_labels_batch
 
@@ -816,7 +854,7 @@ def write_pseudo_plots(
     unknown = [v for v in videos if v not in timing]
     if unknown:
         raise InputError(run_dir, f"--videos: not training videos of this run: {unknown[:3]}")
-    gt = _training_ground_truth(from_dict(Config, state["config"]), data, state)
+    gt = _training_ground_truth(state["cfg"], data, state)
     class_names = state["class_names"]
     ncol = len(class_names) + 1
     paths = []
@@ -842,6 +880,7 @@ def write_pseudo_plots(
 
 
 def cmd_plot_pseudo(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, "--out")
     paths = write_pseudo_plots(
         args.run_dir, args.out, videos=args.videos, num_videos=args.num_videos, data=args.data
     )
@@ -918,6 +957,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not cfg.data.path:
         raise InputError(args.config, "data.path is empty: pass --data PATH")
     out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.config).stem}"
+    check_output_folder(out, "--out")
     runs = run_seeds(cfg, seeds, out, progress=not args.quiet)
     summary = summarize_seeds(runs, seeds)
     json_path, md_path = write_bench(summary, out)
@@ -977,6 +1017,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the commands did not anticipate: still one line
+        print(f"error: {os_error(exc) if exc.filename is not None else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

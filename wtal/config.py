@@ -13,6 +13,7 @@ import ast
 import copy
 import dataclasses
 import json
+import math
 import os
 import re
 import types
@@ -24,6 +25,109 @@ from typing import Any
 import yaml
 
 from wtal.io import InputError, atomic_path
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric config field (of every element of a tuple field)."""
+
+    low: float | None = None
+    """Smallest allowed value (None: no lower bound)."""
+    high: float | None = None
+    """Largest allowed value (None: no upper bound)."""
+    low_open: bool = False
+    """Exclude ``low`` itself."""
+    high_open: bool = False
+    """Exclude ``high`` itself."""
+
+    def __contains__(self, x: float) -> bool:
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def describe(self, kind: str) -> str:
+        """``"an integer >= 1"``, ``"a number in [0, 1)"``, ... for error messages."""
+        low, high = (v if isinstance(v, int | None) else f"{v:g}" for v in (self.low, self.high))
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{low}, {high}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {high}"
+        return kind
+
+
+_COUNT = Range(1)
+_NON_NEGATIVE = Range(0)
+_POSITIVE = Range(0, low_open=True)
+_UNIT = Range(0, 1)
+_UNIT_OPEN = Range(0, 1, high_open=True)
+_ANY = Range()
+
+RANGES: dict[str, Range] = {
+    "data.fps": _POSITIVE,
+    "data.snippet_frames": _POSITIVE,
+    "data.num_segments": _NON_NEGATIVE,
+    "data.val_fraction": _UNIT_OPEN,
+    "data.val_seed": Range(0, 2**64, high_open=True),
+    "model.embed_dim": _COUNT,
+    "model.dropout": _UNIT_OPEN,
+    "model.scale": _POSITIVE,
+    "model.num_bases": _COUNT,
+    "model.em_iters": _COUNT,
+    "model.em_sharpness": _POSITIVE,
+    "model.walk_sharpness": _POSITIVE,
+    "model.walk_weight": _UNIT_OPEN,  # (I - w^2 P) is singular at w = 1
+    "model.queue_len": _COUNT,
+    "loss.fore_weight": _NON_NEGATIVE,
+    "loss.back_weight": _NON_NEGATIVE,
+    "loss.att_weight": _NON_NEGATIVE,
+    "loss.att_topk_divisor": _COUNT,
+    "loss.memory_branch_weight": _NON_NEGATIVE,
+    "loss.spl_temperature": _POSITIVE,
+    "loss.spl_memory_mix": _UNIT,
+    "loss.spl_milestones": _NON_NEGATIVE,
+    "loss.spl_weights": _NON_NEGATIVE,
+    "train.epochs": _COUNT,
+    "train.lr_milestones": _NON_NEGATIVE,
+    "train.lr_values": _NON_NEGATIVE,
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.betas": _UNIT_OPEN,
+    "train.videos_per_step": _COUNT,
+    "train.batch_size": _COUNT,
+    "train.max_padding": _NON_NEGATIVE,
+    "train.warmup_epoch": _NON_NEGATIVE,
+    "train.seed": Range(0, 2**64, high_open=True),  # what torch and numpy seeding accept
+    "train.checkpoint_every": _NON_NEGATIVE,
+    "train.eval_every": _NON_NEGATIVE,
+    "detect.video_mix": _UNIT,
+    "detect.cas_mix": _UNIT,
+    "detect.class_threshold": _UNIT,
+    "detect.thresholds": _NON_NEGATIVE,
+    "detect.min_length": _COUNT,
+    "detect.outer_scale": _NON_NEGATIVE,
+    "detect.outer_power": _NON_NEGATIVE,
+    "detect.temperature": _POSITIVE,
+    "detect.overlap_threshold": _UNIT,
+    "detect.soft_nms_sigma": _POSITIVE,
+    "pseudo.regen_epochs": _NON_NEGATIVE,
+    "pseudo.temperatures": _POSITIVE,
+    "pseudo.cas_mix": _UNIT,
+    "pseudo.delta_start": _NON_NEGATIVE,
+    "pseudo.delta_coefficients": _NON_NEGATIVE,
+    "pseudo.delta_switch": _NON_NEGATIVE,
+    "pseudo.delta_clamp_min": _ANY,
+    "pseudo.history_length": _COUNT,
+    "pseudo.dist_weight": _NON_NEGATIVE,
+    "pseudo.dist_growth": _POSITIVE,
+    "pseudo.dist_max": _NON_NEGATIVE,
+}
+"""Allowed values of every numeric field (``section.key``), declared once: checked when a
+config section is built, and the tests derive their bad values from it. Every float must also
+be finite. Cross-field rules live in the ``__post_init__`` methods. Schedule points (lr and
+L_spl milestones, later regenerations, delta epochs) at or after ``train.epochs`` are allowed
+and never reached; only the first regeneration must come before it (see :class:`Config`)."""
 
 
 @dataclass(frozen=True)
@@ -54,21 +158,12 @@ class DataConfig:
     ``train.seed`` is and in whatever order the videos are listed."""
 
     def __post_init__(self) -> None:
+        _check_fields(self, "data")
         _check(
             self.layout in ("auto", "pervideo", "wtalc"),
             "data.layout",
             self.layout,
             "one of auto, pervideo, wtalc",
-        )
-        _check(
-            self.fps > 0 and self.snippet_frames > 0,
-            "data.fps/snippet_frames",
-            (self.fps, self.snippet_frames),
-            "positive numbers",
-        )
-        _check(self.num_segments >= 0, "data.num_segments", self.num_segments, ">= 0")
-        _check(
-            0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "a share in [0, 1)"
         )
 
 
@@ -104,7 +199,13 @@ class ModelConfig:
     """Leave never-written memory slots out of the walk; the reference uses them as zeros."""
 
     def __post_init__(self) -> None:
-        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "a probability in [0, 1)")
+        _check_fields(self, "model")
+        _check(
+            self.walk_method in ("woodbury", "dense"),
+            "model.walk_method",
+            self.walk_method,
+            "woodbury or dense",
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +232,8 @@ class LossConfig:
     """λ_spl: 1.0 for e <= 100, 0.5 for 100 < e <= 200, 1.0 after."""
 
     def __post_init__(self) -> None:
+        _check_fields(self, "loss")
+        _check_increasing(self.spl_milestones, "loss.spl_milestones")
         _check(
             len(self.spl_weights) == len(self.spl_milestones) + 1,
             "loss.spl_weights",
@@ -186,6 +289,8 @@ class TrainConfig:
     package is installed (it is optional); ``log.jsonl`` is written either way."""
 
     def __post_init__(self) -> None:
+        _check_fields(self, "train")
+        _check_increasing(self.lr_milestones, "train.lr_milestones")
         _check(
             len(self.lr_values) == len(self.lr_milestones) + 1,
             "train.lr_values",
@@ -193,7 +298,7 @@ class TrainConfig:
             "one more value than train.lr_milestones",
         )
         _check(
-            self.batch_size >= 1 and self.videos_per_step % self.batch_size == 0,
+            self.videos_per_step % self.batch_size == 0,
             "train.batch_size",
             self.batch_size,
             "a divisor of train.videos_per_step",
@@ -249,6 +354,14 @@ class DetectConfig:
     """Gaussian soft-NMS decay sigma (ablation only)."""
 
     def __post_init__(self) -> None:
+        _check_fields(self, "detect")
+        start, stop, step = self.thresholds
+        _check(
+            step > 0 and start < stop,
+            "detect.thresholds",
+            self.thresholds,
+            "(start, stop, step) with step > 0 and start < stop",
+        )
         _check(
             self.fusion in ("gaussian", "nms", "soft-nms", "none"),
             "detect.fusion",
@@ -302,6 +415,8 @@ class PseudoConfig:
     fusion; both still go through the one ``detect()`` path."""
 
     def __post_init__(self) -> None:
+        _check_fields(self, "pseudo")
+        _check_increasing(self.regen_epochs, "pseudo.regen_epochs")
         _check(
             len(self.temperatures) == len(self.regen_epochs),
             "pseudo.temperatures",
@@ -314,6 +429,27 @@ class PseudoConfig:
             self.fusion,
             "null (as detect.fusion) or one of gaussian, nms, soft-nms, none",
         )
+        if not self.enabled:
+            return
+        _check(
+            len(self.regen_epochs) >= 1,
+            "pseudo.regen_epochs",
+            self.regen_epochs,
+            "at least one epoch while pseudo.enabled is true",
+        )
+        if self.delta:
+            _check(
+                self.history_length >= 2,
+                "pseudo.history_length",
+                self.history_length,
+                ">= 2 while pseudo.delta is true (delta labels need two label sets)",
+            )
+            _check(
+                self.delta_start <= self.delta_switch,
+                "pseudo.delta_switch",
+                self.delta_switch,
+                f"an epoch >= pseudo.delta_start = {self.delta_start}",
+            )
 
 
 @dataclass(frozen=True)
@@ -350,6 +486,18 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        epochs = self.train.epochs
+        if self.pseudo.enabled:
+            # otherwise the run silently ends before its pseudo-label stage
+            _check(
+                self.pseudo.regen_epochs[0] < epochs,
+                "pseudo.regen_epochs",
+                self.pseudo.regen_epochs,
+                f"a first regeneration before train.epochs = {epochs} "
+                "(or pseudo.enabled = false for the base stage only)",
+            )
+
 
 class ConfigError(InputError):
     """A config file or override that does not fit the dataclasses."""
@@ -358,6 +506,31 @@ class ConfigError(InputError):
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(None, f"{key} = {value!r}: expected {expected}")
+
+
+def _check_fields(section: Any, name: str) -> None:
+    """Every number of a config section (each element of a tuple) is finite and inside the
+    field's :data:`RANGES` entry; the message names ``name.field`` and the allowed values."""
+    for f in dataclasses.fields(section):
+        key = f"{name}.{f.name}"
+        value = getattr(section, f.name)
+        items = enumerate(value) if isinstance(value, tuple) else [(None, value)]
+        for i, x in items:
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                continue
+            where = key if i is None else f"{key}[{i}]"
+            kind = "an integer" if isinstance(x, int) else "a number"
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(None, f"{where} = {x!r}: expected a finite number")
+            allowed = RANGES.get(key, Range())
+            if x not in allowed:
+                raise ConfigError(None, f"{where} = {x!r}: expected {allowed.describe(kind)}")
+
+
+def _check_increasing(values: tuple[int, ...], key: str) -> None:
+    """Schedule epochs are listed once each, in increasing order."""
+    ok = all(a < b for a, b in zip(values, values[1:], strict=False))
+    _check(ok, key, values, "strictly increasing epochs")
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
@@ -444,6 +617,10 @@ def load_config(
             data = yaml.safe_load(Path(path).expanduser().read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(path, "config file not found") from None
+        except OSError as exc:  # a folder, no permission
+            raise ConfigError(path, f"cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(path, "cannot read: not UTF-8 text") from None
         except yaml.YAMLError as exc:
             raise ConfigError(path, f"malformed YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):

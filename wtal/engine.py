@@ -38,7 +38,7 @@ from wtal.diagnostics import negative_share, parameter_change, parameter_snapsho
 from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.fusion import detect as detect_segments
-from wtal.io import InputError, atomic_path, read_json, write_json
+from wtal.io import InputError, atomic_path, os_error, read_json, write_json
 from wtal.losses import base_losses, pseudo_label_loss
 from wtal.model import ModelOutput, WTALModel
 from wtal.pseudo import (
@@ -614,7 +614,9 @@ def _read_cache_arrays(path: Path) -> dict[str, np.ndarray]:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
-    except (OSError, ValueError, EOFError) as exc:  # numpy takes unknown bytes for a pickle
+    except OSError as exc:  # a folder, no permission
+        raise os_error(exc, "cannot read", path) from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:  # unknown bytes, a cut archive
         raise InputError(path, f"not a readable .npz file ({exc.__class__.__name__})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise InputError(path, "not a CAS cache: a single array, expected an .npz archive")
@@ -942,7 +944,8 @@ def evaluate_model(
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (a crash never leaves a partial file under ``path``)."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's own
+            torch.save(state, f)
         if path.name == "last.pt":  # the state after 0-based epoch e stores epoch = e + 1
             fault_point("checkpoint", int(state["epoch"]) - 1)
 
@@ -971,6 +974,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def checkpoint_config(
+    state: dict[str, Any], path: str | Path, overrides: list[str] | None = None
+) -> Config:
+    """The config stored in a checkpoint, after checking the metadata commands rely on.
+
+    Raises:
+        InputError: a missing ``config``, ``feat_dim`` or ``class_names`` entry, one of the
+            wrong type (``feat_dim`` an integer >= 1, ``class_names`` a non-empty list of
+            strings), or a stored config that does not load.
+    """
+    for key in ("config", "feat_dim", "class_names"):
+        if key not in state:
+            raise InputError(path, f"checkpoint has no {key!r} entry")
+    feat_dim, names = state["feat_dim"], state["class_names"]
+    if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
+        raise InputError(path, f"entry 'feat_dim' = {feat_dim!r}: expected an integer >= 1")
+    if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
+        raise InputError(path, "entry 'class_names': expected a non-empty list of strings")
+    if not isinstance(state["config"], dict):
+        raise InputError(path, "entry 'config': expected a mapping of config sections")
+    return config_from_dict(state["config"], overrides, source=str(path))
+
+
 def load_trained_model(
     checkpoint: str | Path, overrides: list[str] | None = None
 ) -> tuple[WTALModel, Config, dict[str, Any]]:
@@ -990,11 +1016,8 @@ def load_trained_model(
     path = Path(checkpoint).expanduser()
     path = path / "last.pt" if path.is_dir() else path
     state = load_checkpoint(path)
-    for key in ("config", "feat_dim", "class_names"):
-        if key not in state:
-            raise InputError(path, f"checkpoint has no {key!r} entry")
-    cfg = config_from_dict(state["config"], overrides, source=str(path))
-    model = build_model(cfg, int(state["feat_dim"]), len(state["class_names"]))
+    cfg = checkpoint_config(state, path, overrides)
+    model = build_model(cfg, state["feat_dim"], len(state["class_names"]))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -1224,8 +1247,11 @@ class JsonlLog:
             tmp.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk: the error has no filename, so name the log
+            raise os_error(exc, "cannot write", self.path) from None
         if self.tensorboard is not None:
             for tag, value in _scalars(record):
                 self.tensorboard.add_scalar(tag, value, record["epoch"])
@@ -1361,7 +1387,8 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = lr
         train_set.set_epoch(epoch)
-        shuffle = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
+        # modulo 2**64: any valid seed (< 2**64) gives a seed the generator accepts
+        shuffle = torch.Generator().manual_seed((tc.seed * 1_000_003 + epoch) % 2**64)
         if world > 1:  # every rank draws the same order and takes its slice of each batch
             loader = ShardedLoader(train_set, tc.batch_size, generator=shuffle)
         else:
