@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -538,7 +537,8 @@ def write_timelines(
     results_path: str | Path | None = None,
     gt_path: str | Path | None = None,
 ) -> list[Path]:
-    """One timeline PNG per video of a CAS cache (``OUT/<video_id>.png``); returns the paths.
+    """One timeline PNG per video of a CAS cache (``OUT/<video_id>.png``, the id made a safe
+    file name by :func:`wtal.plots.safe_file_names`); returns the paths.
 
     ``videos`` picks the videos (default: the first ``num``); detections come from
     ``results_path`` or are re-run from the cache; ground truth from ``gt_path`` if given.
@@ -548,7 +548,7 @@ def write_timelines(
     from wtal.config import Config
     from wtal.engine import detect, load_predictions, results_from_predictions
     from wtal.evaluation import load_ground_truth, load_results
-    from wtal.plots import plot_video
+    from wtal.plots import plot_video, safe_file_names
     from wtal.segments import snippets_to_seconds
 
     cache = load_predictions(cache_path)
@@ -569,12 +569,13 @@ def write_timelines(
         chosen = [by_id[v] for v in ids]
         results = results_from_predictions(chosen, cache.class_names, cfg.detect)["results"]
     database = load_ground_truth(gt_path)["database"] if gt_path else {}
+    files = safe_file_names(out, ids)  # ids come from the cache: never trusted as paths
     paths = []
     for vid in ids:
         pred = by_id[vid]
         found = detect(pred, replace(cfg.detect, fusion="none"))  # the proposals, unfused
         segments = snippets_to_seconds(found.segments.numpy(), pred.fps, pred.snippet_frames)
-        paths.append(Path(out) / f"{vid}.png")
+        paths.append(files[vid])
         plot_video(
             paths[-1],
             pred,
@@ -633,6 +634,18 @@ def _metrics_table(columns: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _fresh_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that is absent or empty.
+
+    The demo never deletes a folder: an earlier run (or whatever else is there) is kept.
+    """
+    candidate, n = path, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from wtal.config import load_config
     from wtal.data import check_dataset
@@ -654,9 +667,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = Path(__file__).resolve().parent / "configs" / "demo.yaml"
     overrides = [f"data.path={str(data)!r}", f"train.seed={args.seed}", *(args.set or [])]
     cfg = load_config(config, overrides)
-    run_dir = out / f"run-seed{args.seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    run_dir = _fresh_folder(out / f"run-seed{args.seed}")
     print(
         f"[2/3] training the full method ({cfg.train.epochs} epochs: base stage, then "
         f"pseudo-label rounds at epochs {list(cfg.pseudo.regen_epochs)}) into {run_dir}"
@@ -792,7 +803,7 @@ def write_pseudo_plots(
     import numpy as np
 
     from wtal.config import Config, from_dict
-    from wtal.plots import plot_pseudo_evolution
+    from wtal.plots import plot_pseudo_evolution, safe_file_names
     from wtal.pseudo import solve_pseudo_labels_batch
 
     run_dir = Path(run_dir)
@@ -805,6 +816,7 @@ def write_pseudo_plots(
     gt = _training_ground_truth(from_dict(Config, state["config"]), data, state)
     class_names = state["class_names"]
     ncol = len(class_names) + 1
+    files = safe_file_names(out, videos, prefix="pseudo_")
     paths = []
     for vid in videos:
         T, fps, snippet_frames, _ = (float(x) for x in timing[vid])
@@ -818,7 +830,7 @@ def write_pseudo_plots(
             video_ids=[vid] * len(rows),
         )
         seg_s, seg_labels = gt.get(vid, (None, None))
-        paths.append(Path(out) / f"pseudo_{vid}.png")
+        paths.append(files[vid])
         plot_pseudo_evolution(
             paths[-1], vid, [e for e, _ in rounds], labels, fps=fps,
             snippet_frames=snippet_frames, class_names=class_names, gt_segments_s=seg_s,

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import io
 import json
 import logging
 import os
 import pickle
+import pickletools
 import signal
 import time
 import zipfile
@@ -884,6 +886,42 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             fault_point("checkpoint", int(state["epoch"]) - 1)
 
 
+TORCH_GLOBALS = ("torch.", "collections.OrderedDict")
+"""Globals every wtal checkpoint references (tensor rebuilds, state dicts): anything else in a
+file that ``weights_only`` refused is named as the code it would have run."""
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals a checkpoint's pickles reference, read without unpickling.
+
+    Opcodes are only parsed (:func:`pickletools.genops`), never executed. A zip checkpoint
+    holds its pickle in ``*/data.pkl``; a legacy one is several pickles in a row. Unparsable
+    bytes end the scan.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    stream, found, strings = io.BytesIO(data), [], []
+    try:
+        while stream.tell() < len(data):
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - any parse error: what was read so far is the answer
+        pass
+    return found
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (no pickled code is ever executed)."""
     path = Path(path).expanduser()
@@ -893,11 +931,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(path, "checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # garbage bytes, not a refused object
+    except pickle.UnpicklingError:
+        # torch words this differently from version to version (and by what was refused),
+        # so the file itself says whether it is a refused object or garbage bytes
+        code = [name for name in pickled_globals(path) if not name.startswith(TORCH_GLOBALS)]
+        if not code:
             raise InputError(path, "not a readable wtal checkpoint (UnpicklingError)") from None
-        name = str(exc).split("Unsupported global: GLOBAL ", 1)[-1].split(" ", 1)[0]
-        what = f"refused: it would run pickled code ({name}); checkpoints load weights_only"
+        what = f"refused: it would run pickled code ({code[0]}); checkpoints load weights_only"
         raise InputError(path, what) from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise InputError(

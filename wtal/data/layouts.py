@@ -117,6 +117,17 @@ def _valid_segments(
     return finite & (start >= 0) & (end > start)
 
 
+def _id_problem(video_id: str) -> str | None:
+    """Why a video id cannot name its feature file ``features/<id>.npy`` (None if it can).
+
+    Ids come from the data, so one like ``../../x`` or ``/tmp/x`` would read (or, converting,
+    write) a file outside the dataset folder.
+    """
+    if not video_id or video_id in (".", "..") or any(c in video_id for c in "/\\\0"):
+        return "video id must be a plain file name (no '/', '\\', NUL, '.' or '..')"
+    return None
+
+
 def _number(value: Any) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if ok else None
@@ -180,6 +191,9 @@ def read_pervideo_annotations(
     for vid, entry in database.items():
         if not isinstance(entry, dict):
             rep.error(path, "entry is not an object", vid)
+            continue
+        if problem := _id_problem(vid):
+            rep.error(path, problem, vid)
             continue
         subset, duration, fps = entry.get("subset"), entry.get("duration"), entry.get("fps")
         if not isinstance(subset, str):
@@ -287,6 +301,9 @@ def read_wtalc_annotations(
     ambiguous = _read_wtalc_ambiguous(root / WTALC_AMBIGUOUS_FILE, set(video_ids), rep)
     records = []
     for i, vid in enumerate(video_ids):
+        if problem := _id_problem(vid):
+            rep.error(root / "videoname.npy", problem, vid)
+            continue
         duration_s = float(arrays["duration"][i])
         segments = _as_segments(arrays["segments"][i])
         names = [_decode(x) for x in arrays["labels"][i]]
@@ -340,14 +357,19 @@ def _read_wtalc_ambiguous(path: Path, video_ids: set[str], rep: Reporter) -> dic
 
 
 def detect_layout(root: str | os.PathLike, annotation_file: str = ANNOTATION_FILE) -> str:
-    """``"wtalc"`` if ``root`` holds ``videoname.npy``, ``"pervideo"`` if it holds the JSON."""
+    """``"pervideo"`` if ``root`` holds the annotation JSON, else ``"wtalc"`` if it holds
+    ``videoname.npy``.
+
+    The JSON wins: a per-video folder that also holds a leftover ``videoname.npy`` (from a
+    conversion) must never be unpickled, since that runs code stored in the file.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "not a dataset folder (missing or not a directory)")
-    if (root / "videoname.npy").exists():
-        return "wtalc"
     if (root / annotation_file).exists():
         return "pervideo"
+    if (root / "videoname.npy").exists():
+        return "wtalc"
     what = f"neither a W-TALC bundle (videoname.npy) nor a per-video dataset ({annotation_file})"
     raise InputError(root, what)
 
