@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -352,6 +353,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         load_trained_model,
         open_split,
         predict,
+        report_warnings,
         resolve_device,
         results_from_predictions,
         save_predictions,
@@ -377,6 +379,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         split = args.split or cfg.data.test_subset
         dataset = open_split(cfg, split, path=args.data)
         _check_dataset_fits(dataset, class_names, feat_dim, args.data)
+        report_warnings(dataset)
         videos = dataset
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError(None, "--device cuda: no CUDA device is available")
@@ -428,9 +431,15 @@ def _add_detect_parser(sub: argparse._SubParsersAction) -> None:
     detect.add_argument("--split", help="subset of --data (default: the config's test subset)")
     detect.add_argument("--out", default="results.json", help="results JSON (results.json)")
     detect.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    detect.add_argument("--fps", type=float, help="feature frame rate (default: the config's)")
     detect.add_argument(
-        "--snippet-frames", type=float, help="frames per feature snippet (default: the config's)"
+        "--fps",
+        type=float,
+        help="feature frame rate of videos without their own 'fps' (default: the config's)",
+    )
+    detect.add_argument(
+        "--snippet-frames",
+        type=float,
+        help="frames per feature snippet, likewise (default: the config's)",
     )
     detect.add_argument(
         "--set",
@@ -488,9 +497,16 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
             present = {v.get("subset") for v in ground_truth["database"].values()}
             subset = cache.split if cache.split in present else None
         subset = resolve_subset(ground_truth, subset, source=args.gt)
+        # each video's own grid, as stored in the cache (resampled rows span more frames:
+        # the native grid is then the config's)
+        resampled = cfg.data.num_segments > 0
+        grid = {
+            p.video_id: (p.fps, cfg.data.snippet_frames if resampled else p.snippet_frames)
+            for p in cache.predictions
+        }
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            metrics = score_results(results, ground_truth, subset, cfg)
+            metrics = score_results(results, ground_truth, subset, cfg, grid_by_video=grid)
         _report_warnings(caught)
         write_json(_sidecar(out, ".metrics.json"), metrics)
         print(f"subset {subset!r}, mAP (%) by tIoU (metrics: {_sidecar(out, '.metrics.json')}):")
@@ -851,7 +867,7 @@ def cmd_plot_pseudo(args: argparse.Namespace) -> int:
 def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
     """{video: (segments_s (M, 2), labels (M,))} of the run's training subset; empty (with a
     warning) when the dataset cannot be read, so that plots still show the labels."""
-    from wtal.engine import open_split
+    from wtal.engine import open_split, report_warnings
 
     try:
         dataset = open_split(
@@ -860,6 +876,7 @@ def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
     except InputError as exc:
         print(f"warning: no ground truth overlay ({exc})", file=sys.stderr)
         return {}
+    report_warnings(dataset)
     return dataset.segments_by_video()
 
 
@@ -968,8 +985,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """``warning: <message>`` lines on the current ``sys.stderr`` (looked up at each record,
+    so redirected or captured streams get them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_warnings() -> None:
+    """Route the package's log warnings (data problems the loaders found) to stderr, once."""
+    logger = logging.getLogger("wtal")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler(logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False  # printed here; not a second time by a root handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

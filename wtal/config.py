@@ -37,9 +37,11 @@ class DataConfig:
     test_subset: str = "test"
     """Subset used for evaluation."""
     fps: float = 25.0
-    """Frame rate the features were extracted at (THUMOS14 I3D: 25, paper.md §5.1)."""
+    """Frame rate the features were extracted at (THUMOS14 I3D: 25, paper.md §5.1); a video's
+    own ``"fps"`` in the annotations wins (a different one is warned about)."""
     snippet_frames: float = 16.0
-    """Frames per feature snippet (THUMOS14 I3D: 16 non-overlapping frames)."""
+    """Frames per feature snippet (THUMOS14 I3D: 16 non-overlapping frames); a video's own
+    ``"snippet_frames"`` in the annotations wins, likewise."""
     num_segments: int = 0
     """Fixed-length resampling to this many snippets per video; 0 keeps the native length
     (THUMOS14 feeds whole videos; ActivityNet recipes sample 75, paper.md §5.2)."""

@@ -111,6 +111,13 @@ def open_split(
     )
 
 
+def report_warnings(*datasets: FeatureDataset) -> None:
+    """Log the loader warnings of ``datasets`` (each once: splits of one folder share the
+    annotation file's) on the ``wtal`` logger, which the CLI prints as ``warning: ...``."""
+    for problem in dict.fromkeys(p for d in datasets for p in d.warnings):
+        log.warning("%s", InputError(problem.path, problem.what, problem.video))
+
+
 def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
     """The training split as trained on (random-perturbed sampling when resampling), the
     training split read deterministically (for pseudo labels and memory initialisation), and
@@ -804,7 +811,9 @@ def evaluate_predictions(
         dict with the official and legacy metrics and the video classification mAP.
     """
     results = detections_to_results(preds, dataset, cfg.detect)
-    metrics = score_results(results, dataset.ground_truth(), dataset.subset, cfg)
+    metrics = score_results(
+        results, dataset.ground_truth(), dataset.subset, cfg, grid_by_video=dataset.grids()
+    )
     scores = np.stack([p.video_scores[:-1] for p in preds])
     labels = np.stack([p.labels for p in preds])
     metrics["classification_map"] = classification_map(scores, labels)
@@ -812,9 +821,17 @@ def evaluate_predictions(
 
 
 def score_results(
-    results: dict[str, Any], ground_truth: dict[str, Any], subset: str | None, cfg: Config
+    results: dict[str, Any],
+    ground_truth: dict[str, Any],
+    subset: str | None,
+    cfg: Config,
+    *,
+    grid_by_video: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Detection mAP of ``results`` under both protocols (``official`` and ``wtalc``).
+
+    The ``wtalc`` snippet grid is ``cfg.data``'s, or ``grid_by_video[video]`` =
+    ``(fps, snippet_frames)`` for videos with their own.
 
     Returns:
         ``{"official": ..., "wtalc": ..., "headline": average mAP of cfg.eval.protocol}``,
@@ -831,6 +848,7 @@ def score_results(
             protocol=protocol,
             fps=cfg.data.fps,
             snippet_frames=cfg.data.snippet_frames,
+            grid_by_video=grid_by_video,
             ambiguous_filter=cfg.eval.ambiguous_filter and protocol == "wtalc",
         )
         metrics[protocol] = m.as_dict()
@@ -1124,6 +1142,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     train_set, train_fixed, test_set = open_datasets(cfg)
     for dataset in (train_set, test_set):  # fail now, not mid-run with a half-written run folder
         dataset.check_features(train_set.feat_dim)
+    if main:
+        report_warnings(train_set, test_set)
     model = build_model(cfg, train_set.feat_dim, train_set.num_classes).to(device)
     if world > 1:  # same initial weights everywhere, then each rank its own dropout stream
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, distributed.rank()))

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -576,8 +576,16 @@ def _resolve_tious(tious: Sequence[float] | str) -> tuple[float, ...]:
     return values
 
 
-def _to_grid(segments: np.ndarray, fps: float, snippet_frames: float) -> np.ndarray:
-    """Seconds -> snippet indices with Python's ``round`` (half to even), ends exclusive."""
+def _to_grid(
+    segments: np.ndarray, fps: float | np.ndarray, snippet_frames: float | np.ndarray
+) -> np.ndarray:
+    """Seconds -> snippet indices with Python's ``round`` (half to even), ends exclusive.
+
+    ``fps`` and ``snippet_frames`` are scalars or (N,) per-segment arrays.
+    """
+    if np.ndim(fps) or np.ndim(snippet_frames):
+        rate = np.asarray(fps, dtype=np.float64) / np.asarray(snippet_frames, dtype=np.float64)
+        return np.rint(np.asarray(segments, dtype=np.float64) * rate.reshape(-1, 1))
     return np.rint(seconds_to_snippets(segments, fps, snippet_frames))
 
 
@@ -604,6 +612,7 @@ def evaluate_detections(
     protocol: str = "official",
     fps: float = 25.0,
     snippet_frames: float = 16.0,
+    grid_by_video: Mapping[str, tuple[float, float]] | None = None,
     ambiguous_filter: bool = False,
     compat: bool = False,
     unknown_videos_are_false_positives: bool = False,
@@ -615,7 +624,8 @@ def evaluate_detections(
         ground_truth: ActivityNet GT ``{"database": {video_id: {"subset", "annotations":
             [{"segment": [start_s, end_s], "label"}], optional "ambiguous": [[s, e]]}}}``
             (see :func:`load_ground_truth`). A per-video ``fps`` field is not used: the
-            snippet grid of ``"wtalc"`` is the feature grid, given by ``fps``.
+            snippet grid of ``"wtalc"`` is the feature grid, given by ``fps`` and
+            ``grid_by_video``.
         results: ActivityNet results ``{"results": {video_id: [{"label", "score",
             "segment": [start_s, end_s]}]}}``.
         tious: thresholds in (0, 1], or a :data:`TIOU_PRESETS` name.
@@ -623,6 +633,8 @@ def evaluate_detections(
         protocol: ``"official"`` (ActivityNet, seconds) or ``"wtalc"`` (snippet grid).
         fps: feature frame rate, for ``"wtalc"`` (THUMOS14 I3D: 25).
         snippet_frames: frames per feature snippet, for ``"wtalc"`` (THUMOS14 I3D: 16).
+        grid_by_video: ``{video_id: (fps, snippet_frames)}`` of videos whose features were
+            cut on another grid than ``fps``/``snippet_frames`` (``"wtalc"`` only).
         ambiguous_filter: drop predictions that overlap (intersection > 0, on the grid for
             ``"wtalc"``) an ambiguous interval of their video. They count neither as true nor
             as false positives.
@@ -689,9 +701,15 @@ def evaluate_detections(
     amb_video = video_index[gt.amb_video[amb_keep]]
     amb_segments = gt.amb_segments[amb_keep]
     if wtalc:
-        gt_segments = _to_grid(gt_segments, fps, snippet_frames)
-        amb_segments = _to_grid(amb_segments, fps, snippet_frames)
-        pred_segments = _to_grid(pred_segments, fps, snippet_frames)
+        # each evaluated video's grid (index = video_index; unknown videos: the default)
+        grid = np.tile([float(fps), float(snippet_frames)], (num_videos + len(res.video_ids), 1))
+        for vid, (v_fps, v_frames) in (grid_by_video or {}).items():
+            pos = gt_video_pos.get(vid, -1)
+            if pos >= 0 and video_index[pos] >= 0:
+                grid[video_index[pos]] = (v_fps, v_frames)
+        gt_segments = _to_grid(gt_segments, *grid[gt_video].T)
+        amb_segments = _to_grid(amb_segments, *grid[amb_video].T)
+        pred_segments = _to_grid(pred_segments, *grid[pred_video].T)
         # an empty prediction range would never match: the reference widens it to one snippet
         pred_segments[:, 1] = np.maximum(pred_segments[:, 1], pred_segments[:, 0] + 1)
 

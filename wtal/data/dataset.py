@@ -15,6 +15,7 @@ from wtal.data.layouts import (
     DEFAULT_FPS,
     DEFAULT_SNIPPET_FRAMES,
     DatasetSource,
+    Problem,
     Reporter,
     VideoAnnotation,
     check_labels,
@@ -182,6 +183,31 @@ def split_batch(batch: Batch, max_padding: float) -> list[tuple[np.ndarray, Batc
 # ----------------------------------------------------------------------------- dataset
 
 
+def _timing_warnings(
+    path: os.PathLike,
+    records: Sequence[VideoAnnotation],
+    fps: float | None,
+    snippet_frames: float | None,
+) -> list[Problem]:
+    """A warning per distinct per-video ``fps``/``snippet_frames`` that differs from the
+    given one, naming its first video (one line per value, not one per video: ActivityNet
+    has thousands of videos at a handful of frame rates)."""
+    problems = []
+    for name, given in (("fps", fps), ("snippet_frames", snippet_frames)):
+        if given is None:
+            continue
+        found: dict[float, list[str]] = {}
+        for rec in records:
+            own = getattr(rec, name)
+            if own is not None and own != given:
+                found.setdefault(own, []).append(rec.video_id)
+        for own, videos in found.items():
+            more = f" (and {len(videos) - 1} other videos)" if len(videos) > 1 else ""
+            what = f'"{name}" {own:g} differs from data.{name} {given:g}: {own:g} is used{more}'
+            problems.append(Problem("warning", str(path), what, videos[0]))
+    return problems
+
+
 class FeatureDataset(torch.utils.data.Dataset):
     """The videos of one subset, as :class:`Video` records.
 
@@ -190,11 +216,11 @@ class FeatureDataset(torch.utils.data.Dataset):
         subset: subset name to serve (W-TALC THUMOS14: ``"validation"`` to train,
             ``"test"`` to test); ``None`` serves every video.
         layout: ``"auto"`` (detect), ``"wtalc"`` or ``"pervideo"``.
-        fps: frame rate the snippets were cut at; ``None`` uses the per-video ``"fps"`` of
-            the annotation file, else :data:`DEFAULT_FPS`. ActionFormer-style files store
-            the source video's frame rate there, so pass ``fps`` explicitly for features
-            extracted at another rate.
-        snippet_frames: frames per feature snippet.
+        fps: frame rate the snippets were cut at, for videos whose annotation has no
+            ``"fps"`` (``None``: :data:`DEFAULT_FPS`). A video's own ``"fps"`` always wins;
+            where it differs from an explicit ``fps``, :attr:`warnings` names the video.
+        snippet_frames: frames per feature snippet, likewise for videos without their own
+            ``"snippet_frames"`` (``None``: :data:`DEFAULT_SNIPPET_FRAMES`).
         num_segments: resample every video to this many rows (:func:`resample`); ``None``
             keeps whole videos.
         sampling: ``"uniform"`` or ``"random"`` (random-perturbed, needs ``num_segments``).
@@ -215,7 +241,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         *,
         layout: str = "auto",
         fps: float | None = None,
-        snippet_frames: float = DEFAULT_SNIPPET_FRAMES,
+        snippet_frames: float | None = None,
         num_segments: int | None = None,
         sampling: str = "uniform",
         seed: int = 0,
@@ -230,7 +256,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.source = DatasetSource(root, layout, rep, annotation_file)
         self.class_names = resolve_class_names(self.source, class_names)
         check_labels(rep, self.source, self.class_names)
-        self.warnings = rep.problems
+        self.warnings = list(rep.problems)
         self.records = [r for r in self.source.records if subset is None or r.subset == subset]
         if not self.records:
             subsets = sorted({r.subset for r in self.source.records})
@@ -241,7 +267,12 @@ class FeatureDataset(torch.utils.data.Dataset):
             if missing:
                 vid = missing[0]
                 raise InputError(self.source.feature_path(vid), "feature file missing", vid)
-        self.subset, self.fps, self.snippet_frames = subset, fps, float(snippet_frames)
+        self.subset = subset
+        self.fps = DEFAULT_FPS if fps is None else float(fps)
+        self.snippet_frames = (
+            DEFAULT_SNIPPET_FRAMES if snippet_frames is None else float(snippet_frames)
+        )
+        self.warnings += _timing_warnings(self.source.ann_path, self.records, fps, snippet_frames)
         self.num_segments, self.sampling, self.seed, self.epoch = num_segments, sampling, seed, 0
         first = self.source.load(self.records[0].video_id)
         problem = feature_problem(first, None, scan=False)
@@ -280,9 +311,10 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def _fps(self, rec: VideoAnnotation) -> float:
-        if self.fps is not None:
-            return float(self.fps)
-        return rec.fps if rec.fps is not None else DEFAULT_FPS
+        return rec.fps if rec.fps is not None else self.fps
+
+    def _snippet_frames(self, rec: VideoAnnotation) -> float:
+        return rec.snippet_frames if rec.snippet_frames is not None else self.snippet_frames
 
     def __getitem__(self, index: int) -> Video:
         rec = self.records[index]
@@ -290,7 +322,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         problem = feature_problem(features, self.feat_dim)
         if problem:
             raise InputError(self.source.feature_path(rec.video_id), problem, rec.video_id)
-        snippet_frames = self.snippet_frames
+        snippet_frames = self._snippet_frames(rec)
         if self.num_segments is not None:
             rng = None
             if self.sampling == "random":
@@ -314,6 +346,11 @@ class FeatureDataset(torch.utils.data.Dataset):
             fps=self._fps(rec),
             snippet_frames=snippet_frames,
         )
+
+    def grids(self) -> dict[str, tuple[float, float]]:
+        """``{video_id: (fps, snippet_frames)}`` of the native feature grid (before any
+        resampling) of every video, its own values where the annotation gives them."""
+        return {r.video_id: (self._fps(r), self._snippet_frames(r)) for r in self.records}
 
     def segments_by_video(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Ground-truth instances of every video as arrays, without reading features.
@@ -344,6 +381,7 @@ class FeatureDataset(torch.utils.data.Dataset):
                 "subset": rec.subset,
                 "duration": None if np.isnan(rec.duration_s) else rec.duration_s,
                 "fps": self._fps(rec),
+                "snippet_frames": self._snippet_frames(rec),
                 "annotations": [
                     {"segment": seg, "label": name}
                     for seg, name in zip(rec.segments_s.tolist(), rec.segment_labels, strict=True)

@@ -43,7 +43,8 @@ class VideoAnnotation:
     segment_labels: list[str]
     labels: list[str]  # video-level label names
     ambiguous_s: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (M, 2)
-    fps: float | None = None
+    fps: float | None = None  # the video's own frame rate, when the annotation gives one
+    snippet_frames: float | None = None  # the video's own frames per snippet, likewise
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,11 @@ def read_pervideo_annotations(
         if fps is not None and not (_number(fps) or 0) > 0:
             rep.error(path, f'"fps" must be a positive number, got {fps!r}', vid)
             fps = None
+        snippet_frames = entry.get("snippet_frames")
+        if snippet_frames is not None and not (_number(snippet_frames) or 0) > 0:
+            what = f'"snippet_frames" must be a positive number, got {snippet_frames!r}'
+            rep.error(path, what, vid)
+            snippet_frames = None
         anns = entry.get("annotations")
         if not isinstance(anns, list):
             rep.error(path, '"annotations" must be a list', vid)
@@ -244,6 +250,7 @@ def read_pervideo_annotations(
                 labels=sorted(set(names)) if labels is None else list(labels),
                 ambiguous_s=ambiguous[amb_keep],
                 fps=None if fps is None else float(fps),
+                snippet_frames=None if snippet_frames is None else float(snippet_frames),
             )
         )
     return records, classes
@@ -517,6 +524,8 @@ def write_pervideo(
         }
         if rec.fps is not None:
             entry["fps"] = rec.fps
+        if rec.snippet_frames is not None:
+            entry["snippet_frames"] = rec.snippet_frames
         entry["labels"] = list(rec.labels)
         entry["annotations"] = [
             {"segment": seg, "label": name}
