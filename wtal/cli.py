@@ -11,13 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wtal import __version__
 from wtal.io import InputError, atomic_path
+
+if TYPE_CHECKING:
+    from wtal.config import Config
 
 # ----------------------------------------------------------------------------- data
 
@@ -205,6 +210,17 @@ def _run_dir_for(config_path: str | None) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _absolute_data_path(cfg: Config, config_path: str | None) -> Config:
+    """``cfg`` with ``data.path`` made absolute (``~`` expanded), as the run folder stores it:
+    ``--resume`` from another directory must find the same data."""
+    from dataclasses import replace
+
+    if not cfg.data.path:
+        raise InputError(config_path, "data.path is empty: pass --data PATH")
+    path = os.path.abspath(os.path.expanduser(cfg.data.path))
+    return replace(cfg, data=replace(cfg.data, path=path))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from wtal import distributed
     from wtal.config import load_config
@@ -225,9 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.config:
             raise InputError(None, "wtal train needs CONFIG (a YAML file) or --resume RUN_DIR")
-        cfg = load_config(args.config, overrides)
-        if not cfg.data.path:
-            raise InputError(args.config, "data.path is empty: pass --data PATH")
+        cfg = _absolute_data_path(load_config(args.config, overrides), args.config)
         run_dir = Path(args.run_dir).expanduser() if args.run_dir else _run_dir_for(args.config)
         if (run_dir / "config.yaml").exists():  # never overwrite another run's files
             raise InputError(run_dir, "already holds a run: continue it with --resume RUN_DIR")
@@ -681,7 +695,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if errors:
         raise InputError(data, f"synthetic data failed its check: {errors[0]}")
     config = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-    overrides = [f"data.path={str(data)!r}", f"train.seed={args.seed}", *(args.set or [])]
+    data_path = os.path.abspath(data)  # stored in the run's config: resumable from anywhere
+    overrides = [f"data.path={data_path!r}", f"train.seed={args.seed}", *(args.set or [])]
     cfg = load_config(config, overrides)
     run_dir = _fresh_folder(out / f"run-seed{args.seed}")
     print(
@@ -929,9 +944,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.path={args.data!r}")
-    cfg = load_config(args.config, overrides)
-    if not cfg.data.path:
-        raise InputError(args.config, "data.path is empty: pass --data PATH")
+    cfg = _absolute_data_path(load_config(args.config, overrides), args.config)
     out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.config).stem}"
     runs = run_seeds(cfg, seeds, out, progress=not args.quiet)
     summary = summarize_seeds(runs, seeds)

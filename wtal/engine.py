@@ -45,6 +45,7 @@ from wtal.pseudo import (
     summarize_quality,
     update_history,
 )
+from wtal.runlock import RunLock
 from wtal.segments import seconds_to_snippets, snippets_to_seconds
 
 log = logging.getLogger("wtal")
@@ -1132,10 +1133,18 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
     Under DDP (a process group is initialised, see :mod:`wtal.distributed`) every rank calls
     this with the same arguments; rank 0 writes the files, and every rank returns the metrics.
 
+    The run folder is locked (:class:`wtal.runlock.RunLock`) for the whole run: a second
+    process training into it gets an :class:`InputError` naming this one's pid.
+
     Returns:
         The final metrics (see :func:`evaluate_predictions`).
     """
-    run_dir = Path(run_dir)
+    with RunLock(run_dir, active=distributed.is_main()) as lock:
+        return _fit(cfg, Path(run_dir), resume, progress, lock)
+
+
+def _fit(cfg: Config, run_dir: Path, resume: bool, progress: bool, lock: RunLock) -> dict:
+    """The body of :func:`fit`, inside the run folder's lock."""
     world, main = distributed.world_size(), distributed.is_main()
     device = distributed.rank_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
@@ -1185,6 +1194,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: boo
         log.info("resuming %s at epoch %d", run_dir, start)
     elif main:  # a new run, or one that stopped before its first checkpoint
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # before the first file: a second writer is refused now
         save_config(cfg, run_dir / "config.yaml")
     tensorboard = run_dir / "tensorboard" if tc.tensorboard else None
     logbook = JsonlLog(run_dir / "log.jsonl", start, tensorboard) if main else None
