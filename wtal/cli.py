@@ -66,6 +66,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from wtal.data import convert_wtalc
 
+    if not 0 < args.fps < float("inf"):  # NaN fails both comparisons
+        raise InputError(None, f"--fps: expected a frame rate > 0, got {args.fps}")
     _require_new_folder(args.out)
     try:
         num_videos = convert_wtalc(args.src, args.out, fps=args.fps)
@@ -127,11 +129,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:  # W-TALC numbers are THUMOS14 numbers; otherwise the official evaluator's default
         tious = args.preset or ("thumos" if args.protocol == "wtalc" else "anet")
     for flag, value in (("--fps", args.fps), ("--snippet-frames", args.snippet_frames)):
-        if not value > 0:
+        if not 0 < value < float("inf"):
             raise InputError(None, f"{flag}: expected a number > 0, got {value}")
     ground_truth = evaluation.load_ground_truth(args.gt)
     results = evaluation.load_results(args.results)
     subset = evaluation.resolve_subset(ground_truth, args.subset, source=args.gt)
+    for video, what in evaluation.ground_truth_problems(ground_truth, subset):
+        if args.strict:
+            raise InputError(args.gt, f"{what} (--strict)", video)
+        print(f"warning: {InputError(args.gt, what, video)}", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = evaluation.evaluate_detections(
@@ -196,6 +202,11 @@ def _add_score_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=16.0,
         help="frames per feature snippet for --protocol wtalc",
+    )
+    score.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse zero-length or duplicate ground truth instead of warning",
     )
     score.add_argument("--per-class", action="store_true", help="print per-class AP")
     score.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -393,6 +404,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         split = args.split or cfg.data.test_subset
         dataset = open_split(cfg, split, path=args.data)
         _check_dataset_fits(dataset, class_names, feat_dim, args.data)
+        dataset.check_features(feat_dim)  # every file, before any work or output
         report_warnings(dataset)
         videos = dataset
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -422,6 +434,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     write_json(out, results)
     count = sum(len(v) for v in results["results"].values())
     print(f"wrote {out}: {count} detections in {len(preds)} videos (CAS cache: {cache})")
+    if dataset is not None and metrics is None:
+        print(f"split {split!r} has no ground-truth segments: nothing was scored")
     if metrics is not None:
         write_json(_sidecar(out, ".metrics.json"), metrics)
         print(f"split {split!r}, mAP (%) by tIoU (metrics: {_sidecar(out, '.metrics.json')}):")

@@ -45,6 +45,9 @@ class DataConfig:
     num_segments: int = 0
     """Fixed-length resampling to this many snippets per video; 0 keeps the native length
     (THUMOS14 feeds whole videos; ActivityNet recipes sample 75, paper.md §5.2)."""
+    max_abs_feature: float = 1.0e4
+    """Features beyond this absolute value are warned about (I3D features are O(1)-O(10):
+    larger ones are unnormalised or corrupt); 0 turns the warning off."""
 
     def __post_init__(self) -> None:
         _check(
@@ -60,6 +63,7 @@ class DataConfig:
             "positive numbers",
         )
         _check(self.num_segments >= 0, "data.num_segments", self.num_segments, ">= 0")
+        _check(self.max_abs_feature >= 0, "data.max_abs_feature", self.max_abs_feature, ">= 0")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from wtal import __version__, distributed
 from wtal.config import Config, DetectConfig, config_from_dict, config_to_dict, save_config
-from wtal.data import Batch, FeatureDataset, collate, split_batch
+from wtal.data import Batch, FeatureDataset, Problem, collate, split_batch
 from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.fusion import detect as detect_segments
@@ -109,6 +109,7 @@ def open_split(
         sampling=sampling,
         seed=cfg.train.seed,
         class_names=class_names,
+        max_abs_feature=dc.max_abs_feature,
     )
 
 
@@ -117,6 +118,30 @@ def report_warnings(*datasets: FeatureDataset) -> None:
     annotation file's) on the ``wtal`` logger, which the CLI prints as ``warning: ...``."""
     for problem in dict.fromkeys(p for d in datasets for p in d.warnings):
         log.warning("%s", InputError(problem.path, problem.what, problem.video))
+
+
+def check_splits(train_set: FeatureDataset, test_set: FeatureDataset) -> None:
+    """Refuse a test split that could not be scored; warn about untrainable test classes.
+
+    Without any ground-truth segment in the test split, every mAP of the run would be
+    meaningless (and evaluation fails at the end of training). A class with ground truth in
+    the test split but on no training video can never be detected: its AP is 0.
+    """
+    if not any(len(r.segments_s) for r in test_set.records):
+        what = (
+            f"subset {test_set.subset!r} has no ground-truth segments, so nothing could be "
+            "scored; set data.test_subset to a subset with ground truth (wtal detect writes "
+            "detections for videos without)"
+        )
+        raise InputError(test_set.source.ann_path, what)
+    trained = {name for r in train_set.records for name in r.labels}
+    untrainable = sorted({n for r in test_set.records for n in r.segment_labels} - trained)
+    if untrainable:
+        what = (
+            f"{len(untrainable)} class(es) have ground truth in subset {test_set.subset!r} "
+            f"but no training video, so they cannot be learned (AP 0): {untrainable[:5]}"
+        )
+        test_set.warnings.append(Problem("warning", str(test_set.source.ann_path), what))
 
 
 def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
@@ -1151,6 +1176,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, progress: bool, lock: RunLock
     train_set, train_fixed, test_set = open_datasets(cfg)
     for dataset in (train_set, test_set):  # fail now, not mid-run with a half-written run folder
         dataset.check_features(train_set.feat_dim)
+    check_splits(train_set, test_set)
     if main:
         report_warnings(train_set, test_set)
     model = build_model(cfg, train_set.feat_dim, train_set.num_classes).to(device)

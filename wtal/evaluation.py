@@ -395,6 +395,40 @@ def load_ground_truth(path: str | os.PathLike) -> dict:
     return data
 
 
+def ground_truth_problems(ground_truth: dict, subset: str) -> list[tuple[str, str]]:
+    """Ground truth that scores but misleads: zero-length and duplicate instances.
+
+    A zero-length instance can only be matched by a zero-length prediction; a duplicate
+    (same video, label and segment) can be matched only once, so it caps recall below 1.
+
+    Returns:
+        ``(video_id, what)`` per kind found in ``subset``, naming its first video.
+    """
+    gt = _parse_ground_truth(ground_truth, "ground truth")
+    in_subset = np.array([s == subset for s in gt.subsets], dtype=bool)[gt.ann_video]
+    idx = np.flatnonzero(in_subset)  # (N,) instances of the subset
+    problems = []
+    zero = idx[gt.ann_segments[idx, 1] == gt.ann_segments[idx, 0]]
+    if len(zero):
+        example = gt.ann_segments[zero[0]].tolist()
+        what = f"{len(zero)} zero-length ground-truth segment(s), e.g. {example}"
+        problems.append((gt.video_ids[gt.ann_video[zero[0]]], what))
+    labels = np.unique(np.array(gt.ann_labels, dtype=object)[idx].astype(str), return_inverse=True)
+    keys = np.column_stack(
+        [gt.ann_video[idx], labels[1].reshape(-1), gt.ann_segments[idx].view(np.int64)]
+    )  # exact float bits: only identical segments are duplicates
+    _, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        extra = int((counts - 1).sum())
+        one = idx[first[np.argmax(counts > 1)]]
+        what = (
+            f"{extra} duplicate ground-truth instance(s) (same label and segment), e.g. "
+            f"{gt.ann_labels[one]!r} {gt.ann_segments[one].tolist()}"
+        )
+        problems.append((gt.video_ids[gt.ann_video[one]], what))
+    return problems
+
+
 def load_results(path: str | os.PathLike) -> dict:
     """Read and validate an ActivityNet-format results JSON file.
 

@@ -15,6 +15,7 @@ from wtal.data.layouts import (
     DEFAULT_FPS,
     DEFAULT_SNIPPET_FRAMES,
     DatasetSource,
+    FeatureWarnings,
     Problem,
     Reporter,
     VideoAnnotation,
@@ -229,6 +230,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         class_names: class order; default: the file's class list (W-TALC ``classlist.npy``,
             JSON ``"classes"``) or else the sorted union of all labels in every subset.
         annotation_file: name of the per-video layout's JSON inside ``root``.
+        max_abs_feature: :meth:`check_features` warns about features beyond this absolute
+            value (0: no such warning).
 
     Raises:
         InputError: on the first bad annotation or feature file, naming file and video.
@@ -247,6 +250,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         seed: int = 0,
         class_names: Sequence[str] | None = None,
         annotation_file: str = ANNOTATION_FILE,
+        max_abs_feature: float = 0.0,
     ) -> None:
         if sampling not in ("uniform", "random"):
             raise ValueError(f"sampling must be 'uniform' or 'random', got {sampling!r}")
@@ -267,7 +271,7 @@ class FeatureDataset(torch.utils.data.Dataset):
             if missing:
                 vid = missing[0]
                 raise InputError(self.source.feature_path(vid), "feature file missing", vid)
-        self.subset = subset
+        self.subset, self.max_abs_feature = subset, max_abs_feature
         self.fps = DEFAULT_FPS if fps is None else float(fps)
         self.snippet_frames = (
             DEFAULT_SNIPPET_FRAMES if snippet_frames is None else float(snippet_frames)
@@ -299,12 +303,18 @@ class FeatureDataset(torch.utils.data.Dataset):
         Checks shape, dtype, emptiness, NaN/Inf and the feature dim (``feat_dim``, default
         the first video's), so that training fails before it starts rather than mid-epoch.
         Files are memory-mapped one at a time: memory stays bounded by the longest video.
+        Integer features and values beyond ``max_abs_feature`` are added to
+        :attr:`warnings`.
         """
         feat_dim = self.feat_dim if feat_dim is None else feat_dim
+        suspicious = FeatureWarnings(self.max_abs_feature)
         for rec in self.records:
-            problem = feature_problem(self.source.load(rec.video_id), feat_dim)
+            features, path = self.source.load(rec.video_id), self.source.feature_path(rec.video_id)
+            problem = feature_problem(features, feat_dim)
             if problem:
-                raise InputError(self.source.feature_path(rec.video_id), problem, rec.video_id)
+                raise InputError(path, problem, rec.video_id)
+            suspicious.add(features, path, rec.video_id)
+        self.warnings += suspicious.problems()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random-sampling stream of this epoch."""

@@ -26,6 +26,8 @@ DEFAULT_FPS = 25.0
 """Frame rate of THUMOS14 / ActivityNet I3D feature extraction (W-TALC, ACM-Net)."""
 DEFAULT_SNIPPET_FRAMES = 16.0
 """Frames per I3D feature snippet (non-overlapping 16-frame chunks)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Largest float32: float64 features beyond it overflow to inf when cast for training."""
 ANNOTATION_FILE = "annotations.json"
 FEATURES_DIR = "features"
 WTALC_FEATURES_SUFFIX = "-I3D-JOINTFeatures.npy"
@@ -393,7 +395,52 @@ def feature_problem(features: np.ndarray, feat_dim: int | None, scan: bool = Tru
         return f"features: dim {features.shape[1]}, expected {feat_dim} like the other videos"
     if scan and not np.isfinite(features).all():
         return "features: contains NaN or Inf"
+    if scan and features.dtype.kind == "f" and features.dtype.itemsize > 4:
+        peak = max(abs(float(features.max())), abs(float(features.min())))
+        if peak > FLOAT32_MAX:  # training casts to float32: these become inf, then NaN
+            return f"features: values up to {peak:.3g} overflow float32 (max {FLOAT32_MAX:.3g})"
     return None
+
+
+def feature_warnings(features: np.ndarray, max_abs: float) -> list[tuple[str, str]]:
+    """What trains but probably into garbage, in one video's (T, D) features.
+
+    Returns:
+        ``(kind, what)`` pairs: ``"dtype"`` for integer features (quantized or mis-saved;
+        they are cast to float32 unscaled), ``"magnitude"`` for values beyond ``max_abs``
+        (0 turns that check off).
+    """
+    found = []
+    if features.dtype.kind in "iu":
+        what = f"features: integer dtype {features.dtype}, expected float (cast unscaled)"
+        found.append(("dtype", what))
+    if max_abs > 0 and features.size:
+        peak = max(abs(float(features.max())), abs(float(features.min())))
+        if peak > max_abs:
+            what = f"features: values up to {peak:.3g}, beyond data.max_abs_feature {max_abs:g}"
+            found.append(("magnitude", what))
+    return found
+
+
+class FeatureWarnings:
+    """:func:`feature_warnings` of many videos, as one :class:`Problem` per kind that names
+    the first video and counts the others (not one line per video of a large dataset)."""
+
+    def __init__(self, max_abs: float) -> None:
+        self.max_abs = max_abs
+        self.found: dict[str, list[tuple[str, str, str]]] = {}
+
+    def add(self, features: np.ndarray, path: os.PathLike, video: str) -> None:
+        for kind, what in feature_warnings(features, self.max_abs):
+            self.found.setdefault(kind, []).append((str(path), what, video))
+
+    def problems(self) -> list[Problem]:
+        result = []
+        for rows in self.found.values():
+            path, what, video = rows[0]
+            more = f" (and {len(rows) - 1} other videos)" if len(rows) > 1 else ""
+            result.append(Problem("warning", path, what + more, video))
+        return result
 
 
 class DatasetSource:
