@@ -662,6 +662,9 @@ def load_predictions(path: str | Path) -> CasCache:
     for name in ("cas", "attention", "video_scores", "fps", "snippet_frames"):
         if not np.isfinite(a[name]).all():
             raise InputError(path, f"entry {name!r}: non-finite values")
+    ids, counts = np.unique(a["video_ids"], return_counts=True)
+    if (counts > 1).any():  # one video's rows would be read as another's
+        raise InputError(path, f"entry 'video_ids': {str(ids[counts > 1][0])!r} is stored twice")
     if not ((a["fps"] > 0).all() and (a["snippet_frames"] > 0).all()):
         raise InputError(path, "entries 'fps'/'snippet_frames': expected positive numbers")
     cfg = None
