@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from wtal.cli import main
@@ -148,3 +149,15 @@ def test_relative_data_is_stored_absolute_and_resumes_elsewhere(
     monkeypatch.chdir(elsewhere)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0, capsys.readouterr().err
     assert (run / "metrics.json").is_file()
+
+
+def test_resume_of_a_run_saved_before_a_field_existed(data, config, tmp_path, capsys):
+    """A checkpoint whose config lacks a field added later (here data.max_abs_feature)
+    resumes when the field has its default."""
+    run = tmp_path / "run"
+    argv = ["train", str(config), "--data", str(data), "--run-dir", str(run), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    state = torch.load(run / "last.pt", weights_only=True)
+    del state["config"]["data"]["max_abs_feature"]
+    torch.save(state, run / "last.pt")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0, capsys.readouterr().err

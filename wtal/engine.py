@@ -1072,7 +1072,10 @@ def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
         raise InputError(path, f"cannot resume from it: no {', '.join(missing)} entries")
-    diff = _first_difference(config_to_dict(cfg), state["config"])
+    # the stored config through the loader: fields added since the run started take their
+    # defaults there as they did in config.yaml, so they are no difference
+    stored = config_to_dict(config_from_dict(state["config"], source=str(path)))
+    diff = _first_difference(config_to_dict(cfg), stored)
     if diff is not None:
         key, here, there = diff
         what = f"differs from the checkpoint's config ({key}: {here!r} here, {there!r} in last.pt)"
