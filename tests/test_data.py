@@ -284,7 +284,9 @@ def test_fps_from_file_or_argument(tiny, tmp_path):
     records = [VideoAnnotation(**{**vars(r), "fps": 30.0}) for r in records]
     write_pervideo(tmp_path / "fps30", records, features, classes)
     assert FeatureDataset(tmp_path / "fps30", "train")[0].fps == 30.0
-    assert FeatureDataset(tmp_path / "fps30", "train", fps=25)[0].fps == 25.0
+    explicit = FeatureDataset(tmp_path / "fps30", "train", fps=25)  # the video's own wins
+    assert explicit[0].fps == 30.0
+    assert '"fps" 30 differs from data.fps 25' in str(explicit.warnings[-1])
     assert FeatureDataset(root / "wt", "train")[0].fps == 25.0  # W-TALC: the default
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wtal import __version__
 from wtal.io import (
@@ -24,6 +26,9 @@ from wtal.io import (
     check_output_folder,
     os_error,
 )
+
+if TYPE_CHECKING:
+    from wtal.config import Config
 
 # ----------------------------------------------------------------------------- data
 
@@ -68,6 +73,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from wtal.data import convert_wtalc
 
+    if not 0 < args.fps < float("inf"):  # NaN fails both comparisons
+        raise InputError(None, f"--fps: expected a frame rate > 0, got {args.fps}")
     _require_new_folder(args.out)
     try:
         num_videos = convert_wtalc(args.src, args.out, fps=args.fps)
@@ -129,11 +136,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:  # W-TALC numbers are THUMOS14 numbers; otherwise the official evaluator's default
         tious = args.preset or ("thumos" if args.protocol == "wtalc" else "anet")
     for flag, value in (("--fps", args.fps), ("--snippet-frames", args.snippet_frames)):
-        if not value > 0:
+        if not 0 < value < float("inf"):
             raise InputError(None, f"{flag}: expected a number > 0, got {value}")
     ground_truth = evaluation.load_ground_truth(args.gt)
     results = evaluation.load_results(args.results)
     subset = evaluation.resolve_subset(ground_truth, args.subset, source=args.gt)
+    for video, what in evaluation.ground_truth_problems(ground_truth, subset):
+        if args.strict:
+            raise InputError(args.gt, f"{what} (--strict)", video)
+        print(f"warning: {InputError(args.gt, what, video)}", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = evaluation.evaluate_detections(
@@ -199,6 +210,11 @@ def _add_score_parser(sub: argparse._SubParsersAction) -> None:
         default=16.0,
         help="frames per feature snippet for --protocol wtalc",
     )
+    score.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse zero-length or duplicate ground truth instead of warning",
+    )
     score.add_argument("--per-class", action="store_true", help="print per-class AP")
     score.add_argument("--json", action="store_true", help="print the metrics as JSON")
     score.set_defaults(func=cmd_score)
@@ -210,6 +226,17 @@ def _add_score_parser(sub: argparse._SubParsersAction) -> None:
 def _run_dir_for(config_path: str | None) -> Path:
     stem = Path(config_path).stem if config_path else "run"
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _absolute_data_path(cfg: Config, config_path: str | None) -> Config:
+    """``cfg`` with ``data.path`` made absolute (``~`` expanded), as the run folder stores it:
+    ``--resume`` from another directory must find the same data."""
+    from dataclasses import replace
+
+    if not cfg.data.path:
+        raise InputError(config_path, "data.path is empty: pass --data PATH")
+    path = os.path.abspath(os.path.expanduser(cfg.data.path))
+    return replace(cfg, data=replace(cfg.data, path=path))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -234,9 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.config:
             raise InputError(None, "wtal train needs CONFIG (a YAML file) or --resume RUN_DIR")
-        cfg = load_config(args.config, overrides)
-        if not cfg.data.path:
-            raise InputError(args.config, "data.path is empty: pass --data PATH")
+        cfg = _absolute_data_path(load_config(args.config, overrides), args.config)
         run_dir = Path(args.run_dir).expanduser() if args.run_dir else _run_dir_for(args.config)
         check_output_folder(run_dir, "--run-dir")
         if (run_dir / "config.yaml").exists():  # never overwrite another run's files
@@ -375,6 +400,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         load_trained_model,
         open_split,
         predict,
+        report_warnings,
         resolve_device,
         results_from_predictions,
         save_predictions,
@@ -404,6 +430,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         split = args.split or cfg.data.test_subset
         dataset = open_split(cfg, split, path=args.data)
         _check_dataset_fits(dataset, class_names, feat_dim, args.data)
+        dataset.check_features(feat_dim)  # every file, before any work or output
+        report_warnings(dataset)
         videos = dataset
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError(None, "--device cuda: no CUDA device is available")
@@ -430,6 +458,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     write_json(out, results)
     count = sum(len(v) for v in results["results"].values())
     print(f"wrote {out}: {count} detections in {len(preds)} videos (CAS cache: {cache})")
+    if dataset is not None and metrics is None:
+        print(f"split {split!r} has no ground-truth segments: nothing was scored")
     if metrics is not None:
         write_json(_sidecar(out, ".metrics.json"), metrics)
         print(f"split {split!r}, mAP (%) by tIoU (metrics: {_sidecar(out, '.metrics.json')}):")
@@ -453,9 +483,15 @@ def _add_detect_parser(sub: argparse._SubParsersAction) -> None:
     detect.add_argument("--split", help="subset of --data (default: the config's test subset)")
     detect.add_argument("--out", default="results.json", help="results JSON (results.json)")
     detect.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    detect.add_argument("--fps", type=float, help="feature frame rate (default: the config's)")
     detect.add_argument(
-        "--snippet-frames", type=float, help="frames per feature snippet (default: the config's)"
+        "--fps",
+        type=float,
+        help="feature frame rate of videos without their own 'fps' (default: the config's)",
+    )
+    detect.add_argument(
+        "--snippet-frames",
+        type=float,
+        help="frames per feature snippet, likewise (default: the config's)",
     )
     detect.add_argument(
         "--set",
@@ -515,9 +551,16 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     results = results_from_predictions(cache.predictions, cache.class_names, cfg.detect)
     metrics = None
     if ground_truth is not None:
+        # each video's own grid, as stored in the cache (resampled rows span more frames:
+        # the native grid is then the config's)
+        resampled = cfg.data.num_segments > 0
+        grid = {
+            p.video_id: (p.fps, cfg.data.snippet_frames if resampled else p.snippet_frames)
+            for p in cache.predictions
+        }
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            metrics = score_results(results, ground_truth, subset, cfg)
+            metrics = score_results(results, ground_truth, subset, cfg, grid_by_video=grid)
         _report_warnings(caught)
     write_json(out, results)
     d = cfg.detect
@@ -573,7 +616,8 @@ def write_timelines(
     results_path: str | Path | None = None,
     gt_path: str | Path | None = None,
 ) -> list[Path]:
-    """One timeline PNG per video of a CAS cache (``OUT/<video_id>.png``); returns the paths.
+    """One timeline PNG per video of a CAS cache (``OUT/<video_id>.png``, the id made a safe
+    file name by :func:`wtal.plots.safe_file_names`); returns the paths.
 
     ``videos`` picks the videos (default: the first ``num``); detections come from
     ``results_path`` or are re-run from the cache; ground truth from ``gt_path`` if given.
@@ -583,7 +627,7 @@ def write_timelines(
     from wtal.config import Config
     from wtal.engine import detect, load_predictions, results_from_predictions
     from wtal.evaluation import load_ground_truth, load_results
-    from wtal.plots import plot_video
+    from wtal.plots import plot_video, safe_file_names
     from wtal.segments import snippets_to_seconds
 
     cache = load_predictions(cache_path)
@@ -604,12 +648,13 @@ def write_timelines(
         chosen = [by_id[v] for v in ids]
         results = results_from_predictions(chosen, cache.class_names, cfg.detect)["results"]
     database = load_ground_truth(gt_path)["database"] if gt_path else {}
+    files = safe_file_names(out, ids)  # ids come from the cache: never trusted as paths
     paths = []
     for vid in ids:
         pred = by_id[vid]
         found = detect(pred, replace(cfg.detect, fusion="none"))  # the proposals, unfused
         segments = snippets_to_seconds(found.segments.numpy(), pred.fps, pred.snippet_frames)
-        paths.append(Path(out) / f"{vid}.png")
+        paths.append(files[vid])
         plot_video(
             paths[-1],
             pred,
@@ -669,6 +714,18 @@ def _metrics_table(columns: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _fresh_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that is absent or empty.
+
+    The demo never deletes a folder: an earlier run (or whatever else is there) is kept.
+    """
+    candidate, n = path, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from wtal.config import load_config
     from wtal.data import check_dataset
@@ -688,11 +745,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if errors:
         raise InputError(data, f"synthetic data failed its check: {errors[0]}")
     config = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-    overrides = [f"data.path={str(data)!r}", f"train.seed={args.seed}", *(args.set or [])]
+    data_path = os.path.abspath(data)  # stored in the run's config: resumable from anywhere
+    overrides = [f"data.path={data_path!r}", f"train.seed={args.seed}", *(args.set or [])]
     cfg = load_config(config, overrides)
-    run_dir = out / f"run-seed{args.seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    run_dir = _fresh_folder(out / f"run-seed{args.seed}")
     print(
         f"[2/3] training the full method ({cfg.train.epochs} epochs: base stage, then "
         f"pseudo-label rounds at epochs {list(cfg.pseudo.regen_epochs)}) into {run_dir}"
@@ -844,7 +900,7 @@ def write_pseudo_plots(
     regeneration stored in ``RUN_DIR/last.pt``, with ground truth when the data is readable."""
     import numpy as np
 
-    from wtal.plots import plot_pseudo_evolution
+    from wtal.plots import plot_pseudo_evolution, safe_file_names
     from wtal.pseudo import solve_pseudo_labels_batch
 
     run_dir = Path(run_dir)
@@ -857,6 +913,7 @@ def write_pseudo_plots(
     gt = _training_ground_truth(state["cfg"], data, state)
     class_names = state["class_names"]
     ncol = len(class_names) + 1
+    files = safe_file_names(out, videos, prefix="pseudo_")
     paths = []
     for vid in videos:
         T, fps, snippet_frames, _ = (float(x) for x in timing[vid])
@@ -870,7 +927,7 @@ def write_pseudo_plots(
             video_ids=[vid] * len(rows),
         )
         seg_s, seg_labels = gt.get(vid, (None, None))
-        paths.append(Path(out) / f"pseudo_{vid}.png")
+        paths.append(files[vid])
         plot_pseudo_evolution(
             paths[-1], vid, [e for e, _ in rounds], labels, fps=fps,
             snippet_frames=snippet_frames, class_names=class_names, gt_segments_s=seg_s,
@@ -892,7 +949,7 @@ def cmd_plot_pseudo(args: argparse.Namespace) -> int:
 def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
     """{video: (segments_s (M, 2), labels (M,))} of the run's training subset; empty (with a
     warning) when the dataset cannot be read, so that plots still show the labels."""
-    from wtal.engine import open_split
+    from wtal.engine import open_split, report_warnings
 
     try:
         dataset = open_split(
@@ -901,6 +958,7 @@ def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
     except InputError as exc:
         print(f"warning: no ground truth overlay ({exc})", file=sys.stderr)
         return {}
+    report_warnings(dataset)
     return dataset.segments_by_video()
 
 
@@ -953,9 +1011,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.path={args.data!r}")
-    cfg = load_config(args.config, overrides)
-    if not cfg.data.path:
-        raise InputError(args.config, "data.path is empty: pass --data PATH")
+    cfg = _absolute_data_path(load_config(args.config, overrides), args.config)
     out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.config).stem}"
     check_output_folder(out, "--out")
     runs = run_seeds(cfg, seeds, out, progress=not args.quiet)
@@ -1011,8 +1067,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """``warning: <message>`` lines on the current ``sys.stderr`` (looked up at each record,
+    so redirected or captured streams get them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_warnings() -> None:
+    """Route the package's log warnings (data problems the loaders found) to stderr, once."""
+    logger = logging.getLogger("wtal")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler(logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False  # printed here; not a second time by a root handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

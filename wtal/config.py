@@ -71,6 +71,7 @@ RANGES: dict[str, Range] = {
     "data.num_segments": _NON_NEGATIVE,
     "data.val_fraction": _UNIT_OPEN,
     "data.val_seed": Range(0, 2**64, high_open=True),
+    "data.max_abs_feature": _NON_NEGATIVE,
     "model.embed_dim": _COUNT,
     "model.dropout": _UNIT_OPEN,
     "model.scale": _POSITIVE,
@@ -141,9 +142,11 @@ class DataConfig:
     test_subset: str = "test"
     """Subset used for evaluation."""
     fps: float = 25.0
-    """Frame rate the features were extracted at (THUMOS14 I3D: 25, paper.md §5.1)."""
+    """Frame rate the features were extracted at (THUMOS14 I3D: 25, paper.md §5.1); a video's
+    own ``"fps"`` in the annotations wins (a different one is warned about)."""
     snippet_frames: float = 16.0
-    """Frames per feature snippet (THUMOS14 I3D: 16 non-overlapping frames)."""
+    """Frames per feature snippet (THUMOS14 I3D: 16 non-overlapping frames); a video's own
+    ``"snippet_frames"`` in the annotations wins, likewise."""
     num_segments: int = 0
     """Fixed-length resampling to this many snippets per video; 0 keeps the native length
     (THUMOS14 feeds whole videos; ActivityNet recipes sample 75, paper.md §5.2)."""
@@ -156,6 +159,9 @@ class DataConfig:
     val_seed: int = 0
     """Seed of the validation split: the same data and seed give the same split whatever
     ``train.seed`` is and in whatever order the videos are listed."""
+    max_abs_feature: float = 1.0e4
+    """Features beyond this absolute value are warned about (I3D features are O(1)-O(10):
+    larger ones are unnormalised or corrupt); 0 turns the warning off."""
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")

@@ -12,10 +12,12 @@ import bisect
 import contextlib
 import copy
 import hashlib
+import io
 import json
 import logging
 import os
 import pickle
+import pickletools
 import signal
 import time
 import warnings
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from wtal import __version__, distributed
 from wtal.config import Config, DetectConfig, config_from_dict, config_to_dict, save_config
-from wtal.data import Batch, FeatureDataset, collate, split_batch
+from wtal.data import Batch, FeatureDataset, Problem, collate, split_batch
 from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.distributed import Shard, ShardedLoader
@@ -48,6 +50,7 @@ from wtal.pseudo import (
     summarize_quality,
     update_history,
 )
+from wtal.runlock import RunLock
 from wtal.segments import seconds_to_snippets, snippets_to_seconds
 
 log = logging.getLogger("wtal")
@@ -111,6 +114,7 @@ def open_split(
         sampling=sampling,
         seed=cfg.train.seed,
         class_names=class_names,
+        max_abs_feature=dc.max_abs_feature,
     )
 
 
@@ -142,6 +146,37 @@ def _only_videos(dataset: FeatureDataset, video_ids: Sequence[str]) -> FeatureDa
     view = copy.copy(dataset)  # shares the open source; only the record list differs
     view.records = [r for r in dataset.records if r.video_id in keep]
     return view
+
+
+def report_warnings(*datasets: FeatureDataset) -> None:
+    """Log the loader warnings of ``datasets`` (each once: splits of one folder share the
+    annotation file's) on the ``wtal`` logger, which the CLI prints as ``warning: ...``."""
+    for problem in dict.fromkeys(p for d in datasets for p in d.warnings):
+        log.warning("%s", InputError(problem.path, problem.what, problem.video))
+
+
+def check_splits(train_set: FeatureDataset, test_set: FeatureDataset) -> None:
+    """Refuse a test split that could not be scored; warn about untrainable test classes.
+
+    Without any ground-truth segment in the test split, every mAP of the run would be
+    meaningless (and evaluation fails at the end of training). A class with ground truth in
+    the test split but on no training video can never be detected: its AP is 0.
+    """
+    if not any(len(r.segments_s) for r in test_set.records):
+        what = (
+            f"subset {test_set.subset!r} has no ground-truth segments, so nothing could be "
+            "scored; set data.test_subset to a subset with ground truth (wtal detect writes "
+            "detections for videos without)"
+        )
+        raise InputError(test_set.source.ann_path, what)
+    trained = {name for r in train_set.records for name in r.labels}
+    untrainable = sorted({n for r in test_set.records for n in r.segment_labels} - trained)
+    if untrainable:
+        what = (
+            f"{len(untrainable)} class(es) have ground truth in subset {test_set.subset!r} "
+            f"but no training video, so they cannot be learned (AP 0): {untrainable[:5]}"
+        )
+        test_set.warnings.append(Problem("warning", str(test_set.source.ann_path), what))
 
 
 def open_datasets(cfg: Config) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
@@ -678,6 +713,9 @@ def load_predictions(path: str | Path) -> CasCache:
     for name in ("cas", "attention", "video_scores", "fps", "snippet_frames"):
         if not np.isfinite(a[name]).all():
             raise InputError(path, f"entry {name!r}: non-finite values")
+    ids, counts = np.unique(a["video_ids"], return_counts=True)
+    if (counts > 1).any():  # one video's rows would be read as another's
+        raise InputError(path, f"entry 'video_ids': {str(ids[counts > 1][0])!r} is stored twice")
     if not ((a["fps"] > 0).all() and (a["snippet_frames"] > 0).all()):
         raise InputError(path, "entries 'fps'/'snippet_frames': expected positive numbers")
     cfg = None
@@ -867,7 +905,9 @@ def evaluate_predictions(
         dict with the official and legacy metrics and the video classification mAP.
     """
     results = detections_to_results(preds, dataset, cfg.detect)
-    metrics = score_results(results, dataset.ground_truth(), dataset.subset, cfg)
+    metrics = score_results(
+        results, dataset.ground_truth(), dataset.subset, cfg, grid_by_video=dataset.grids()
+    )
     scores = np.stack([p.video_scores[:-1] for p in preds])
     labels = np.stack([p.labels for p in preds])
     metrics["classification_map"] = classification_map(scores, labels)
@@ -875,9 +915,17 @@ def evaluate_predictions(
 
 
 def score_results(
-    results: dict[str, Any], ground_truth: dict[str, Any], subset: str | None, cfg: Config
+    results: dict[str, Any],
+    ground_truth: dict[str, Any],
+    subset: str | None,
+    cfg: Config,
+    *,
+    grid_by_video: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Detection mAP of ``results`` under both protocols (``official`` and ``wtalc``).
+
+    The ``wtalc`` snippet grid is ``cfg.data``'s, or ``grid_by_video[video]`` =
+    ``(fps, snippet_frames)`` for videos with their own.
 
     Returns:
         ``{"official": ..., "wtalc": ..., "headline": average mAP of cfg.eval.protocol}``,
@@ -894,6 +942,7 @@ def score_results(
             protocol=protocol,
             fps=cfg.data.fps,
             snippet_frames=cfg.data.snippet_frames,
+            grid_by_video=grid_by_video,
             ambiguous_filter=cfg.eval.ambiguous_filter and protocol == "wtalc",
         )
         metrics[protocol] = m.as_dict()
@@ -950,6 +999,42 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             fault_point("checkpoint", int(state["epoch"]) - 1)
 
 
+TORCH_GLOBALS = ("torch.", "collections.OrderedDict")
+"""Globals every wtal checkpoint references (tensor rebuilds, state dicts): anything else in a
+file that ``weights_only`` refused is named as the code it would have run."""
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals a checkpoint's pickles reference, read without unpickling.
+
+    Opcodes are only parsed (:func:`pickletools.genops`), never executed. A zip checkpoint
+    holds its pickle in ``*/data.pkl``; a legacy one is several pickles in a row. Unparsable
+    bytes end the scan.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    stream, found, strings = io.BytesIO(data), [], []
+    try:
+        while stream.tell() < len(data):
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - any parse error: what was read so far is the answer
+        pass
+    return found
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (no pickled code is ever executed)."""
     path = Path(path).expanduser()
@@ -959,11 +1044,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(path, "checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # garbage bytes, not a refused object
+    except pickle.UnpicklingError:
+        # torch words this differently from version to version (and by what was refused),
+        # so the file itself says whether it is a refused object or garbage bytes
+        code = [name for name in pickled_globals(path) if not name.startswith(TORCH_GLOBALS)]
+        if not code:
             raise InputError(path, "not a readable wtal checkpoint (UnpicklingError)") from None
-        name = str(exc).split("Unsupported global: GLOBAL ", 1)[-1].split(" ", 1)[0]
-        what = f"refused: it would run pickled code ({name}); checkpoints load weights_only"
+        what = f"refused: it would run pickled code ({code[0]}); checkpoints load weights_only"
         raise InputError(path, what) from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise InputError(
@@ -1082,7 +1169,10 @@ def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict
         return None
     state = load_checkpoint(path)
     _check_state(path, state, train_set, "resume")
-    diff = _first_difference(config_to_dict(cfg), state["config"])
+    # the stored config through the loader: fields added since the run started take their
+    # defaults there as they did in config.yaml, so they are no difference
+    stored = config_to_dict(config_from_dict(state["config"], source=str(path)))
+    diff = _first_difference(config_to_dict(cfg), stored)
     if diff is not None:
         key, here, there = diff
         what = f"differs from the checkpoint's config ({key}: {here!r} here, {there!r} in last.pt)"
@@ -1295,12 +1385,27 @@ def fit(
     Under DDP (a process group is initialised, see :mod:`wtal.distributed`) every rank calls
     this with the same arguments; rank 0 writes the files, and every rank returns the metrics.
 
+    The run folder is locked (:class:`wtal.runlock.RunLock`) for the whole run: a second
+    process training into it gets an :class:`InputError` naming this one's pid.
+
     Returns:
         The final metrics on the test subset (see :func:`evaluate_predictions`).
     """
     if resume and init_from is not None:
         raise InputError(run_dir, "--resume continues a run; --init-from starts a new one")
-    run_dir = Path(run_dir)
+    with RunLock(run_dir, active=distributed.is_main()) as lock:
+        return _fit(cfg, Path(run_dir), resume, progress, lock, init_from)
+
+
+def _fit(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    lock: RunLock,
+    init_from: str | Path | None,
+) -> dict:
+    """The body of :func:`fit`, inside the run folder's lock."""
     world, main = distributed.world_size(), distributed.is_main()
     device = distributed.rank_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
@@ -1309,6 +1414,9 @@ def fit(
     for dataset in (train_set, test_set, val_set):  # fail now, not mid-run
         if dataset is not None:
             dataset.check_features(train_set.feat_dim)
+    check_splits(train_set, test_set)
+    if main:
+        report_warnings(*(d for d in (train_set, test_set, val_set) if d is not None))
     model = build_model(cfg, train_set.feat_dim, train_set.num_classes).to(device)
     if world > 1:  # same initial weights everywhere, then each rank its own dropout stream
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, distributed.rank()))
@@ -1337,6 +1445,7 @@ def fit(
         log.info("%s %s at epoch %d", "resuming" if resume else "branching", run_dir, start)
     if main and not (resume and (run_dir / "config.yaml").is_file()):  # a new run folder
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # before the first file: a second writer is refused now
         save_config(cfg, run_dir / "config.yaml")
         if branch is not None:
             write_json(run_dir / INIT_FROM_FILE, branch)

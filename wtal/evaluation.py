@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -395,6 +395,40 @@ def load_ground_truth(path: str | os.PathLike) -> dict:
     return data
 
 
+def ground_truth_problems(ground_truth: dict, subset: str) -> list[tuple[str, str]]:
+    """Ground truth that scores but misleads: zero-length and duplicate instances.
+
+    A zero-length instance can only be matched by a zero-length prediction; a duplicate
+    (same video, label and segment) can be matched only once, so it caps recall below 1.
+
+    Returns:
+        ``(video_id, what)`` per kind found in ``subset``, naming its first video.
+    """
+    gt = _parse_ground_truth(ground_truth, "ground truth")
+    in_subset = np.array([s == subset for s in gt.subsets], dtype=bool)[gt.ann_video]
+    idx = np.flatnonzero(in_subset)  # (N,) instances of the subset
+    problems = []
+    zero = idx[gt.ann_segments[idx, 1] == gt.ann_segments[idx, 0]]
+    if len(zero):
+        example = gt.ann_segments[zero[0]].tolist()
+        what = f"{len(zero)} zero-length ground-truth segment(s), e.g. {example}"
+        problems.append((gt.video_ids[gt.ann_video[zero[0]]], what))
+    labels = np.unique(np.array(gt.ann_labels, dtype=object)[idx].astype(str), return_inverse=True)
+    keys = np.column_stack(
+        [gt.ann_video[idx], labels[1].reshape(-1), gt.ann_segments[idx].view(np.int64)]
+    )  # exact float bits: only identical segments are duplicates
+    _, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        extra = int((counts - 1).sum())
+        one = idx[first[np.argmax(counts > 1)]]
+        what = (
+            f"{extra} duplicate ground-truth instance(s) (same label and segment), e.g. "
+            f"{gt.ann_labels[one]!r} {gt.ann_segments[one].tolist()}"
+        )
+        problems.append((gt.video_ids[gt.ann_video[one]], what))
+    return problems
+
+
 def load_results(path: str | os.PathLike) -> dict:
     """Read and validate an ActivityNet-format results JSON file.
 
@@ -576,8 +610,16 @@ def _resolve_tious(tious: Sequence[float] | str) -> tuple[float, ...]:
     return values
 
 
-def _to_grid(segments: np.ndarray, fps: float, snippet_frames: float) -> np.ndarray:
-    """Seconds -> snippet indices with Python's ``round`` (half to even), ends exclusive."""
+def _to_grid(
+    segments: np.ndarray, fps: float | np.ndarray, snippet_frames: float | np.ndarray
+) -> np.ndarray:
+    """Seconds -> snippet indices with Python's ``round`` (half to even), ends exclusive.
+
+    ``fps`` and ``snippet_frames`` are scalars or (N,) per-segment arrays.
+    """
+    if np.ndim(fps) or np.ndim(snippet_frames):
+        rate = np.asarray(fps, dtype=np.float64) / np.asarray(snippet_frames, dtype=np.float64)
+        return np.rint(np.asarray(segments, dtype=np.float64) * rate.reshape(-1, 1))
     return np.rint(seconds_to_snippets(segments, fps, snippet_frames))
 
 
@@ -604,6 +646,7 @@ def evaluate_detections(
     protocol: str = "official",
     fps: float = 25.0,
     snippet_frames: float = 16.0,
+    grid_by_video: Mapping[str, tuple[float, float]] | None = None,
     ambiguous_filter: bool = False,
     compat: bool = False,
     unknown_videos_are_false_positives: bool = False,
@@ -615,7 +658,8 @@ def evaluate_detections(
         ground_truth: ActivityNet GT ``{"database": {video_id: {"subset", "annotations":
             [{"segment": [start_s, end_s], "label"}], optional "ambiguous": [[s, e]]}}}``
             (see :func:`load_ground_truth`). A per-video ``fps`` field is not used: the
-            snippet grid of ``"wtalc"`` is the feature grid, given by ``fps``.
+            snippet grid of ``"wtalc"`` is the feature grid, given by ``fps`` and
+            ``grid_by_video``.
         results: ActivityNet results ``{"results": {video_id: [{"label", "score",
             "segment": [start_s, end_s]}]}}``.
         tious: thresholds in (0, 1], or a :data:`TIOU_PRESETS` name.
@@ -623,6 +667,8 @@ def evaluate_detections(
         protocol: ``"official"`` (ActivityNet, seconds) or ``"wtalc"`` (snippet grid).
         fps: feature frame rate, for ``"wtalc"`` (THUMOS14 I3D: 25).
         snippet_frames: frames per feature snippet, for ``"wtalc"`` (THUMOS14 I3D: 16).
+        grid_by_video: ``{video_id: (fps, snippet_frames)}`` of videos whose features were
+            cut on another grid than ``fps``/``snippet_frames`` (``"wtalc"`` only).
         ambiguous_filter: drop predictions that overlap (intersection > 0, on the grid for
             ``"wtalc"``) an ambiguous interval of their video. They count neither as true nor
             as false positives.
@@ -689,9 +735,15 @@ def evaluate_detections(
     amb_video = video_index[gt.amb_video[amb_keep]]
     amb_segments = gt.amb_segments[amb_keep]
     if wtalc:
-        gt_segments = _to_grid(gt_segments, fps, snippet_frames)
-        amb_segments = _to_grid(amb_segments, fps, snippet_frames)
-        pred_segments = _to_grid(pred_segments, fps, snippet_frames)
+        # each evaluated video's grid (index = video_index; unknown videos: the default)
+        grid = np.tile([float(fps), float(snippet_frames)], (num_videos + len(res.video_ids), 1))
+        for vid, (v_fps, v_frames) in (grid_by_video or {}).items():
+            pos = gt_video_pos.get(vid, -1)
+            if pos >= 0 and video_index[pos] >= 0:
+                grid[video_index[pos]] = (v_fps, v_frames)
+        gt_segments = _to_grid(gt_segments, *grid[gt_video].T)
+        amb_segments = _to_grid(amb_segments, *grid[amb_video].T)
+        pred_segments = _to_grid(pred_segments, *grid[pred_video].T)
         # an empty prediction range would never match: the reference widens it to one snippet
         pred_segments[:, 1] = np.maximum(pred_segments[:, 1], pred_segments[:, 0] + 1)
 

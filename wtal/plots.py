@@ -9,8 +9,10 @@ written atomically. Times on every axis are seconds, converted from snippets by
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from wtal.engine import Prediction
-from wtal.io import atomic_path
+from wtal.io import InputError, atomic_path
 from wtal.segments import snippets_to_seconds
 
 TOP_PREDICTED = 3
@@ -44,6 +46,47 @@ PSEUDO_DPI = 100
 """Resolution of the pseudo-label PNGs (a 12-inch-wide figure is 1200 pixels)."""
 GT_ALPHA = 0.18
 """Opacity of the ground-truth spans behind the label curves."""
+
+
+SAFE_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+"""Characters kept in a file name made from a video id; anything else becomes ``_``."""
+MAX_NAME_CHARS = 120
+"""Longest name part kept from an id (file systems allow 255 bytes per name)."""
+
+
+def safe_file_names(
+    folder: str | os.PathLike, ids: Sequence[str], prefix: str = "", suffix: str = ".png"
+) -> dict[str, Path]:
+    """One file path inside ``folder`` per id (video ids, class names: data, not trusted).
+
+    Separators, ``..``, leading dots and other characters outside :data:`SAFE_NAME_CHARS` are
+    replaced, so ``../../x`` or ``/etc/x`` cannot name a file outside ``folder``. An id that had
+    to be changed (or that clashes with another, e.g. ``a/b`` and ``a_b``) gets a short hash of
+    itself appended, so distinct ids always get distinct files.
+
+    Returns:
+        ``{id: folder / (prefix + name + suffix)}`` in the order of ``ids``.
+
+    Raises:
+        InputError: if a path would still resolve outside ``folder`` (never, by construction;
+            the check guards the rule above).
+    """
+    folder = Path(folder)
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for vid in dict.fromkeys(ids):
+        name = "".join(c if c in SAFE_NAME_CHARS else "_" for c in vid)[:MAX_NAME_CHARS]
+        name = name.lstrip(".") or "_"  # no hidden files, no "." or ".."
+        if name != vid or name.lower() in taken:  # case-insensitive file systems clash too
+            name = f"{name}-{hashlib.sha1(vid.encode()).hexdigest()[:8]}"
+        taken.add(name.lower())
+        names[vid] = f"{prefix}{name}{suffix}"
+    root = folder.resolve()
+    paths = {vid: folder / name for vid, name in names.items()}
+    for vid, path in paths.items():
+        if path.resolve().parent != root:
+            raise InputError(folder, f"file name from id {vid!r} leaves the folder", None)
+    return paths
 
 
 def _color(index: int) -> tuple[float, float, float, float]:

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from wtal.config import DataConfig
 from wtal.data.layouts import (
     ANNOTATION_FILE,
     DEFAULT_FPS,
     DatasetSource,
+    FeatureWarnings,
     Problem,
     Reporter,
     atomic_dir,
@@ -34,13 +36,15 @@ def check_dataset(
     layout: str = "auto",
     class_names: Sequence[str] | None = None,
     annotation_file: str = ANNOTATION_FILE,
+    max_abs_feature: float = DataConfig.max_abs_feature,
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Validate a dataset folder and summarize it.
 
     Reports (naming file, video and field): missing or extra feature files, inconsistent
     feature dims, NaN/Inf, empty videos, labels not in the class list, segments with
     ``end <= start`` or a negative start, duplicate video ids (errors) and segments that
-    end after the video (warnings). Reads every feature file once.
+    end after the video, integer feature dtypes and features beyond ``max_abs_feature``
+    (warnings, one line per kind). Reads every feature file once.
 
     Returns:
         The problems in discovery order and a summary dict: ``layout``, ``classes``,
@@ -56,6 +60,7 @@ def check_dataset(
     check_labels(rep, source, names)
     lengths: dict[str, int] = {}
     dims: dict[str, int] = {}
+    suspicious = FeatureWarnings(max_abs_feature)
     try:
         have = source.feature_ids()
     except InputError as exc:
@@ -77,9 +82,11 @@ def check_dataset(
             if problem:
                 rep.error(path, problem, vid)
                 continue
+            suspicious.add(features, path, vid)
             lengths[vid], dims[vid] = features.shape
         for vid in sorted(have - set(ids)):
             rep.error(source.feature_path(vid), "feature file without an annotation entry", vid)
+    rep.problems += suspicious.problems()
     feat_dim = Counter(dims.values()).most_common(1)[0][0] if dims else None
     for vid, dim in dims.items():
         if dim != feat_dim:
@@ -137,6 +144,8 @@ def convert_wtalc(
     Returns:
         Number of videos written.
     """
+    if not 0 < fps < float("inf"):  # NaN fails both comparisons
+        raise InputError(None, f"fps: expected a frame rate > 0, got {fps}")
     rep = Reporter(strict=True)
     source = DatasetSource(src, "wtalc", rep, ANNOTATION_FILE)
     check_labels(rep, source, resolve_class_names(source, None))

@@ -15,6 +15,8 @@ from wtal.data.layouts import (
     DEFAULT_FPS,
     DEFAULT_SNIPPET_FRAMES,
     DatasetSource,
+    FeatureWarnings,
+    Problem,
     Reporter,
     VideoAnnotation,
     check_labels,
@@ -182,6 +184,31 @@ def split_batch(batch: Batch, max_padding: float) -> list[tuple[np.ndarray, Batc
 # ----------------------------------------------------------------------------- dataset
 
 
+def _timing_warnings(
+    path: os.PathLike,
+    records: Sequence[VideoAnnotation],
+    fps: float | None,
+    snippet_frames: float | None,
+) -> list[Problem]:
+    """A warning per distinct per-video ``fps``/``snippet_frames`` that differs from the
+    given one, naming its first video (one line per value, not one per video: ActivityNet
+    has thousands of videos at a handful of frame rates)."""
+    problems = []
+    for name, given in (("fps", fps), ("snippet_frames", snippet_frames)):
+        if given is None:
+            continue
+        found: dict[float, list[str]] = {}
+        for rec in records:
+            own = getattr(rec, name)
+            if own is not None and own != given:
+                found.setdefault(own, []).append(rec.video_id)
+        for own, videos in found.items():
+            more = f" (and {len(videos) - 1} other videos)" if len(videos) > 1 else ""
+            what = f'"{name}" {own:g} differs from data.{name} {given:g}: {own:g} is used{more}'
+            problems.append(Problem("warning", str(path), what, videos[0]))
+    return problems
+
+
 class FeatureDataset(torch.utils.data.Dataset):
     """The videos of one subset, as :class:`Video` records.
 
@@ -190,11 +217,11 @@ class FeatureDataset(torch.utils.data.Dataset):
         subset: subset name to serve (W-TALC THUMOS14: ``"validation"`` to train,
             ``"test"`` to test); ``None`` serves every video.
         layout: ``"auto"`` (detect), ``"wtalc"`` or ``"pervideo"``.
-        fps: frame rate the snippets were cut at; ``None`` uses the per-video ``"fps"`` of
-            the annotation file, else :data:`DEFAULT_FPS`. ActionFormer-style files store
-            the source video's frame rate there, so pass ``fps`` explicitly for features
-            extracted at another rate.
-        snippet_frames: frames per feature snippet.
+        fps: frame rate the snippets were cut at, for videos whose annotation has no
+            ``"fps"`` (``None``: :data:`DEFAULT_FPS`). A video's own ``"fps"`` always wins;
+            where it differs from an explicit ``fps``, :attr:`warnings` names the video.
+        snippet_frames: frames per feature snippet, likewise for videos without their own
+            ``"snippet_frames"`` (``None``: :data:`DEFAULT_SNIPPET_FRAMES`).
         num_segments: resample every video to this many rows (:func:`resample`); ``None``
             keeps whole videos.
         sampling: ``"uniform"`` or ``"random"`` (random-perturbed, needs ``num_segments``).
@@ -203,6 +230,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         class_names: class order; default: the file's class list (W-TALC ``classlist.npy``,
             JSON ``"classes"``) or else the sorted union of all labels in every subset.
         annotation_file: name of the per-video layout's JSON inside ``root``.
+        max_abs_feature: :meth:`check_features` warns about features beyond this absolute
+            value (0: no such warning).
 
     Raises:
         InputError: on the first bad annotation or feature file, naming file and video.
@@ -215,12 +244,13 @@ class FeatureDataset(torch.utils.data.Dataset):
         *,
         layout: str = "auto",
         fps: float | None = None,
-        snippet_frames: float = DEFAULT_SNIPPET_FRAMES,
+        snippet_frames: float | None = None,
         num_segments: int | None = None,
         sampling: str = "uniform",
         seed: int = 0,
         class_names: Sequence[str] | None = None,
         annotation_file: str = ANNOTATION_FILE,
+        max_abs_feature: float = 0.0,
     ) -> None:
         if sampling not in ("uniform", "random"):
             raise ValueError(f"sampling must be 'uniform' or 'random', got {sampling!r}")
@@ -230,7 +260,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.source = DatasetSource(root, layout, rep, annotation_file)
         self.class_names = resolve_class_names(self.source, class_names)
         check_labels(rep, self.source, self.class_names)
-        self.warnings = rep.problems
+        self.warnings = list(rep.problems)
         self.records = [r for r in self.source.records if subset is None or r.subset == subset]
         if not self.records:
             subsets = sorted({r.subset for r in self.source.records})
@@ -241,7 +271,12 @@ class FeatureDataset(torch.utils.data.Dataset):
             if missing:
                 vid = missing[0]
                 raise InputError(self.source.feature_path(vid), "feature file missing", vid)
-        self.subset, self.fps, self.snippet_frames = subset, fps, float(snippet_frames)
+        self.subset, self.max_abs_feature = subset, max_abs_feature
+        self.fps = DEFAULT_FPS if fps is None else float(fps)
+        self.snippet_frames = (
+            DEFAULT_SNIPPET_FRAMES if snippet_frames is None else float(snippet_frames)
+        )
+        self.warnings += _timing_warnings(self.source.ann_path, self.records, fps, snippet_frames)
         self.num_segments, self.sampling, self.seed, self.epoch = num_segments, sampling, seed, 0
         first = self.source.load(self.records[0].video_id)
         problem = feature_problem(first, None, scan=False)
@@ -268,21 +303,28 @@ class FeatureDataset(torch.utils.data.Dataset):
         Checks shape, dtype, emptiness, NaN/Inf and the feature dim (``feat_dim``, default
         the first video's), so that training fails before it starts rather than mid-epoch.
         Files are memory-mapped one at a time: memory stays bounded by the longest video.
+        Integer features and values beyond ``max_abs_feature`` are added to
+        :attr:`warnings`.
         """
         feat_dim = self.feat_dim if feat_dim is None else feat_dim
+        suspicious = FeatureWarnings(self.max_abs_feature)
         for rec in self.records:
-            problem = feature_problem(self.source.load(rec.video_id), feat_dim)
+            features, path = self.source.load(rec.video_id), self.source.feature_path(rec.video_id)
+            problem = feature_problem(features, feat_dim)
             if problem:
-                raise InputError(self.source.feature_path(rec.video_id), problem, rec.video_id)
+                raise InputError(path, problem, rec.video_id)
+            suspicious.add(features, path, rec.video_id)
+        self.warnings += suspicious.problems()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random-sampling stream of this epoch."""
         self.epoch = int(epoch)
 
     def _fps(self, rec: VideoAnnotation) -> float:
-        if self.fps is not None:
-            return float(self.fps)
-        return rec.fps if rec.fps is not None else DEFAULT_FPS
+        return rec.fps if rec.fps is not None else self.fps
+
+    def _snippet_frames(self, rec: VideoAnnotation) -> float:
+        return rec.snippet_frames if rec.snippet_frames is not None else self.snippet_frames
 
     def __getitem__(self, index: int) -> Video:
         rec = self.records[index]
@@ -290,7 +332,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         problem = feature_problem(features, self.feat_dim)
         if problem:
             raise InputError(self.source.feature_path(rec.video_id), problem, rec.video_id)
-        snippet_frames = self.snippet_frames
+        snippet_frames = self._snippet_frames(rec)
         if self.num_segments is not None:
             rng = None
             if self.sampling == "random":
@@ -314,6 +356,11 @@ class FeatureDataset(torch.utils.data.Dataset):
             fps=self._fps(rec),
             snippet_frames=snippet_frames,
         )
+
+    def grids(self) -> dict[str, tuple[float, float]]:
+        """``{video_id: (fps, snippet_frames)}`` of the native feature grid (before any
+        resampling) of every video, its own values where the annotation gives them."""
+        return {r.video_id: (self._fps(r), self._snippet_frames(r)) for r in self.records}
 
     def segments_by_video(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Ground-truth instances of every video as arrays, without reading features.
@@ -344,6 +391,7 @@ class FeatureDataset(torch.utils.data.Dataset):
                 "subset": rec.subset,
                 "duration": None if np.isnan(rec.duration_s) else rec.duration_s,
                 "fps": self._fps(rec),
+                "snippet_frames": self._snippet_frames(rec),
                 "annotations": [
                     {"segment": seg, "label": name}
                     for seg, name in zip(rec.segments_s.tolist(), rec.segment_labels, strict=True)

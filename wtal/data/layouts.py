@@ -26,6 +26,8 @@ DEFAULT_FPS = 25.0
 """Frame rate of THUMOS14 / ActivityNet I3D feature extraction (W-TALC, ACM-Net)."""
 DEFAULT_SNIPPET_FRAMES = 16.0
 """Frames per I3D feature snippet (non-overlapping 16-frame chunks)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Largest float32: float64 features beyond it overflow to inf when cast for training."""
 ANNOTATION_FILE = "annotations.json"
 FEATURES_DIR = "features"
 WTALC_FEATURES_SUFFIX = "-I3D-JOINTFeatures.npy"
@@ -43,7 +45,8 @@ class VideoAnnotation:
     segment_labels: list[str]
     labels: list[str]  # video-level label names
     ambiguous_s: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (M, 2)
-    fps: float | None = None
+    fps: float | None = None  # the video's own frame rate, when the annotation gives one
+    snippet_frames: float | None = None  # the video's own frames per snippet, likewise
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,17 @@ def _valid_segments(
     return finite & (start >= 0) & (end > start)
 
 
+def _id_problem(video_id: str) -> str | None:
+    """Why a video id cannot name its feature file ``features/<id>.npy`` (None if it can).
+
+    Ids come from the data, so one like ``../../x`` or ``/tmp/x`` would read (or, converting,
+    write) a file outside the dataset folder.
+    """
+    if not video_id or video_id in (".", "..") or any(c in video_id for c in "/\\\0"):
+        return "video id must be a plain file name (no '/', '\\', NUL, '.' or '..')"
+    return None
+
+
 def _number(value: Any) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if ok else None
@@ -181,6 +195,9 @@ def read_pervideo_annotations(
         if not isinstance(entry, dict):
             rep.error(path, "entry is not an object", vid)
             continue
+        if problem := _id_problem(vid):
+            rep.error(path, problem, vid)
+            continue
         subset, duration, fps = entry.get("subset"), entry.get("duration"), entry.get("fps")
         if not isinstance(subset, str):
             rep.error(path, '"subset" must be a string', vid)
@@ -194,6 +211,11 @@ def read_pervideo_annotations(
         if fps is not None and not (_number(fps) or 0) > 0:
             rep.error(path, f'"fps" must be a positive number, got {fps!r}', vid)
             fps = None
+        snippet_frames = entry.get("snippet_frames")
+        if snippet_frames is not None and not (_number(snippet_frames) or 0) > 0:
+            what = f'"snippet_frames" must be a positive number, got {snippet_frames!r}'
+            rep.error(path, what, vid)
+            snippet_frames = None
         anns = entry.get("annotations")
         if not isinstance(anns, list):
             rep.error(path, '"annotations" must be a list', vid)
@@ -230,6 +252,7 @@ def read_pervideo_annotations(
                 labels=sorted(set(names)) if labels is None else list(labels),
                 ambiguous_s=ambiguous[amb_keep],
                 fps=None if fps is None else float(fps),
+                snippet_frames=None if snippet_frames is None else float(snippet_frames),
             )
         )
     return records, classes
@@ -287,6 +310,9 @@ def read_wtalc_annotations(
     ambiguous = _read_wtalc_ambiguous(root / WTALC_AMBIGUOUS_FILE, set(video_ids), rep)
     records = []
     for i, vid in enumerate(video_ids):
+        if problem := _id_problem(vid):
+            rep.error(root / "videoname.npy", problem, vid)
+            continue
         duration_s = float(arrays["duration"][i])
         segments = _as_segments(arrays["segments"][i])
         names = [_decode(x) for x in arrays["labels"][i]]
@@ -340,14 +366,19 @@ def _read_wtalc_ambiguous(path: Path, video_ids: set[str], rep: Reporter) -> dic
 
 
 def detect_layout(root: str | os.PathLike, annotation_file: str = ANNOTATION_FILE) -> str:
-    """``"wtalc"`` if ``root`` holds ``videoname.npy``, ``"pervideo"`` if it holds the JSON."""
+    """``"pervideo"`` if ``root`` holds the annotation JSON, else ``"wtalc"`` if it holds
+    ``videoname.npy``.
+
+    The JSON wins: a per-video folder that also holds a leftover ``videoname.npy`` (from a
+    conversion) must never be unpickled, since that runs code stored in the file.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "not a dataset folder (missing or not a directory)")
-    if (root / "videoname.npy").exists():
-        return "wtalc"
     if (root / annotation_file).exists():
         return "pervideo"
+    if (root / "videoname.npy").exists():
+        return "wtalc"
     what = f"neither a W-TALC bundle (videoname.npy) nor a per-video dataset ({annotation_file})"
     raise InputError(root, what)
 
@@ -364,7 +395,52 @@ def feature_problem(features: np.ndarray, feat_dim: int | None, scan: bool = Tru
         return f"features: dim {features.shape[1]}, expected {feat_dim} like the other videos"
     if scan and not np.isfinite(features).all():
         return "features: contains NaN or Inf"
+    if scan and features.dtype.kind == "f" and features.dtype.itemsize > 4:
+        peak = max(abs(float(features.max())), abs(float(features.min())))
+        if peak > FLOAT32_MAX:  # training casts to float32: these become inf, then NaN
+            return f"features: values up to {peak:.3g} overflow float32 (max {FLOAT32_MAX:.3g})"
     return None
+
+
+def feature_warnings(features: np.ndarray, max_abs: float) -> list[tuple[str, str]]:
+    """What trains but probably into garbage, in one video's (T, D) features.
+
+    Returns:
+        ``(kind, what)`` pairs: ``"dtype"`` for integer features (quantized or mis-saved;
+        they are cast to float32 unscaled), ``"magnitude"`` for values beyond ``max_abs``
+        (0 turns that check off).
+    """
+    found = []
+    if features.dtype.kind in "iu":
+        what = f"features: integer dtype {features.dtype}, expected float (cast unscaled)"
+        found.append(("dtype", what))
+    if max_abs > 0 and features.size:
+        peak = max(abs(float(features.max())), abs(float(features.min())))
+        if peak > max_abs:
+            what = f"features: values up to {peak:.3g}, beyond data.max_abs_feature {max_abs:g}"
+            found.append(("magnitude", what))
+    return found
+
+
+class FeatureWarnings:
+    """:func:`feature_warnings` of many videos, as one :class:`Problem` per kind that names
+    the first video and counts the others (not one line per video of a large dataset)."""
+
+    def __init__(self, max_abs: float) -> None:
+        self.max_abs = max_abs
+        self.found: dict[str, list[tuple[str, str, str]]] = {}
+
+    def add(self, features: np.ndarray, path: os.PathLike, video: str) -> None:
+        for kind, what in feature_warnings(features, self.max_abs):
+            self.found.setdefault(kind, []).append((str(path), what, video))
+
+    def problems(self) -> list[Problem]:
+        result = []
+        for rows in self.found.values():
+            path, what, video = rows[0]
+            more = f" (and {len(rows) - 1} other videos)" if len(rows) > 1 else ""
+            result.append(Problem("warning", path, what + more, video))
+        return result
 
 
 class DatasetSource:
@@ -495,6 +571,8 @@ def write_pervideo(
         }
         if rec.fps is not None:
             entry["fps"] = rec.fps
+        if rec.snippet_frames is not None:
+            entry["snippet_frames"] = rec.snippet_frames
         entry["labels"] = list(rec.labels)
         entry["annotations"] = [
             {"segment": seg, "label": name}
