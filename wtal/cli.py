@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from wtal import __version__
 from wtal.io import (
@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- data
 
 
+def _given(value: str | None, flag: str) -> str | None:
+    """``value`` of the option ``flag`` unless it is blank: an empty ``--data ""`` or
+    ``--run-dir ""`` must not fall back silently to the default as if it were absent."""
+    if value is not None and not value.strip():
+        raise InputError(None, f"{flag}: expected a value, got {value!r}")
+    return value
+
+
 def _require_new_folder(out: str) -> None:
     """Refuse an existing output folder before any work (the writers refuse it too)."""
     check_output_folder(out, "OUT")
@@ -44,6 +52,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from wtal.synth import PRESETS, apply_overrides, write_synthetic
 
     spec = apply_overrides(PRESETS[args.preset], args.set or [])
+    if args.seed < 0:  # numpy's generators take non-negative seeds only
+        raise InputError(None, f"--seed: expected an integer >= 0, got {args.seed}")
     _require_new_folder(args.out)
     try:
         counts = write_synthetic(args.out, spec, seed=args.seed)
@@ -245,7 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from wtal.engine import fit, resolve_device
 
     overrides = list(args.set or [])
-    if args.data:
+    if _given(args.data, "--data") is not None:
         overrides.append(f"data.path={args.data!r}")
     if args.device:
         overrides.append(f"train.device={args.device!r}")
@@ -262,7 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise InputError(None, "wtal train needs CONFIG (a YAML file) or --resume RUN_DIR")
         cfg = _absolute_data_path(load_config(args.config, overrides), args.config)
-        run_dir = Path(args.run_dir).expanduser() if args.run_dir else _run_dir_for(args.config)
+        given = _given(args.run_dir, "--run-dir")
+        run_dir = Path(given).expanduser() if given is not None else _run_dir_for(args.config)
         check_output_folder(run_dir, "--run-dir")
         if (run_dir / "config.yaml").exists():  # never overwrite another run's files
             raise InputError(run_dir, "already holds a run: continue it with --resume RUN_DIR")
@@ -427,7 +438,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         videos = [_features_video(Path(args.features), cfg, len(class_names), feat_dim)]
         split = ""
     else:
-        split = args.split or cfg.data.test_subset
+        split = _given(args.split, "--split") or cfg.data.test_subset
         dataset = open_split(cfg, split, path=args.data)
         _check_dataset_fits(dataset, class_names, feat_dim, args.data)
         dataset.check_features(feat_dim)  # every file, before any work or output
@@ -540,7 +551,7 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     out = check_output_file(out, "--out")
     metrics_path = _sidecar(out, ".metrics.json")
     ground_truth = subset = None
-    if args.gt:  # every input is read and checked before the first file is written
+    if _given(args.gt, "--gt") is not None:  # every input is checked before the first write
         check_output_file(metrics_path, "--out")
         ground_truth = load_ground_truth(args.gt)
         subset = args.subset
@@ -667,7 +678,13 @@ def write_timelines(
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    videos = [v.strip() for v in args.videos.split(",") if v.strip()] if args.videos else None
+    videos = None
+    if args.videos is not None:
+        videos = [v.strip() for v in args.videos.split(",") if v.strip()]
+        if not videos:
+            raise InputError(
+                None, f"--videos: expected comma-separated video ids, got {args.videos!r}"
+            )
     check_output_folder(args.out, "--out")
     paths = write_timelines(
         args.cache,
@@ -732,11 +749,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from wtal.engine import fit
     from wtal.synth import PRESETS, write_synthetic
 
-    out = Path(args.out)
+    # Every argument is checked before the first file is written: a bad --set, --seed or
+    # --plots must not leave a synthetic dataset behind.
+    out = check_output_folder(args.out, "--out")
+    if args.plots < 0:
+        raise InputError(None, f"--plots: expected a number >= 0, got {args.plots}")
     data = out / f"synth-thumos-seed{args.seed}"
+    config = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+    data_path = os.path.abspath(data)  # stored in the run's config: resumable from anywhere
+    overrides = [f"data.path={data_path!r}", f"train.seed={args.seed}", *(args.set or [])]
+    cfg = load_config(config, overrides)  # also refuses a seed outside [0, 2^64)
+    run_dir = _fresh_folder(out / f"run-seed{args.seed}")
     if (data / "synth_spec.json").is_file():
         print(f"[1/3] synthetic benchmark: cached in {data}")
     else:
+        if data.exists():  # a user's folder of that name: never written into
+            raise InputError(data, "exists but holds no synthetic benchmark; choose another --out")
         print(f"[1/3] synthesizing the `thumos` benchmark into {data} ...")
         counts = write_synthetic(data, PRESETS["thumos"], seed=args.seed)
         print(f"      {counts['videos']} videos, {counts['instances']} instances")
@@ -744,11 +772,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     errors = [p for p in problems if p.level == "error"]
     if errors:
         raise InputError(data, f"synthetic data failed its check: {errors[0]}")
-    config = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-    data_path = os.path.abspath(data)  # stored in the run's config: resumable from anywhere
-    overrides = [f"data.path={data_path!r}", f"train.seed={args.seed}", *(args.set or [])]
-    cfg = load_config(config, overrides)
-    run_dir = _fresh_folder(out / f"run-seed{args.seed}")
     print(
         f"[2/3] training the full method ({cfg.train.epochs} epochs: base stage, then "
         f"pseudo-label rounds at epochs {list(cfg.pseudo.regen_epochs)}) into {run_dir}"
@@ -783,7 +806,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_plots(run_dir: Path, data: Path, base: dict, full: dict, num_videos: int) -> list[Path]:
     """mAP vs tIoU (base stage vs full method), a few test-video timelines, and the pseudo
-    labels of a few training videos at every regeneration."""
+    labels of a few training videos at every regeneration (none with ``num_videos`` 0)."""
     from wtal.plots import plot_map_vs_tiou
 
     out = run_dir / "plots"
@@ -793,6 +816,8 @@ def _demo_plots(run_dir: Path, data: Path, base: dict, full: dict, num_videos: i
     }
     plot_map_vs_tiou(curves, out / "map_vs_tiou.png", title="test mAP, official protocol")
     paths = [out / "map_vs_tiou.png"]
+    if num_videos == 0:  # --plots 0: the curve only
+        return paths
     paths += write_timelines(
         run_dir / "cas_test.npz",
         out / "timelines",
@@ -816,7 +841,11 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument(
-        "--plots", type=int, default=4, metavar="N", help="test videos to draw timelines of"
+        "--plots",
+        type=int,
+        default=4,
+        metavar="N",
+        help="test videos to draw timelines of (0: none)",
     )
     demo.set_defaults(func=cmd_demo)
 
@@ -906,6 +935,8 @@ def write_pseudo_plots(
     run_dir = Path(run_dir)
     state, rounds = _pseudo_rounds(run_dir)
     timing = rounds[-1][1]["timing"]
+    if not videos and num_videos < 1:  # a negative N would slice off the last videos instead
+        raise InputError(None, f"--num-videos: expected a number >= 1, got {num_videos}")
     videos = list(videos or list(timing)[:num_videos])
     unknown = [v for v in videos if v not in timing]
     if unknown:
@@ -948,7 +979,8 @@ def cmd_plot_pseudo(args: argparse.Namespace) -> int:
 
 def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
     """{video: (segments_s (M, 2), labels (M,))} of the run's training subset; empty (with a
-    warning) when the dataset cannot be read, so that plots still show the labels."""
+    warning) when the run's dataset cannot be read any more, so that plots still show the
+    labels. A ``--data`` the user names must be readable: an error otherwise."""
     from wtal.engine import open_split, report_warnings
 
     try:
@@ -956,6 +988,8 @@ def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
             cfg, cfg.data.train_subset, path=data, class_names=state["class_names"]
         )
     except InputError as exc:
+        if data is not None:
+            raise
         print(f"warning: no ground truth overlay ({exc})", file=sys.stderr)
         return {}
     report_warnings(dataset)
@@ -1009,10 +1043,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not seeds or len(set(seeds)) != len(seeds):
         raise InputError(None, f"--seeds: expected distinct integers, got {args.seeds!r}")
     overrides = list(args.set or [])
-    if args.data:
+    if _given(args.data, "--data") is not None:
         overrides.append(f"data.path={args.data!r}")
     cfg = _absolute_data_path(load_config(args.config, overrides), args.config)
-    out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.config).stem}"
+    given = _given(args.out, "--out")
+    out = Path(given) if given is not None else Path("runs") / f"bench-{Path(args.config).stem}"
     check_output_folder(out, "--out")
     runs = run_seeds(cfg, seeds, out, progress=not args.quiet)
     summary = summarize_seeds(runs, seeds)
@@ -1048,8 +1083,16 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``error:`` line and exit status 2, like every other
+    bad input (argparse's own prints the usage block first). Subcommands inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wtal",
         description="Weakly supervised temporal action localization.",
     )

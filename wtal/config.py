@@ -58,6 +58,9 @@ class Range:
         return kind
 
 
+INT64_LIMIT = 2**63
+"""Integer fields without an upper bound of their own must stay below this (int64)."""
+
 _COUNT = Range(1)
 _NON_NEGATIVE = Range(0)
 _POSITIVE = Range(0, low_open=True)
@@ -531,6 +534,10 @@ def _check_fields(section: Any, name: str) -> None:
             allowed = RANGES.get(key, Range())
             if x not in allowed:
                 raise ConfigError(None, f"{where} = {x!r}: expected {allowed.describe(kind)}")
+            # Integers go into numpy and torch as int64: a larger one would overflow there
+            # (after the run folder exists) instead of being refused here.
+            if isinstance(x, int) and allowed.high is None and not abs(x) < INT64_LIMIT:
+                raise ConfigError(None, f"{where} = {x!r}: expected an integer < 2^63")
 
 
 def _check_increasing(values: tuple[int, ...], key: str) -> None:
@@ -574,7 +581,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
 def from_dict(cls: type, data: dict[str, Any], source: str | None = None, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(source, f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(source, f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -620,7 +628,8 @@ def load_config(
     if path is not None:
         source = str(path)
         try:
-            data = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+            text = Path(path).expanduser().read_text()
+            data = yaml.safe_load(text) or {}
         except FileNotFoundError:
             raise ConfigError(path, "config file not found") from None
         except OSError as exc:  # a folder, no permission
@@ -631,7 +640,35 @@ def load_config(
             raise ConfigError(path, f"malformed YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(path, "expected a mapping of sections at the top level")
+        if duplicate := _duplicate_key(text):
+            raise ConfigError(path, duplicate)
     return config_from_dict(data, overrides, source)
+
+
+def _duplicate_key(text: str) -> str | None:
+    """``"line N: key 'k' given twice"`` for the first mapping of the YAML ``text`` that
+    repeats a key (``safe_load`` keeps the last value silently), else None.
+
+    Reads the node graph (``yaml.compose``: no object is constructed), each node once, so
+    aliases cannot blow up the walk.
+    """
+    stack, seen = [yaml.compose(text, Loader=yaml.SafeLoader)], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys:
+                        return f"line {key.start_mark.line + 1}: key {key.value!r} given twice"
+                    keys.add(key.value)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return None
 
 
 def config_from_dict(

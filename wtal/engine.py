@@ -89,8 +89,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: Config, feat_dim: int, num_classes: int) -> WTALModel:
-    """The network with the config's ``model`` section as keyword arguments."""
-    return WTALModel(feat_dim, num_classes, **vars(cfg.model))
+    """The network with the config's ``model`` section as keyword arguments.
+
+    Raises:
+        InputError: the weights do not fit in memory (a huge ``model.embed_dim``, say); torch
+            reports that as a RuntimeError, which would otherwise end in a traceback.
+    """
+    try:
+        return WTALModel(feat_dim, num_classes, **vars(cfg.model))
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "alloc" not in str(exc):
+            raise
+        mc = cfg.model
+        sizes = f"model.embed_dim = {mc.embed_dim}, num_bases = {mc.num_bases}"
+        what = f"{sizes}, queue_len = {mc.queue_len}: the model does not fit in memory"
+        raise InputError(None, f"{what} (features {feat_dim}-d)") from None
 
 
 def open_split(

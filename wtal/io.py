@@ -162,7 +162,8 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Non
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, turning a missing file or bad syntax into an :class:`InputError`."""
+    """Read a JSON file, turning a missing file, bad syntax or a key given twice in one object
+    into an :class:`InputError`."""
     path = Path(path).expanduser()
     try:
         text = path.read_text()
@@ -172,8 +173,20 @@ def read_json(path: str | os.PathLike) -> Any:
         raise os_error(exc, "cannot read", path) from None
     except UnicodeDecodeError:
         raise InputError(path, "cannot read: not UTF-8 text") from None
+    duplicates: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):  # json keeps the last silently: a video's entry would vanish
+            seen: set[str] = set()
+            duplicates.extend(k for k, _ in pairs if k in seen or seen.add(k))
+        return obj
+
     try:
-        return json.loads(text)
+        data = json.loads(text, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as exc:
         what = f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         raise InputError(path, what) from None
+    if duplicates:
+        raise InputError(path, f"key {duplicates[0]!r} appears twice in one object")
+    return data

@@ -8,6 +8,7 @@ source you trust.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -136,6 +137,13 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
+def _positive(value: Any) -> bool:
+    """A finite number > 0 (JSON's ``NaN`` and ``Infinity`` are not: an infinite frame rate
+    would put every segment at 0 s)."""
+    number = _number(value)
+    return number is not None and 0 < number < math.inf
+
+
 def _read_annotation_json(path: Path) -> tuple[Any, list[str]]:
     """Parse JSON and list duplicated object keys (``json`` would silently keep the last)."""
     duplicates: list[str] = []
@@ -188,6 +196,9 @@ def read_pervideo_annotations(
     classes = data.get("classes")
     if classes is not None and _str_list(classes) is None:
         raise InputError(path, '"classes" must be a list of class-name strings')
+    if classes is not None and len(set(classes)) < len(classes):  # which index would a label get?
+        twice = next(c for i, c in enumerate(classes) if c in classes[:i])
+        raise InputError(path, f'"classes": {twice!r} is listed twice')
     extra_ambiguous = data.get("ambiguous", {})  # the THUMOS evaluation fixtures keep it here
     extra_ambiguous = extra_ambiguous if isinstance(extra_ambiguous, dict) else {}
     records = []
@@ -203,16 +214,16 @@ def read_pervideo_annotations(
             rep.error(path, '"subset" must be a string', vid)
             continue
         duration_s = np.nan if duration is None else _number(duration)
-        if duration_s is None or duration_s <= 0:
+        if duration is not None and not _positive(duration):
             rep.error(
                 path, f'"duration" must be a positive number of seconds, got {duration!r}', vid
             )
             duration_s = np.nan
-        if fps is not None and not (_number(fps) or 0) > 0:
+        if fps is not None and not _positive(fps):
             rep.error(path, f'"fps" must be a positive number, got {fps!r}', vid)
             fps = None
         snippet_frames = entry.get("snippet_frames")
-        if snippet_frames is not None and not (_number(snippet_frames) or 0) > 0:
+        if snippet_frames is not None and not _positive(snippet_frames):
             what = f'"snippet_frames" must be a positive number, got {snippet_frames!r}'
             rep.error(path, what, vid)
             snippet_frames = None
@@ -375,7 +386,9 @@ def detect_layout(root: str | os.PathLike, annotation_file: str = ANNOTATION_FIL
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "not a dataset folder (missing or not a directory)")
-    if (root / annotation_file).exists():
+    # lexists: a dangling or looping link named like the JSON still claims the folder, so
+    # the read names it instead of falling back to unpickling a stray videoname.npy
+    if os.path.lexists(root / annotation_file):
         return "pervideo"
     if (root / "videoname.npy").exists():
         return "wtalc"
