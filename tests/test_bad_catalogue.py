@@ -14,6 +14,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wtal.cli import main
 from wtal.config import load_config
@@ -93,8 +96,6 @@ def _train(base: Base, *extra: str, config: str | None = None, data: str | None 
 
 def _copy_data(base: Base) -> Path:
     """A writable copy of the dataset in the case's folder (the current directory)."""
-    import shutil
-
     return Path(shutil.copytree(base.data, "data"))
 
 
@@ -314,6 +315,93 @@ def safety_looping_annotation_link(base: Base) -> Case:
     return _train(base, data=str(data)), ["annotations.json", "cannot read"]
 
 
+def safety_video_id_with_newline(base: Base) -> Case:
+    data = _copy_data(base)
+    old = "video_validation_0000000"
+    _edit_annotations(data, lambda doc: doc["database"].update({"a\nb": doc["database"].pop(old)}))
+    (data / "features" / f"{old}.npy").rename(data / "features" / "a\nb.npy")
+    return _train(base, data=str(data)), ["video 'a\\nb'", "control characters"]
+
+
+def safety_class_with_newline(base: Base) -> Case:
+    data = _copy_data(base)
+    _edit_annotations(data, lambda doc: doc["classes"].append("a\nb"))
+    return _train(base, data=str(data)), ["\"classes\": 'a\\nb' contains a control character"]
+
+
+def safety_label_with_tab(base: Base) -> Case:
+    data = _copy_data(base)
+    _edit_annotations(
+        data, lambda doc: _first(doc, "validation")["annotations"][0].update(label="a\tb")
+    )
+    return _train(base, data=str(data)), ["label 'a\\tb' contains a control character"]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_epoch_not_an_integer(base: Base) -> Case:
+    state = torch.load(base.run / "epoch_001.pt", weights_only=True)
+    torch.save({**state, "epoch": "one"}, "x.pt")
+    return _train(base, "--init-from", "x.pt"), ["x.pt", "'epoch' = 'one': expected an integer"]
+
+
+def checkpoint_epoch_negative(base: Base) -> Case:
+    state = torch.load(base.run / "epoch_001.pt", weights_only=True)
+    torch.save({**state, "epoch": -5}, "x.pt")
+    return _train(base, "--init-from", "x.pt"), ["'epoch' = -5: expected an integer >= 0"]
+
+
+def checkpoint_config_not_a_mapping(base: Base) -> Case:
+    state = torch.load(base.run / "epoch_001.pt", weights_only=True)
+    torch.save({**state, "config": [1, 2]}, "x.pt")
+    return _train(base, "--init-from", "x.pt"), ["'config' is a list, expected a dict"]
+
+
+def checkpoint_resume_log_not_utf8(base: Base) -> Case:
+    run = Path(shutil.copytree(base.run, "run"))
+    (run / "log.jsonl").write_bytes(b"\xff\xfe not a log\n")
+    return ["train", "--resume", "run", "--quiet"], ["log.jsonl: cannot read: not UTF-8 text"]
+
+
+# ----------------------------------------------------------------------- caches, bench, convert
+
+
+def cache_version_not_a_scalar(base: Base) -> Case:
+    arrays = dict(np.load(base.run / "cas_test.npz"))
+    np.savez("c.npz", **{**arrays, "version": np.ones((2, 2), dtype=np.int64)})
+    argv = ["postprocess", "c.npz", "--out", "r.json"]
+    return argv, ["c.npz", "entry 'version': expected one integer, got int64(2, 2)"]
+
+
+def cache_version_a_string(base: Base) -> Case:
+    arrays = dict(np.load(base.run / "cas_test.npz"))
+    np.savez("c.npz", **{**arrays, "version": np.array("1")})
+    return ["plot", "c.npz", "--out", "p"], ["c.npz", "entry 'version': expected one integer"]
+
+
+def cache_bench_seed_with_underscore(base: Base) -> Case:
+    argv = ["bench", str(base.config), "--data", str(base.data), "--seeds", "1_0", "--out", "b"]
+    return argv, ["--seeds: expected non-negative integers like 0,1,2, got '1_0'"]  # not 10
+
+
+def cache_bench_negative_seed(base: Base) -> Case:
+    argv = ["bench", str(base.config), "--data", str(base.data), "--seeds", "0,-1", "--out", "b"]
+    return argv, ["--seeds: expected non-negative integers"]
+
+
+def cache_convert_garbage_bundle_file(base: Base) -> Case:
+    src = Path(shutil.copytree(base.data / "wtalc", "src"))
+    features = next(src.glob("*Features.npy"))
+    features.write_bytes(b"neither an .npy header nor a pickle")
+    return ["data", "convert", "src", "out"], [features.name, "not a readable .npy file"]
+
+
+def cache_convert_fps_not_a_number(base: Base) -> Case:
+    argv = ["data", "convert", str(base.data / "wtalc"), "out", "--fps", "abc"]
+    return argv, ["wtal data convert: argument --fps: invalid float value: 'abc'"]
+
+
 class _Payload:
     """Unpickling it creates ``marker``: proof that a pickle ran."""
 
@@ -324,7 +412,18 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-KINDS = ("config", "empty", "demo", "synth", "plot", "data", "score", "safety")
+KINDS = (
+    "config",
+    "empty",
+    "demo",
+    "synth",
+    "plot",
+    "data",
+    "score",
+    "safety",
+    "checkpoint",
+    "cache",
+)
 CASES = {
     name: fn
     for name, fn in globals().items()
@@ -334,7 +433,7 @@ CASES = {
 
 def test_catalogue_covers_each_kind():
     kinds = {name.split("_")[0] for name in CASES}
-    assert {"config", "empty", "demo", "data", "score", "safety"} <= kinds
+    assert set(KINDS) == kinds
     assert len(CASES) >= 30
 
 
@@ -359,21 +458,27 @@ def test_bad_input_is_one_error_line_and_writes_nothing(name, base, tmp_path, mo
     assert not Path("pwned").exists(), "a pickle ran"
 
 
-def test_usage_error_through_the_real_entry_point(tmp_path):
-    """argparse's error in a fresh ``python -m wtal``: one line, not the usage block."""
+@pytest.mark.parametrize("kind", ["usage", "pickle"])
+def test_through_the_real_entry_point(kind, base, tmp_path):
+    """In a fresh ``python -m wtal``, where Python warnings and argparse print as they do for
+    a user: argparse's usage error, and a pickled checkpoint of protocol 4 (torch warns about
+    the protocol before refusing), each make one line."""
+    if kind == "usage":
+        argv, expect = ["plot", "x.npz"], "error: wtal plot: the following arguments are required"
+    else:
+        payload = pickle.dumps(_Payload(tmp_path / "pwned"), protocol=4)
+        (tmp_path / "x.pt").write_bytes(payload)
+        argv = ["detect", "x.pt", "--data", str(base.data), "--out", "r.json", "--quiet"]
+        expect = "refused: it would run pickled code"
+    before = _snapshot(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-m", "wtal", "plot", "x.npz"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
+        [sys.executable, "-m", "wtal", *argv], capture_output=True, text=True, cwd=tmp_path, env=env
     )
-    assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [
-        "error: wtal plot: the following arguments are required: --out (see wtal plot --help)"
-    ]
-    assert not any(tmp_path.iterdir())
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expect in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before
 
 
 def test_demo_with_zero_plots_draws_only_the_curve(base, tmp_path, monkeypatch, capsys):

@@ -1034,12 +1034,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from wtal.bench import format_bench, run_seeds, summarize_seeds, write_bench
     from wtal.config import load_config
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise InputError(
-            None, f"--seeds: expected integers like 0,1,2, got {args.seeds!r}"
-        ) from None
+    items = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    if not all(s.isascii() and s.isdigit() for s in items):  # int() would take "1_0" as 10
+        what = f"expected non-negative integers like 0,1,2, got {args.seeds!r}"
+        raise InputError(None, f"--seeds: {what}")
+    seeds = [int(s) for s in items]
     if not seeds or len(set(seeds)) != len(seeds):
         raise InputError(None, f"--seeds: expected distinct integers, got {args.seeds!r}")
     overrides = list(args.set or [])

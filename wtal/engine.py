@@ -682,7 +682,11 @@ def _read_cache_arrays(path: Path) -> dict[str, np.ndarray]:
                 raise InputError(path, what) from None
     if str(arrays["format"]) != CAS_CACHE_FORMAT:
         raise InputError(path, f"format {str(arrays['format'])!r}: expected {CAS_CACHE_FORMAT!r}")
-    if int(arrays["version"]) > CAS_CACHE_VERSION:
+    version = arrays["version"]
+    if version.ndim != 0 or version.dtype.kind not in "iu":
+        what = f"entry 'version': expected one integer, got {version.dtype}{version.shape}"
+        raise InputError(path, what)
+    if int(version) > CAS_CACHE_VERSION:
         raise InputError(
             path, f"cache version {int(arrays['version'])} is newer than {CAS_CACHE_VERSION}"
         )
@@ -1056,7 +1060,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we refuse below
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch words this differently from version to version (and by what was refused),
         # so the file itself says whether it is a refused object or garbage bytes
@@ -1156,6 +1162,13 @@ def _check_state(path: Path, state: dict[str, Any], train_set: FeatureDataset, v
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
         raise InputError(path, f"cannot {verb} from it: no {', '.join(missing)} entries")
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise InputError(path, f"'epoch' = {epoch!r}: expected an integer >= 0")
+    for key, kind in (("config", dict), ("pseudo", list), ("pseudo_epochs", list)):
+        if not isinstance(state[key], kind):
+            what = f"'{key}' is a {type(state[key]).__name__}, expected a {kind.__name__}"
+            raise InputError(path, f"cannot {verb} from it: {what}")
     if state.get("feat_dim") != train_set.feat_dim:
         dims = f"{state.get('feat_dim')}-d features; the data has {train_set.feat_dim}-d"
         raise InputError(path, f"trained on {dims}")
@@ -1339,11 +1352,17 @@ class JsonlLog:
         self.tensorboard = _summary_writer(tensorboard_dir) if tensorboard_dir else None
         kept = []
         if path.exists():
-            for line in path.read_text().splitlines():
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:  # the log is ASCII JSON: a crash cannot cause this
+                raise InputError(path, "cannot read: not UTF-8 text") from None
+            for line in text.splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
+                if not isinstance(rec, dict):
+                    continue  # not a record of ours
                 if rec.get("epoch", -1) < start_epoch:
                     kept.append(line)
         with atomic_path(path) as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 from collections import Counter
@@ -129,7 +130,15 @@ def _id_problem(video_id: str) -> str | None:
     """
     if not video_id or video_id in (".", "..") or any(c in video_id for c in "/\\\0"):
         return "video id must be a plain file name (no '/', '\\', NUL, '.' or '..')"
+    if _has_control(video_id):
+        return "video id must not contain control characters (newline, tab, ...)"
     return None
+
+
+def _has_control(name: str) -> bool:
+    """A newline, tab or other control character: names of videos and classes go into
+    one-line messages, logs and file names, where one would split or hide text."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
 def _number(value: Any) -> float | None:
@@ -199,6 +208,9 @@ def read_pervideo_annotations(
     if classes is not None and len(set(classes)) < len(classes):  # which index would a label get?
         twice = next(c for i, c in enumerate(classes) if c in classes[:i])
         raise InputError(path, f'"classes": {twice!r} is listed twice')
+    if classes is not None and any(_has_control(c) for c in classes):
+        bad = next(c for c in classes if _has_control(c))
+        raise InputError(path, f'"classes": {bad!r} contains a control character')
     extra_ambiguous = data.get("ambiguous", {})  # the THUMOS evaluation fixtures keep it here
     extra_ambiguous = extra_ambiguous if isinstance(extra_ambiguous, dict) else {}
     records = []
@@ -240,6 +252,11 @@ def read_pervideo_annotations(
                 what = f'annotations[{i}]: expected {{"segment": [s, e], "label": str}}'
                 rep.error(path, what, vid)
                 wellformed[i], seg, label = False, np.array([[0.0, 1.0]]), ""  # placeholder
+            elif _has_control(label):
+                rep.error(
+                    path, f"annotations[{i}]: label {label!r} contains a control character", vid
+                )
+                wellformed[i] = False
             segments[i] = seg[0]
             names.append(label)
         keep = _valid_segments(rep, path, vid, "annotations", segments, duration_s) & wellformed
@@ -287,7 +304,7 @@ def _load_pickled(path: Path, encoding: str = "ASCII") -> np.ndarray:
         return np.load(path, allow_pickle=True, encoding=encoding)
     except FileNotFoundError:
         raise InputError(path, "file not found (part of the W-TALC bundle)") from None
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise InputError(path, f"not a readable .npy file ({exc})") from None
 
 
