@@ -364,6 +364,14 @@ def checkpoint_resume_log_not_utf8(base: Base) -> Case:
     return ["train", "--resume", "run", "--quiet"], ["log.jsonl: cannot read: not UTF-8 text"]
 
 
+def checkpoint_resume_last_is_a_folder(base: Base) -> Case:
+    run = Path(shutil.copytree(base.run, "run"))
+    (run / "last.pt").unlink()
+    (run / "last.pt").mkdir()
+    argv = ["train", "--resume", "run", "--quiet"]
+    return argv, ["run/last.pt: is a folder; expected the run's checkpoint file"]
+
+
 # ----------------------------------------------------------------------- caches, bench, convert
 
 

@@ -1187,6 +1187,8 @@ def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict
         if stale.is_file():
             stale.unlink()
     path = run_dir / "last.pt"
+    if path.is_dir():  # load_checkpoint would read it as a run folder: last.pt/last.pt
+        raise InputError(path, "is a folder; expected the run's checkpoint file")
     if not path.exists():
         periodic = sorted(run_dir.glob("epoch_*.pt"))
         if periodic:  # a checkpoint went missing: do not silently start over
