@@ -183,7 +183,7 @@ def test_resume_refuses_a_changed_config(straight_run, tmp_path):
 
 
 def test_schedule_matches_the_reference_table():
-    cfg = load_config()
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "thumos14_reference.yaml")
     lr = {e: piecewise(e, cfg.train.lr_milestones, cfg.train.lr_values) for e in range(350)}
     assert lr[0] == lr[79] == 5e-5 and lr[80] == lr[199] == 4e-5
     assert lr[200] == lr[244] == 2.048e-5 and lr[245] == lr[259] == 5.12e-7
