@@ -161,3 +161,22 @@ def test_resume_of_a_run_saved_before_a_field_existed(data, config, tmp_path, ca
     del state["config"]["data"]["max_abs_feature"]
     torch.save(state, run / "last.pt")
     assert main(["train", "--resume", str(run), "--quiet"]) == 0, capsys.readouterr().err
+
+
+def test_a_refused_resume_leaves_the_lock_file_as_it_was(data, config, tmp_path):
+    """Another process (another pid) whose resume is refused restores the lock file's bytes, and
+    removes a lock file it created itself: the run folder is byte for byte unchanged."""
+    run = tmp_path / "run"
+    main(["train", str(config), "--data", str(data), "--run-dir", str(run), "--quiet"])
+    text = (run / "config.yaml").read_text().replace("embed_dim: 8", "embed_dim: 16")
+    assert text != (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text)  # now differs from last.pt: resume is refused
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "wtal", "train", "--resume", str(run), "--quiet"]
+    for lock_file_there in (True, False):
+        if not lock_file_there:
+            (run / LOCK_FILE).unlink()
+        before = _snapshot(run)
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        assert done.returncode == 2 and "differs from the checkpoint" in done.stderr
+        assert _snapshot(run) == before

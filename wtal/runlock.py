@@ -44,12 +44,15 @@ class RunLock:
         self.folder = Path(folder)
         self.active = active and fcntl is not None
         self._fd: int | None = None
+        self._before: bytes | None = None  # the lock file's bytes before this process took it
 
     def acquire(self) -> None:
         """Take the lock (idempotent); the folder must exist."""
         if not self.active or self._fd is not None:
             return
-        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        path = self.folder / LOCK_FILE
+        existed = path.is_file()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,9 +63,21 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
+        self._before = os.pread(fd, 64, 0) if existed else None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+
+    def _undo(self) -> None:
+        """After a failed run: the lock file as it was before (or gone, if this process made
+        it), so that a refused command leaves an existing run folder byte for byte unchanged.
+        Called while still holding the lock."""
+        assert self._fd is not None
+        if self._before is None:
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)
+        else:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, self._before, 0)
 
     def release(self) -> None:
         """Drop the lock (idempotent). The file is kept: removing it would let a process that
@@ -83,4 +98,6 @@ class RunLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None and self._fd is not None:
+            self._undo()
         self.release()
