@@ -99,7 +99,8 @@ def measure(data: Path, reader: str) -> dict[str, float]:
 
     from wtal.config import load_config
     from wtal.data import collate
-    from wtal.engine import build_model, open_datasets, predict, train_one_epoch
+    from wtal.engine import build_model, open_datasets, train_one_epoch
+    from wtal.inference import predict
 
     cfg = load_config(None, [f"data.path={str(data)!r}", "train.device='cpu'"])
     train_set, _, test_set = open_datasets(cfg)

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
 from wtal.config import load_config
-from wtal.engine import fit, load_checkpoint, open_datasets
+from wtal.engine import fit, open_datasets
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 

@@ -353,13 +353,16 @@ def test_training_on_a_full_disk(mode, name, base, tmp_path, monkeypatch, capsys
     """Checkpoint or log bytes go to /dev/full, which fails every write with ENOSPC."""
     import builtins
 
-    import wtal.engine
+    import wtal.cascache
+    import wtal.checkpoint
+    import wtal.runlog
 
     def full_for_binary_writes(file, mode_="r", *args, **kwargs):
         target = "/dev/full" if mode_ == mode else file
         return builtins.open(target, mode_, *args, **kwargs)
 
-    monkeypatch.setattr(wtal.engine, "open", full_for_binary_writes, raising=False)
+    for module in (wtal.cascache, wtal.checkpoint, wtal.runlog):
+        monkeypatch.setattr(module, "open", full_for_binary_writes, raising=False)
     run = tmp_path / "run"
     argv = ["train", str(base.config), "--data", str(base.data), "--run-dir", str(run)]
     assert main([*argv, "--quiet"]) == 2

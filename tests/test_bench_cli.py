@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from wtal.bench import format_bench, summarize_seeds
+from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.engine import load_checkpoint
 from wtal.io import InputError, write_json
 from wtal.synth import THUMOS, write_synthetic
 

@@ -1,6 +1,6 @@
 """Crash safety: ``wtal train`` killed with SIGKILL anywhere resumes to a bit-identical run.
 
-The ``WTAL_FAULT=<point>:<epoch>`` hook of :func:`wtal.engine.fault_point` kills the training
+The ``WTAL_FAULT=<point>:<epoch>`` hook of :func:`wtal.checkpoint.fault_point` kills the training
 process at a named point; ``wtal train --resume RUN_DIR`` then continues it. One run is
 killed three times in a row (mid-epoch before the first checkpoint, during pseudo-label
 regeneration, while ``last.pt`` is being written) and must end with the same weights, log,
@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from wtal.checkpoint import FAULT_ENV, load_checkpoint
 from wtal.config import load_config
-from wtal.engine import FAULT_ENV, JsonlLog, fit, load_checkpoint
+from wtal.engine import fit
+from wtal.runlog import JsonlLog
 from wtal.synth import THUMOS, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

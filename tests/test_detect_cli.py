@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.cascache import load_predictions
+from wtal.cascache import save_predictions as save_cache
 from wtal.cli import build_parser, main
 from wtal.config import load_config
-from wtal.engine import Prediction, fit, load_predictions, results_from_predictions
-from wtal.engine import save_predictions as save_cache
+from wtal.engine import fit
+from wtal.inference import Prediction, results_from_predictions
 from wtal.synth import THUMOS, write_synthetic
 
 TINY = [

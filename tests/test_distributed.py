@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 
 from wtal import distributed
+from wtal.checkpoint import load_checkpoint
 from wtal.config import load_config
 from wtal.data import FeatureDataset, collate
-from wtal.engine import fit, load_checkpoint
+from wtal.engine import fit
 from wtal.synth import THUMOS, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.checkpoint import load_checkpoint
 from wtal.config import load_config
 from wtal.data import FeatureDataset
 from wtal.engine import (
     dist_weight,
     fit,
-    load_checkpoint,
     load_trained_model,
     piecewise,
-    predict,
     select_pseudo_target,
 )
+from wtal.inference import predict
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
@@ -207,7 +207,7 @@ def test_pseudo_target_follows_the_history():
 
 
 def test_log_goes_to_tensorboard_when_installed(tmp_path, monkeypatch):
-    from wtal import engine
+    from wtal import runlog
 
     seen = []
 
@@ -221,14 +221,14 @@ def test_log_goes_to_tensorboard_when_installed(tmp_path, monkeypatch):
         def flush(self):
             pass
 
-    monkeypatch.setattr(engine, "_summary_writer", lambda log_dir: Writer(log_dir))
-    log = engine.JsonlLog(tmp_path / "log.jsonl", 0, tmp_path / "tensorboard")
+    monkeypatch.setattr(runlog, "_summary_writer", lambda log_dir: Writer(log_dir))
+    log = runlog.JsonlLog(tmp_path / "log.jsonl", 0, tmp_path / "tensorboard")
     log.write({"epoch": 3, "loss": {"fore": 1.5, "total": 2.0}, "lr": 1e-4, "pseudo": {"ok": True}})
     assert seen == [("loss/fore", 1.5, 3), ("loss/total", 2.0, 3), ("lr", 1e-4, 3)]
     assert json.loads((tmp_path / "log.jsonl").read_text())["epoch"] == 3
     # Without tensorboard installed the log is the JSONL file alone.
-    monkeypatch.setattr(engine, "_summary_writer", lambda log_dir: None)
-    assert engine.JsonlLog(tmp_path / "other.jsonl", 0, tmp_path / "tb").tensorboard is None
+    monkeypatch.setattr(runlog, "_summary_writer", lambda log_dir: None)
+    assert runlog.JsonlLog(tmp_path / "other.jsonl", 0, tmp_path / "tb").tensorboard is None
 
 
 def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, monkeypatch, capsys):

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.cascache import load_predictions
 from wtal.cli import main
 from wtal.config import config_to_dict, load_config
 from wtal.data import FeatureDataset
-from wtal.engine import build_model, detect, load_predictions
+from wtal.engine import build_model
 from wtal.evaluation import evaluate_detections
+from wtal.inference import detect
 from wtal.segments import snippets_to_seconds
 from wtal.synth import THUMOS, write_synthetic
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
+from wtal.checkpoint import file_sha256, load_checkpoint
 from wtal.cli import main
 from wtal.config import load_config
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
-from wtal.engine import file_sha256, fit, load_checkpoint, open_datasets
+from wtal.engine import fit, open_datasets
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from wtal.cascache import save_predictions
 from wtal.cli import main
-from wtal.engine import Prediction, save_predictions
+from wtal.inference import Prediction
 from wtal.plots import DPI, plot_map_vs_tiou, plot_video, relevant_classes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import wtal.engine as engine
+import wtal.inference as inference
 from wtal.config import ConfigError, load_config
 from wtal.engine import build_model, evaluate_model, generate_pseudo_labels, open_datasets
 from wtal.pseudo import constraint_matrix, lp_regions, solve_pseudo_labels
 from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
 from wtal.synth import THUMOS, write_synthetic
 
-_DETECT, _SOLVE = engine.detect_segments, engine.solve_pseudo_labels_batch
+_DETECT, _SOLVE = inference.detect_segments, engine.solve_pseudo_labels_batch
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def _run_detection_paths(data: Path, monkeypatch, *extra: str) -> dict[str, list
         calls["lp"].append((kwargs["outer_scale"], kwargs["outer_power"]))
         return solve(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "detect_segments", spy_detect)
+    monkeypatch.setattr(inference, "detect_segments", spy_detect)
     monkeypatch.setattr(engine, "solve_pseudo_labels_batch", spy_solve)
     torch.manual_seed(0)
     train, train_fixed, test = open_datasets(cfg)

@@ -19,9 +19,11 @@ import pytest
 import torch
 
 import wtal.engine
+from wtal.cascache import save_predictions
+from wtal.checkpoint import load_checkpoint
 from wtal.cli import _fresh_folder, main
 from wtal.data import FeatureDataset, detect_layout
-from wtal.engine import Prediction, load_checkpoint, save_predictions
+from wtal.inference import Prediction
 from wtal.io import InputError
 from wtal.plots import safe_file_names
 from wtal.synth import THUMOS, write_synthetic

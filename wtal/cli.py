@@ -406,16 +406,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     import torch
 
+    from wtal.cascache import save_predictions
     from wtal.engine import (
         evaluate_predictions,
         load_trained_model,
         open_split,
-        predict,
         report_warnings,
         resolve_device,
-        results_from_predictions,
-        save_predictions,
     )
+    from wtal.inference import predict, results_from_predictions
     from wtal.io import write_json
 
     if (args.data is None) == (args.features is None):
@@ -529,9 +528,11 @@ _POSTPROCESS_FLAGS = {
 def cmd_postprocess(args: argparse.Namespace) -> int:
     import warnings
 
+    from wtal.cascache import load_predictions
     from wtal.config import Config, config_from_dict, config_to_dict
-    from wtal.engine import load_predictions, results_from_predictions, score_results
+    from wtal.engine import score_results
     from wtal.evaluation import load_ground_truth, resolve_subset
+    from wtal.inference import results_from_predictions
     from wtal.io import write_json
 
     cache = load_predictions(args.cache)
@@ -635,9 +636,10 @@ def write_timelines(
     """
     from dataclasses import replace
 
+    from wtal.cascache import load_predictions
     from wtal.config import Config
-    from wtal.engine import detect, load_predictions, results_from_predictions
     from wtal.evaluation import load_ground_truth, load_results
+    from wtal.inference import detect, results_from_predictions
     from wtal.plots import plot_video, safe_file_names
     from wtal.segments import snippets_to_seconds
 
@@ -856,7 +858,7 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
 def _pseudo_rounds(run_dir: Path) -> tuple[dict, list[tuple[int, dict]]]:
     """The checkpoint of a run folder (metadata checked, config under ``"cfg"``) and its
     stored regenerations ``[(epoch, inputs)]``."""
-    from wtal.engine import checkpoint_config, load_checkpoint
+    from wtal.checkpoint import checkpoint_config, load_checkpoint
 
     where = run_dir / "last.pt" if run_dir.is_dir() else run_dir
     state = load_checkpoint(run_dir)

@@ -1,4 +1,4 @@
-"""Training and inference loops: ``train_one_epoch``, ``predict``, ``detect``, ``fit``.
+"""Training: setup, ``train_one_epoch``, pseudo-label regeneration, evaluation and ``fit``.
 
 Read ``fit`` from top to bottom: it is the whole method (paper.md §1.8). The base stage
 (RSKP) trains with the video-level losses; from the first regeneration epoch on, pseudo
@@ -11,36 +11,40 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
-import hashlib
-import io
-import json
 import logging
-import os
-import pickle
-import pickletools
-import signal
 import time
-import warnings
-import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from wtal import __version__, distributed
-from wtal.config import Config, DetectConfig, config_from_dict, config_to_dict, save_config
+from wtal import distributed
+from wtal.cascache import save_predictions
+from wtal.checkpoint import (
+    CHECKPOINT_VERSION,
+    INIT_FROM_FILE,
+    branch_state,
+    checkpoint_config,
+    fault_point,
+    load_checkpoint,
+    restore,
+    resume_state,
+    rng_state,
+    save_checkpoint,
+)
+from wtal.config import Config, config_to_dict, save_config
 from wtal.data import Batch, FeatureDataset, Problem, collate, split_batch
 from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
-from wtal.fusion import detect as detect_segments
-from wtal.io import InputError, atomic_path, os_error, read_json, write_json
+from wtal.inference import Prediction, detect, detections_to_results, predict
+from wtal.io import InputError, read_json, write_json
 from wtal.losses import base_losses, pseudo_label_loss
 from wtal.model import ModelOutput, WTALModel
 from wtal.pseudo import (
@@ -51,29 +55,10 @@ from wtal.pseudo import (
     update_history,
 )
 from wtal.runlock import RunLock
-from wtal.segments import seconds_to_snippets, snippets_to_seconds
+from wtal.runlog import JsonlLog
+from wtal.segments import seconds_to_snippets
 
 log = logging.getLogger("wtal")
-
-CHECKPOINT_VERSION = 1
-
-FAULT_ENV = "WTAL_FAULT"
-"""Testing hook: ``WTAL_FAULT=<point>:<epoch>`` makes :func:`fault_point` kill the process."""
-RESUME_KEYS = ("config", "model", "optimizer", "epoch", "pseudo_epochs", "pseudo", "rng")
-"""Checkpoint entries that ``fit(..., resume=True)`` needs."""
-
-
-def fault_point(point: str, epoch: int) -> None:
-    """Testing hook for crash safety: SIGKILL this process at a named point of an epoch.
-
-    With ``WTAL_FAULT=<point>:<epoch>`` in the environment the process kills itself, without
-    any cleanup, when it reaches ``point`` in 0-based ``epoch``. Points: ``epoch`` (after the
-    first batch of the epoch), ``pseudo`` (pseudo labels computed, not yet used),
-    ``checkpoint`` (``last.pt`` fully written to its temporary file, not yet renamed). Unset,
-    this is a no-op; tests use it to check that ``--resume`` recovers from a crash anywhere.
-    """
-    if os.environ.get(FAULT_ENV) == f"{point}:{epoch}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -104,6 +89,36 @@ def build_model(cfg: Config, feat_dim: int, num_classes: int) -> WTALModel:
         sizes = f"model.embed_dim = {mc.embed_dim}, num_bases = {mc.num_bases}"
         what = f"{sizes}, queue_len = {mc.queue_len}: the model does not fit in memory"
         raise InputError(None, f"{what} (features {feat_dim}-d)") from None
+
+
+def load_trained_model(
+    checkpoint: str | Path, overrides: list[str] | None = None
+) -> tuple[WTALModel, Config, dict[str, Any]]:
+    """The network of a checkpoint, in eval mode on the CPU, built from its stored config.
+
+    Args:
+        checkpoint: a ``.pt`` file or a run folder (its ``last.pt``).
+        overrides: ``section.key=value`` changes to the stored config (e.g. ``detect.*``).
+
+    Returns:
+        ``(model, config, state)``; ``state["class_names"]`` and ``state["feat_dim"]`` say
+        what the model was trained on.
+
+    Raises:
+        InputError: missing or foreign checkpoint, or weights that do not fit the config.
+    """
+    path = Path(checkpoint).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
+    state = load_checkpoint(path)
+    cfg = checkpoint_config(state, path, overrides)
+    model = build_model(cfg, state["feat_dim"], len(state["class_names"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise InputError(path, f"weights do not fit the model config ({first})") from None
+    model.eval()
+    return model, cfg, state
 
 
 def open_split(
@@ -413,355 +428,6 @@ def init_memory(
     model.train(was_training)
 
 
-# ----------------------------------------------------------------------------- inference
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What the model says about one video (unpadded, numpy).
-
-    Attributes:
-        video_id: the video.
-        video_scores: (C+1,) video-level class probabilities, background last.
-        cas: (T, C+1) class activation sequence, attention-weighted probabilities.
-        attention: (T,) class-agnostic attention in [0, 1].
-        labels: (C,) multi-hot ground-truth video labels (zeros when unknown).
-        fps: frame rate of the video's snippets.
-        snippet_frames: frames per CAS row (after any resampling).
-        duration_s: video duration in seconds (NaN when unknown).
-    """
-
-    video_id: str
-    video_scores: np.ndarray
-    cas: np.ndarray
-    attention: np.ndarray
-    labels: np.ndarray
-    fps: float
-    snippet_frames: float
-    duration_s: float
-
-
-@torch.no_grad()
-def predict(
-    model: WTALModel,
-    dataset: FeatureDataset,
-    device: torch.device,
-    *,
-    video_mix: float,
-    cas_mix: float,
-    batch_size: int = 10,
-    max_padding: float = 0.0,
-    dropout: bool = False,
-    progress: bool = False,
-) -> list[Prediction]:
-    """Video scores and CAS of every video of ``dataset`` (paper.md §1.4).
-
-    ``video_scores = video_mix * p_o + (1 - video_mix) * p_m`` and
-    ``cas = (cas_mix * softmax(S_o) + (1 - cas_mix) * softmax(S_m)) * a_o``.
-    ``dropout=True`` runs the network in train mode, as the reference's pseudo-label teacher
-    does; nothing is learned or stored either way. ``batch_size`` videos are loaded at a time
-    and split into passes of similar length by ``max_padding`` (:func:`~wtal.data.split_batch`);
-    without dropout each video's outputs do not depend on its pass.
-    """
-    was_training = model.training
-    model.train(dropout)
-    preds: list[Prediction] = []
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc="predict", leave=False, disable=not progress):
-        videos = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        found: dict[int, Prediction] = {}
-        for index, part in split_batch(collate(videos), max_padding):
-            out = model(part.features.to(device), part.mask.to(device))
-            video_scores = video_mix * out.o.video_ca + (1 - video_mix) * out.m.video_ca
-            probs = cas_mix * out.o.logits.softmax(-1) + (1 - cas_mix) * out.m.logits.softmax(-1)
-            cas = probs * out.o.attention.unsqueeze(-1)  # (b, T, C+1)
-            for i, j in enumerate(index.tolist()):
-                n, video = int(part.lengths[i]), videos[j]
-                found[j] = Prediction(
-                    video_id=video.video_id,
-                    video_scores=video_scores[i].double().cpu().numpy(),
-                    cas=cas[i, :n].double().cpu().numpy(),
-                    attention=out.o.attention[i, :n].double().cpu().numpy(),
-                    labels=video.labels,
-                    fps=video.fps,
-                    snippet_frames=video.snippet_frames,
-                    duration_s=video.duration_s,
-                )
-        preds.extend(found[j] for j in range(len(videos)))
-    model.train(was_training)
-    return preds
-
-
-def detect(
-    pred: Prediction,
-    dcfg: DetectConfig,
-    *,
-    temperature: float | None = None,
-    background: bool = False,
-):
-    """CAS -> proposals -> fusion for one video, in snippet units (the one detection path).
-
-    Test-time detections and pseudo labels both call this; they differ only in the
-    arguments (pseudo labels keep the background column and use their own temperature).
-
-    Returns:
-        :class:`wtal.proposals.Segments` with ``segments`` (N, 2) in snippets.
-    """
-    columns = pred.cas.shape[1] if background else pred.cas.shape[1] - 1
-    return detect_segments(
-        torch.from_numpy(pred.cas[:, :columns]),
-        torch.from_numpy(pred.video_scores[:columns]),
-        class_threshold=dcfg.class_threshold,
-        thresholds=np.arange(*dcfg.thresholds),
-        min_length=dcfg.min_length,
-        outer_scale=dcfg.outer_scale,
-        outer_power=dcfg.outer_power,
-        inclusive_end=dcfg.inclusive_end,
-        method=dcfg.fusion,
-        temperature=dcfg.temperature if temperature is None else temperature,
-        overlap_threshold=dcfg.overlap_threshold,
-        overlap=dcfg.overlap,
-        sigma=dcfg.soft_nms_sigma,
-        float32_means=dcfg.float32_means,
-    )
-
-
-def detections_to_results(
-    preds: list[Prediction], dataset: FeatureDataset, dcfg: DetectConfig
-) -> dict[str, Any]:
-    """Detections of every video in the ActivityNet results format (seconds)."""
-    return results_from_predictions(preds, dataset.class_names, dcfg)
-
-
-def results_from_predictions(
-    preds: list[Prediction], class_names: Sequence[str], dcfg: DetectConfig
-) -> dict[str, Any]:
-    """Detections of every video in the ActivityNet results format (seconds).
-
-    Args:
-        preds: per-video predictions (from :func:`predict` or :func:`load_predictions`).
-        class_names: (C,) names of the CAS columns, background excluded.
-        dcfg: proposal and fusion parameters.
-    """
-    results: dict[str, list[dict[str, Any]]] = {}
-    for pred in preds:
-        found = detect(pred, dcfg)
-        seconds = snippets_to_seconds(found.segments.cpu().numpy(), pred.fps, pred.snippet_frames)
-        if pred.duration_s > 0:  # False for NaN (unknown duration)
-            seconds = np.clip(seconds, 0.0, pred.duration_s)
-        results[pred.video_id] = [
-            {
-                "label": class_names[int(c)],
-                "score": float(s),
-                "segment": [float(a), float(b)],
-            }
-            for (a, b), s, c in zip(
-                seconds, found.scores.tolist(), found.labels.tolist(), strict=True
-            )
-        ]
-    return {"version": f"wtal {__version__}", "results": results, "external_data": {}}
-
-
-# ----------------------------------------------------------------------------- CAS cache
-
-CAS_CACHE_FORMAT = "wtal-cas"
-"""Value of the ``format`` entry that marks a CAS cache."""
-CAS_CACHE_VERSION = 1
-"""Layout version of the CAS cache; readers refuse newer ones."""
-
-
-class CasCache(NamedTuple):
-    """The contents of a ``cas.npz`` cache (see :func:`save_predictions`).
-
-    Attributes:
-        predictions: one :class:`Prediction` per video, in the order written.
-        class_names: (C,) class names of the CAS columns (background excluded).
-        config: the config the predictions were made with (its ``detect`` and ``eval``
-            sections give the post-processing defaults), or None if none was stored.
-        split: the dataset subset the videos came from ("" when not a dataset split).
-    """
-
-    predictions: list[Prediction]
-    class_names: list[str]
-    config: Config | None
-    split: str
-
-
-def save_predictions(
-    path: str | Path,
-    preds: Sequence[Prediction],
-    class_names: Sequence[str],
-    cfg: Config | None = None,
-    split: str = "",
-) -> None:
-    """Write predictions to a ``.npz`` cache atomically (``np.savez``, no pickled objects).
-
-    Videos are concatenated along time: with N videos of T_i snippets and C classes the
-    file holds ``cas`` (sum T_i, C+1) float64, ``attention`` (sum T_i,) float64,
-    ``lengths`` (N,) int64, ``video_ids`` (N,) str, ``video_scores`` (N, C+1) float64,
-    ``labels`` (N, C) float32, ``fps``/``snippet_frames``/``duration_s`` (N,) float64,
-    ``class_names`` (C,) str, the resolved ``config`` as a JSON string ("" for none),
-    ``split`` and the ``format``/``version`` marks. Values are stored at full precision,
-    so post-processing the cache reproduces the detections made from the model.
-    """
-    num_columns = len(class_names) + 1
-    for pred in preds:
-        if pred.cas.ndim != 2 or pred.cas.shape[1] != num_columns:
-            raise ValueError(
-                f"video {pred.video_id!r}: cas {pred.cas.shape} does not fit "
-                f"{len(class_names)} classes + background"
-            )
-    arrays = {
-        "format": np.array(CAS_CACHE_FORMAT),
-        "version": np.array(CAS_CACHE_VERSION, dtype=np.int64),
-        "class_names": np.array(list(class_names), dtype=str).reshape(-1),
-        "video_ids": np.array([p.video_id for p in preds], dtype=str).reshape(-1),
-        "lengths": np.array([p.cas.shape[0] for p in preds], dtype=np.int64),
-        "cas": np.concatenate([np.zeros((0, num_columns))] + [p.cas for p in preds]).astype(
-            np.float64
-        ),
-        "attention": np.concatenate([np.zeros(0)] + [p.attention for p in preds]).astype(
-            np.float64
-        ),
-        "video_scores": np.array([p.video_scores for p in preds], dtype=np.float64).reshape(
-            -1, num_columns
-        ),
-        "labels": np.array([p.labels for p in preds], dtype=np.float32).reshape(
-            -1, num_columns - 1
-        ),
-        "fps": np.array([p.fps for p in preds], dtype=np.float64),
-        "snippet_frames": np.array([p.snippet_frames for p in preds], dtype=np.float64),
-        "duration_s": np.array([p.duration_s for p in preds], dtype=np.float64),
-        "config": np.array("" if cfg is None else json.dumps(config_to_dict(cfg))),
-        "split": np.array(split),
-    }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: no ".npz" appended
-        np.savez(f, **arrays)
-
-
-_CACHE_SHAPES = {
-    # entry: (rank, dtype kind); sizes are checked against each other in load_predictions
-    "class_names": (1, "U"),
-    "video_ids": (1, "U"),
-    "lengths": (1, "i"),
-    "cas": (2, "f"),
-    "attention": (1, "f"),
-    "video_scores": (2, "f"),
-    "labels": (2, "f"),
-    "fps": (1, "f"),
-    "snippet_frames": (1, "f"),
-    "duration_s": (1, "f"),
-    "config": (0, "U"),
-    "split": (0, "U"),
-}
-
-
-def _read_cache_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the cache, loaded without unpickling, with kinds and ranks checked."""
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except OSError as exc:  # a folder, no permission
-        raise os_error(exc, "cannot read", path) from None
-    except (ValueError, EOFError, zipfile.BadZipFile) as exc:  # unknown bytes, a cut archive
-        raise InputError(path, f"not a readable .npz file ({exc.__class__.__name__})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise InputError(path, "not a CAS cache: a single array, expected an .npz archive")
-    arrays = {}
-    with npz:
-        for name in ("format", "version", *_CACHE_SHAPES):
-            if name not in npz.files:
-                raise InputError(path, f"not a wtal CAS cache (no {name!r} entry)")
-            try:
-                arrays[name] = npz[name]
-            except ValueError:  # an object array: refused without unpickling
-                raise InputError(path, f"entry {name!r} holds pickled objects") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as exc:
-                what = f"entry {name!r} is unreadable ({exc.__class__.__name__})"
-                raise InputError(path, what) from None
-    if str(arrays["format"]) != CAS_CACHE_FORMAT:
-        raise InputError(path, f"format {str(arrays['format'])!r}: expected {CAS_CACHE_FORMAT!r}")
-    version = arrays["version"]
-    if version.ndim != 0 or version.dtype.kind not in "iu":
-        what = f"entry 'version': expected one integer, got {version.dtype}{version.shape}"
-        raise InputError(path, what)
-    if int(version) > CAS_CACHE_VERSION:
-        raise InputError(
-            path, f"cache version {int(arrays['version'])} is newer than {CAS_CACHE_VERSION}"
-        )
-    for name, (ndim, kind) in _CACHE_SHAPES.items():
-        a = arrays[name]
-        if a.ndim != ndim or a.dtype.kind != kind:
-            raise InputError(
-                path, f"entry {name!r}: expected a {ndim}-d {kind!r} array, got {a.dtype}{a.shape}"
-            )
-    return arrays
-
-
-def load_predictions(path: str | Path) -> CasCache:
-    """Read a cache written by :func:`save_predictions` (never unpickles).
-
-    Raises:
-        InputError: missing or unreadable file, missing entries, inconsistent shapes,
-            non-finite values or a stored config that does not load; the message names the
-            file and, where it applies, the entry.
-    """
-    path = Path(path).expanduser()
-    a = _read_cache_arrays(path)
-    num_videos = len(a["video_ids"])
-    num_columns = len(a["class_names"]) + 1
-    lengths = a["lengths"]
-    expected = {
-        "lengths": (num_videos,),
-        "cas": (int(lengths.sum()), num_columns),
-        "attention": (int(lengths.sum()),),
-        "video_scores": (num_videos, num_columns),
-        "labels": (num_videos, num_columns - 1),
-        "fps": (num_videos,),
-        "snippet_frames": (num_videos,),
-        "duration_s": (num_videos,),
-    }
-    if (lengths < 0).any():
-        raise InputError(path, "entry 'lengths': negative video length")
-    for name, shape in expected.items():
-        if a[name].shape != shape:
-            raise InputError(path, f"entry {name!r}: shape {a[name].shape}, expected {shape}")
-    for name in ("cas", "attention", "video_scores", "fps", "snippet_frames"):
-        if not np.isfinite(a[name]).all():
-            raise InputError(path, f"entry {name!r}: non-finite values")
-    ids, counts = np.unique(a["video_ids"], return_counts=True)
-    if (counts > 1).any():  # one video's rows would be read as another's
-        raise InputError(path, f"entry 'video_ids': {str(ids[counts > 1][0])!r} is stored twice")
-    if not ((a["fps"] > 0).all() and (a["snippet_frames"] > 0).all()):
-        raise InputError(path, "entries 'fps'/'snippet_frames': expected positive numbers")
-    cfg = None
-    if str(a["config"]):
-        try:
-            cfg = config_from_dict(json.loads(str(a["config"])), source=str(path))
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"entry 'config': malformed JSON ({exc.msg})") from None
-    bounds = np.cumsum(lengths)[:-1]
-    cas, attention = np.split(a["cas"], bounds), np.split(a["attention"], bounds)
-    preds = [
-        Prediction(
-            video_id=str(a["video_ids"][i]),
-            video_scores=a["video_scores"][i],
-            cas=cas[i],
-            attention=attention[i],
-            labels=a["labels"][i],
-            fps=float(a["fps"][i]),
-            snippet_frames=float(a["snippet_frames"][i]),
-            duration_s=float(a["duration_s"][i]),
-        )
-        for i in range(num_videos)
-    ]
-    return CasCache(preds, [str(c) for c in a["class_names"]], cfg, str(a["split"]))
-
-
-# ----------------------------------------------------------------------------- pseudo labels
-
-
 def generate_pseudo_labels(
     model: WTALModel,
     dataset: FeatureDataset,
@@ -1004,384 +670,6 @@ def evaluate_model(
     return results, metrics
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (a crash never leaves a partial file under ``path``)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's own
-            torch.save(state, f)
-        if path.name == "last.pt":  # the state after 0-based epoch e stores epoch = e + 1
-            fault_point("checkpoint", int(state["epoch"]) - 1)
-
-
-TORCH_GLOBALS = ("torch.", "collections.OrderedDict")
-"""Globals every wtal checkpoint references (tensor rebuilds, state dicts): anything else in a
-file that ``weights_only`` refused is named as the code it would have run."""
-
-
-def pickled_globals(path: Path) -> list[str]:
-    """The ``module.name`` globals a checkpoint's pickles reference, read without unpickling.
-
-    Opcodes are only parsed (:func:`pickletools.genops`), never executed. A zip checkpoint
-    holds its pickle in ``*/data.pkl``; a legacy one is several pickles in a row. Unparsable
-    bytes end the scan.
-    """
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                data = archive.read(names[0]) if names else b""
-        else:
-            data = path.read_bytes()
-    except (OSError, zipfile.BadZipFile):
-        return []
-    stream, found, strings = io.BytesIO(data), [], []
-    try:
-        while stream.tell() < len(data):
-            for op, arg, _ in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "INST"):
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-    except Exception:  # noqa: BLE001 - any parse error: what was read so far is the answer
-        pass
-    return found
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no pickled code is ever executed)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we refuse below
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch words this differently from version to version (and by what was refused),
-        # so the file itself says whether it is a refused object or garbage bytes
-        code = [name for name in pickled_globals(path) if not name.startswith(TORCH_GLOBALS)]
-        if not code:
-            raise InputError(path, "not a readable wtal checkpoint (UnpicklingError)") from None
-        what = f"refused: it would run pickled code ({code[0]}); checkpoints load weights_only"
-        raise InputError(path, what) from None
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise InputError(
-            path, f"not a readable wtal checkpoint ({exc.__class__.__name__})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != "wtal" or "model" not in state:
-        raise InputError(path, "not a wtal checkpoint (no 'format: wtal' entry)")
-    return state
-
-
-def checkpoint_config(
-    state: dict[str, Any], path: str | Path, overrides: list[str] | None = None
-) -> Config:
-    """The config stored in a checkpoint, after checking the metadata commands rely on.
-
-    Raises:
-        InputError: a missing ``config``, ``feat_dim`` or ``class_names`` entry, one of the
-            wrong type (``feat_dim`` an integer >= 1, ``class_names`` a non-empty list of
-            strings), or a stored config that does not load.
-    """
-    for key in ("config", "feat_dim", "class_names"):
-        if key not in state:
-            raise InputError(path, f"checkpoint has no {key!r} entry")
-    feat_dim, names = state["feat_dim"], state["class_names"]
-    if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
-        raise InputError(path, f"entry 'feat_dim' = {feat_dim!r}: expected an integer >= 1")
-    if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
-        raise InputError(path, "entry 'class_names': expected a non-empty list of strings")
-    if not isinstance(state["config"], dict):
-        raise InputError(path, "entry 'config': expected a mapping of config sections")
-    return config_from_dict(state["config"], overrides, source=str(path))
-
-
-def load_trained_model(
-    checkpoint: str | Path, overrides: list[str] | None = None
-) -> tuple[WTALModel, Config, dict[str, Any]]:
-    """The network of a checkpoint, in eval mode on the CPU, built from its stored config.
-
-    Args:
-        checkpoint: a ``.pt`` file or a run folder (its ``last.pt``).
-        overrides: ``section.key=value`` changes to the stored config (e.g. ``detect.*``).
-
-    Returns:
-        ``(model, config, state)``; ``state["class_names"]`` and ``state["feat_dim"]`` say
-        what the model was trained on.
-
-    Raises:
-        InputError: missing or foreign checkpoint, or weights that do not fit the config.
-    """
-    path = Path(checkpoint).expanduser()
-    path = path / "last.pt" if path.is_dir() else path
-    state = load_checkpoint(path)
-    cfg = checkpoint_config(state, path, overrides)
-    model = build_model(cfg, state["feat_dim"], len(state["class_names"]))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise InputError(path, f"weights do not fit the model config ({first})") from None
-    model.eval()
-    return model, cfg, state
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
-    """The first dotted key whose values differ between two nested dicts (None if equal)."""
-    if not (isinstance(a, dict) and isinstance(b, dict)):
-        return None if a == b else (prefix.rstrip("."), a, b)
-    for key in sorted(set(a) | set(b), key=str):
-        found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-        if found is not None:
-            return found
-    return None
-
-
-def _check_state(path: Path, state: dict[str, Any], train_set: FeatureDataset, verb: str) -> None:
-    """What resuming and branching both need: every entry, and the data's features and classes."""
-    missing = [key for key in RESUME_KEYS if key not in state]
-    if missing:
-        raise InputError(path, f"cannot {verb} from it: no {', '.join(missing)} entries")
-    epoch = state["epoch"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise InputError(path, f"'epoch' = {epoch!r}: expected an integer >= 0")
-    for key, kind in (("config", dict), ("pseudo", list), ("pseudo_epochs", list)):
-        if not isinstance(state[key], kind):
-            what = f"'{key}' is a {type(state[key]).__name__}, expected a {kind.__name__}"
-            raise InputError(path, f"cannot {verb} from it: {what}")
-    if state.get("feat_dim") != train_set.feat_dim:
-        dims = f"{state.get('feat_dim')}-d features; the data has {train_set.feat_dim}-d"
-        raise InputError(path, f"trained on {dims}")
-    if state.get("class_names") != list(train_set.class_names):
-        raise InputError(path, f"trained on other classes than {train_set.source.root} now has")
-
-
-def _resume_state(run_dir: Path, cfg: Config, train_set: FeatureDataset) -> dict[str, Any] | None:
-    """``run_dir/last.pt``, checked against the config and the data; None when the run
-    stopped before its first checkpoint (it then starts again from epoch 0, or from its
-    ``init_from.json`` checkpoint).
-
-    Leftover temporary files of writes cut by a crash (``.<name>.*.tmp``) are removed.
-    """
-    for stale in run_dir.glob(".*.tmp"):
-        if stale.is_file():
-            stale.unlink()
-    path = run_dir / "last.pt"
-    if path.is_dir():  # load_checkpoint would read it as a run folder: last.pt/last.pt
-        raise InputError(path, "is a folder; expected the run's checkpoint file")
-    if not path.exists():
-        periodic = sorted(run_dir.glob("epoch_*.pt"))
-        if periodic:  # a checkpoint went missing: do not silently start over
-            raise InputError(path, f"not found; copy {periodic[-1].name} to last.pt to resume")
-        log.info("no checkpoint in %s yet: starting from the beginning", run_dir)
-        return None
-    state = load_checkpoint(path)
-    _check_state(path, state, train_set, "resume")
-    # the stored config through the loader: fields added since the run started take their
-    # defaults there as they did in config.yaml, so they are no difference
-    stored = config_to_dict(config_from_dict(state["config"], source=str(path)))
-    diff = _first_difference(config_to_dict(cfg), stored)
-    if diff is not None:
-        key, here, there = diff
-        what = f"differs from the checkpoint's config ({key}: {here!r} here, {there!r} in last.pt)"
-        raise InputError(run_dir / "config.yaml", what)
-    video_ids = set(train_set.video_ids)
-    for labels in state["pseudo"]:
-        if set(labels) != video_ids:
-            raise InputError(path, "pseudo labels for other training videos than the data's")
-    return state
-
-
-INIT_FROM_FILE = "init_from.json"
-"""File of a branched run folder naming the checkpoint it started from (path, sha256, epoch)."""
-TRAINING_SET_KEYS = ("path", "train_subset", "val_fraction", "val_seed")
-"""``data`` fields that decide which videos a run trains on."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _branch_state(
-    path: Path, cfg: Config, train_set: FeatureDataset, sha256: str | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A checkpoint to start a new run from (``--init-from``), checked against ``cfg`` and
-    the data, and the ``{"path", "sha256", "epoch"}`` record of where the run came from.
-
-    Unlike a resume, the config may differ; the model must still fit it (checked when the
-    weights are loaded), the epoch must leave something to train, and the pseudo-label
-    history must hold every training video and the regenerations the schedule still reads.
-    A checkpoint trained on other videos (``data`` path, subset or validation split) is
-    allowed with a warning.
-    """
-    path = Path(path).expanduser()
-    path = path / "last.pt" if path.is_dir() else path
-    state = load_checkpoint(path)
-    _check_state(path, state, train_set, "branch")
-    digest = file_sha256(path)
-    if sha256 is not None and digest != sha256:
-        raise InputError(path, f"changed since this run branched from it (sha256 {sha256[:12]})")
-    epoch = int(state["epoch"])
-    if epoch >= cfg.train.epochs:
-        what = f"is at epoch {epoch}; train.epochs = {cfg.train.epochs} leaves nothing to train"
-        raise InputError(path, what)
-    data_then = state["config"].get("data", {})
-    data_now = config_to_dict(cfg)["data"]
-    changed = [k for k in TRAINING_SET_KEYS if data_then.get(k, data_now[k]) != data_now[k]]
-    if changed:
-        warnings.warn(
-            f"{path}: trained on another training set (data.{', data.'.join(changed)} differ)",
-            stacklevel=3,
-        )
-    video_ids = set(train_set.video_ids)
-    if cfg.pseudo.enabled and state["pseudo"]:
-        missing = video_ids - set(state["pseudo"][-1])
-        if missing:
-            what = f"has no pseudo labels of training video {sorted(missing)[0]!r}"
-            raise InputError(path, f"cannot branch from it: it {what}")
-        done = [r for r in cfg.pseudo.regen_epochs if r < epoch][-2:]
-        absent = [r for r in done if r not in state["pseudo_epochs"]]
-        if absent:
-            what = f"no pseudo labels of regeneration epoch {absent[-1]} (pseudo.regen_epochs)"
-            raise InputError(path, f"cannot branch from it: {what}")
-    return state, {"path": str(path.resolve()), "sha256": digest, "epoch": epoch}
-
-
-def _restore(
-    state: dict[str, Any],
-    path: Path,
-    model: WTALModel,
-    optimizer: torch.optim.Optimizer,
-    cfg: Config,
-    train_ids: Sequence[str],
-) -> tuple[list[tuple[int, dict[str, Tensor]]], list[tuple[int, dict[str, Any]]], int]:
-    """Load a checkpoint's weights (memory included), optimizer state, pseudo-label history
-    and random state; returns ``(history, fused, start_epoch)``.
-
-    The optimizer keeps its moments, but takes its hyper-parameters from ``cfg`` (Adam's
-    ``load_state_dict`` would restore the stored ones), so a branch may change them. Pseudo
-    labels of videos that are not training videos here are dropped.
-    """
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        what = f"does not fit this config's model ({str(exc).strip().splitlines()[0]})"
-        raise InputError(path, what) from None
-    for group in optimizer.param_groups:
-        group["betas"], group["weight_decay"] = cfg.train.betas, cfg.train.weight_decay
-    keep = set(train_ids)
-
-    def only(per_video: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in per_video.items() if k in keep}
-
-    history = [
-        (int(e), only(labels))
-        for e, labels in zip(state["pseudo_epochs"], state["pseudo"], strict=True)
-    ]
-    fused = [
-        (int(e), {"segments": only(x["segments"]), "timing": only(x["timing"])})
-        for e, x in zip(
-            state.get("pseudo_segment_epochs", []), state.get("pseudo_segments", []), strict=True
-        )
-    ]
-    world = distributed.world_size()
-    rng_ranks = state.get("rng_ranks", [])
-    if world == 1:
-        _set_rng_state(state["rng"])
-    elif len(rng_ranks) == world:
-        _set_rng_state(rng_ranks[distributed.rank()])
-    elif distributed.is_main():
-        saved = len(rng_ranks) or 1
-        log.warning("checkpoint of %d process(es), run of %d: new dropout seeds", saved, world)
-    return history, fused, int(state["epoch"])
-
-
-def _summary_writer(log_dir: Path) -> Any:
-    """A TensorBoard ``SummaryWriter`` on ``log_dir``, or None when tensorboard is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # an optional extra: log.jsonl alone
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def _scalars(record: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
-    """The numeric leaves of a nested log record as ``("loss/fore", value)`` pairs."""
-    out = []
-    for key, value in record.items():
-        tag = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out += _scalars(value, tag + "/")
-        elif isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch":
-            out.append((tag, float(value)))
-    return out
-
-
-class JsonlLog:
-    """``log.jsonl``: one JSON object per epoch. On resume, entries of epochs that are about
-    to be re-run are dropped, so the log matches an uninterrupted run. With
-    ``tensorboard_dir`` (and tensorboard installed) every numeric entry also goes to
-    TensorBoard, at step = epoch."""
-
-    def __init__(self, path: Path, start_epoch: int, tensorboard_dir: Path | None = None):
-        self.path = path
-        self.tensorboard = _summary_writer(tensorboard_dir) if tensorboard_dir else None
-        kept = []
-        if path.exists():
-            try:
-                text = path.read_text()
-            except UnicodeDecodeError:  # the log is ASCII JSON: a crash cannot cause this
-                raise InputError(path, "cannot read: not UTF-8 text") from None
-            for line in text.splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                if not isinstance(rec, dict):
-                    continue  # not a record of ours
-                if rec.get("epoch", -1) < start_epoch:
-                    kept.append(line)
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as exc:  # a full disk: the error has no filename, so name the log
-            raise os_error(exc, "cannot write", self.path) from None
-        if self.tensorboard is not None:
-            for tag, value in _scalars(record):
-                self.tensorboard.add_scalar(tag, value, record["epoch"])
-            self.tensorboard.flush()
-
-
 # ----------------------------------------------------------------------------- fit
 
 
@@ -1464,7 +752,7 @@ def _fit(
     state, source, branch = None, None, None  # source: path of the checkpoint loaded
     expected_sha = None
     if resume:
-        state = _resume_state(run_dir, cfg, train_set)
+        state = resume_state(run_dir, cfg, train_set)
         source = run_dir / "last.pt"
         if state is not None:
             branch = state.get("init_from")
@@ -1473,9 +761,9 @@ def _fit(
             init_from, expected_sha = saved["path"], saved["sha256"]
     if init_from is not None:
         source = Path(init_from).expanduser()
-        state, branch = _branch_state(source, cfg, train_set, expected_sha)
+        state, branch = branch_state(source, cfg, train_set, expected_sha)
     if state is not None:
-        history, fused, start = _restore(state, source, model, optimizer, cfg, train_set.video_ids)
+        history, fused, start = restore(state, source, model, optimizer, cfg, train_set.video_ids)
         log.info("%s %s at epoch %d", "resuming" if resume else "branching", run_dir, start)
     if main and not (resume and (run_dir / "config.yaml").is_file()):  # a new run folder
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -1577,7 +865,7 @@ def _fit(
             "pseudo": [labels for _, labels in history],
             "pseudo_segment_epochs": [e for e, _ in fused],
             "pseudo_segments": [inputs for _, inputs in fused],
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
         if branch is not None:
             state["init_from"] = branch

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from wtal.engine import Prediction
+from wtal.inference import Prediction
 from wtal.io import InputError, atomic_path
 from wtal.segments import snippets_to_seconds
 

@@ -1,0 +1,166 @@
+"""Inference: the network's per-video outputs (:class:`Prediction`, :func:`predict`) and the
+one detection path from a CAS to segments (:func:`detect`) and to ActivityNet results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wtal import __version__
+from wtal.config import DetectConfig
+from wtal.data import FeatureDataset, collate, split_batch
+from wtal.fusion import detect as detect_segments
+from wtal.model import WTALModel
+from wtal.segments import snippets_to_seconds
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says about one video (unpadded, numpy).
+
+    Attributes:
+        video_id: the video.
+        video_scores: (C+1,) video-level class probabilities, background last.
+        cas: (T, C+1) class activation sequence, attention-weighted probabilities.
+        attention: (T,) class-agnostic attention in [0, 1].
+        labels: (C,) multi-hot ground-truth video labels (zeros when unknown).
+        fps: frame rate of the video's snippets.
+        snippet_frames: frames per CAS row (after any resampling).
+        duration_s: video duration in seconds (NaN when unknown).
+    """
+
+    video_id: str
+    video_scores: np.ndarray
+    cas: np.ndarray
+    attention: np.ndarray
+    labels: np.ndarray
+    fps: float
+    snippet_frames: float
+    duration_s: float
+
+
+@torch.no_grad()
+def predict(
+    model: WTALModel,
+    dataset: FeatureDataset,
+    device: torch.device,
+    *,
+    video_mix: float,
+    cas_mix: float,
+    batch_size: int = 10,
+    max_padding: float = 0.0,
+    dropout: bool = False,
+    progress: bool = False,
+) -> list[Prediction]:
+    """Video scores and CAS of every video of ``dataset`` (paper.md §1.4).
+
+    ``video_scores = video_mix * p_o + (1 - video_mix) * p_m`` and
+    ``cas = (cas_mix * softmax(S_o) + (1 - cas_mix) * softmax(S_m)) * a_o``.
+    ``dropout=True`` runs the network in train mode, as the reference's pseudo-label teacher
+    does; nothing is learned or stored either way. ``batch_size`` videos are loaded at a time
+    and split into passes of similar length by ``max_padding`` (:func:`~wtal.data.split_batch`);
+    without dropout each video's outputs do not depend on its pass.
+    """
+    was_training = model.training
+    model.train(dropout)
+    preds: list[Prediction] = []
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="predict", leave=False, disable=not progress):
+        videos = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        found: dict[int, Prediction] = {}
+        for index, part in split_batch(collate(videos), max_padding):
+            out = model(part.features.to(device), part.mask.to(device))
+            video_scores = video_mix * out.o.video_ca + (1 - video_mix) * out.m.video_ca
+            probs = cas_mix * out.o.logits.softmax(-1) + (1 - cas_mix) * out.m.logits.softmax(-1)
+            cas = probs * out.o.attention.unsqueeze(-1)  # (b, T, C+1)
+            for i, j in enumerate(index.tolist()):
+                n, video = int(part.lengths[i]), videos[j]
+                found[j] = Prediction(
+                    video_id=video.video_id,
+                    video_scores=video_scores[i].double().cpu().numpy(),
+                    cas=cas[i, :n].double().cpu().numpy(),
+                    attention=out.o.attention[i, :n].double().cpu().numpy(),
+                    labels=video.labels,
+                    fps=video.fps,
+                    snippet_frames=video.snippet_frames,
+                    duration_s=video.duration_s,
+                )
+        preds.extend(found[j] for j in range(len(videos)))
+    model.train(was_training)
+    return preds
+
+
+def detect(
+    pred: Prediction,
+    dcfg: DetectConfig,
+    *,
+    temperature: float | None = None,
+    background: bool = False,
+):
+    """CAS -> proposals -> fusion for one video, in snippet units (the one detection path).
+
+    Test-time detections and pseudo labels both call this; they differ only in the
+    arguments (pseudo labels keep the background column and use their own temperature).
+
+    Returns:
+        :class:`wtal.proposals.Segments` with ``segments`` (N, 2) in snippets.
+    """
+    columns = pred.cas.shape[1] if background else pred.cas.shape[1] - 1
+    return detect_segments(
+        torch.from_numpy(pred.cas[:, :columns]),
+        torch.from_numpy(pred.video_scores[:columns]),
+        class_threshold=dcfg.class_threshold,
+        thresholds=np.arange(*dcfg.thresholds),
+        min_length=dcfg.min_length,
+        outer_scale=dcfg.outer_scale,
+        outer_power=dcfg.outer_power,
+        inclusive_end=dcfg.inclusive_end,
+        method=dcfg.fusion,
+        temperature=dcfg.temperature if temperature is None else temperature,
+        overlap_threshold=dcfg.overlap_threshold,
+        overlap=dcfg.overlap,
+        sigma=dcfg.soft_nms_sigma,
+        float32_means=dcfg.float32_means,
+    )
+
+
+def detections_to_results(
+    preds: list[Prediction], dataset: FeatureDataset, dcfg: DetectConfig
+) -> dict[str, Any]:
+    """Detections of every video in the ActivityNet results format (seconds)."""
+    return results_from_predictions(preds, dataset.class_names, dcfg)
+
+
+def results_from_predictions(
+    preds: list[Prediction], class_names: Sequence[str], dcfg: DetectConfig
+) -> dict[str, Any]:
+    """Detections of every video in the ActivityNet results format (seconds).
+
+    Args:
+        preds: per-video predictions (from :func:`predict` or
+            :func:`wtal.cascache.load_predictions`).
+        class_names: (C,) names of the CAS columns, background excluded.
+        dcfg: proposal and fusion parameters.
+    """
+    results: dict[str, list[dict[str, Any]]] = {}
+    for pred in preds:
+        found = detect(pred, dcfg)
+        seconds = snippets_to_seconds(found.segments.cpu().numpy(), pred.fps, pred.snippet_frames)
+        if pred.duration_s > 0:  # False for NaN (unknown duration)
+            seconds = np.clip(seconds, 0.0, pred.duration_s)
+        results[pred.video_id] = [
+            {
+                "label": class_names[int(c)],
+                "score": float(s),
+                "segment": [float(a), float(b)],
+            }
+            for (a, b), s, c in zip(
+                seconds, found.scores.tolist(), found.labels.tolist(), strict=True
+            )
+        ]
+    return {"version": f"wtal {__version__}", "results": results, "external_data": {}}
