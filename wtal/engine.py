@@ -2,7 +2,7 @@
 
 Read ``fit`` from top to bottom: it is the whole method (paper.md §1.8). The base stage
 (RSKP) trains with the video-level losses; from the first regeneration epoch on, pseudo
-labels come from :func:`detect` on the training videos, the same path that produces the
+labels come from :func:`wtal.inference.detect` on the training videos, the same path that produces the
 test detections, and are turned into snippet targets by the LP of :mod:`wtal.pseudo`.
 """
 
