@@ -2,8 +2,9 @@
 
 Read ``fit`` from top to bottom: it is the whole method (paper.md §1.8). The base stage
 (RSKP) trains with the video-level losses; from the first regeneration epoch on, pseudo
-labels come from :func:`wtal.inference.detect` on the training videos, the same path that produces the
-test detections, and are turned into snippet targets by the LP of :mod:`wtal.pseudo`.
+labels come from :func:`wtal.inference.detect` on the training videos, the same path that
+produces the test detections, and are turned into snippet targets by the LP of
+:mod:`wtal.pseudo`.
 """
 
 from __future__ import annotations
