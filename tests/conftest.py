@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from wtal.synth import THUMOS, write_synthetic
+
 REPO = Path(__file__).resolve().parents[1]
+TINY_SPEC = dict(
+    train_videos=6,
+    test_videos=4,
+    feat_dim=8,
+    num_classes=3,
+    min_snippets=20,
+    median_snippets=30,
+    max_snippets=40,
+)
+"""The synthetic spec of :func:`tiny_run` (``SynthSpec`` fields over the ``thumos`` preset)."""
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +36,22 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared benchmark data not found at {path} (set WTAL_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run() -> Callable[..., tuple[Path, Path, Path]]:
+    """``make(root, config, run="run", **spec) -> (data, config_path, run_dir)``: a tiny
+    synthetic dataset in ``root/data`` (:data:`TINY_SPEC`, fields overridden by ``spec``),
+    ``config`` (a dict) written to ``root/tiny.yaml``, and a finished training run of it."""
+    from wtal.config import load_config
+    from wtal.engine import fit
+
+    def make(root: Path, config: dict, run: str = "run", **spec) -> tuple[Path, Path, Path]:
+        write_synthetic(root / "data", replace(THUMOS, **{**TINY_SPEC, **spec}), seed=0)
+        path = root / "tiny.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        overrides = [f"data.path={str(root / 'data')!r}"]
+        fit(load_config(path, overrides), root / run, progress=False)
+        return root / "data", path, root / run
+
+    return make

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,6 @@ import pytest
 import torch
 
 from wtal.cli import main
-from wtal.config import load_config
-from wtal.engine import fit
-from wtal.synth import THUMOS, write_synthetic
 
 TINY = {
     "model": {"embed_dim": 16},
@@ -66,23 +63,8 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Base:
-    root = tmp_path_factory.mktemp("catalogue")
-    spec = replace(
-        THUMOS,
-        train_videos=6,
-        test_videos=4,
-        feat_dim=8,
-        num_classes=3,
-        min_snippets=20,
-        median_snippets=30,
-        max_snippets=40,
-    )
-    write_synthetic(root / "data", spec, seed=0)
-    config = root / "tiny.yaml"
-    config.write_text(json.dumps(TINY))  # JSON is YAML
-    fit(load_config(config, [f"data.path={str(root / 'data')!r}"]), root / "run", progress=False)
-    base = Base(root / "data", config, root / "run")
+def base(tmp_path_factory, tiny_run) -> Base:
+    base = Base(*tiny_run(tmp_path_factory.mktemp("catalogue"), TINY))
     before = {p: _snapshot(p) for p in (base.data, base.run)}
     yield base
     for folder, snapshot in before.items():

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ from wtal.cli import main
 from wtal.config import load_config
 from wtal.engine import fit, open_datasets
 from wtal.io import InputError
-from wtal.synth import THUMOS, write_synthetic
 
 TINY = {
     "model": {"embed_dim": 16},
@@ -70,22 +69,10 @@ def _yaml(path: Path, cfg: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Base:
+def base(tmp_path_factory, tiny_run) -> Base:
     root = tmp_path_factory.mktemp("bad_input")
-    spec = replace(
-        THUMOS,
-        train_videos=6,
-        test_videos=4,
-        feat_dim=8,
-        num_classes=3,
-        min_snippets=20,
-        median_snippets=30,
-        max_snippets=40,
-    )
-    write_synthetic(root / "data", spec, seed=0)
-    config = _yaml(root / "tiny.yaml", TINY)
+    _, config, _ = tiny_run(root, TINY)
     data = [f"data.path={str(root / 'data')!r}"]
-    fit(load_config(config, data), root / "run", progress=False)
     short = ["train.epochs=1", "pseudo.enabled=False"]  # base stage only
     wide = load_config(config, [*data, "model.embed_dim=32", *short])
     fit(wide, root / "wide_run", progress=False)

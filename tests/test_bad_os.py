@@ -11,10 +11,9 @@ here, so permissions are simulated with folders, missing files or a patched ``os
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ import wtal.evaluation
 from wtal.cli import main
 from wtal.config import load_config, save_config
 from wtal.engine import fit
-from wtal.synth import THUMOS, write_synthetic
 
 TINY = {
     "model": {"embed_dim": 16},
@@ -54,23 +52,9 @@ class Base:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Base:
+def base(tmp_path_factory, tiny_run) -> Base:
     root = tmp_path_factory.mktemp("bad_os")
-    spec = replace(
-        THUMOS,
-        train_videos=6,
-        test_videos=3,
-        feat_dim=8,
-        num_classes=3,
-        min_snippets=20,
-        median_snippets=25,
-        max_snippets=30,
-    )
-    write_synthetic(root / "data", spec, seed=0)
-    config = root / "tiny.yaml"
-    config.write_text(json.dumps(TINY))  # JSON is YAML
-    fit(load_config(config, [f"data.path={str(root / 'data')!r}"]), root / "run", progress=False)
-    return Base(root / "data", config, root / "run")
+    return Base(*tiny_run(root, TINY, test_videos=3, median_snippets=25, max_snippets=30))
 
 
 @dataclass

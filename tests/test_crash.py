@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from wtal.checkpoint import FAULT_ENV, load_checkpoint
 from wtal.config import load_config
 from wtal.engine import fit
 from wtal.runlog import JsonlLog
-from wtal.synth import THUMOS, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -50,24 +48,9 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
+def setup(tmp_path_factory, tiny_run) -> tuple[Path, Path, Path]:
     """(dataset, config, uninterrupted reference run)."""
-    root = tmp_path_factory.mktemp("crash")
-    spec = replace(
-        THUMOS,
-        train_videos=6,
-        test_videos=4,
-        feat_dim=8,
-        num_classes=3,
-        min_snippets=20,
-        median_snippets=30,
-        max_snippets=40,
-    )
-    write_synthetic(root / "data", spec, seed=0)
-    config = root / "tiny.yaml"
-    config.write_text(json.dumps(TINY))  # JSON is YAML
-    fit(load_config(config, [f"data.path={str(root / 'data')!r}"]), root / "ref", progress=False)
-    return root / "data", config, root / "ref"
+    return tiny_run(tmp_path_factory.mktemp("crash"), TINY, run="ref")
 
 
 def _wtal(args: list[str], fault: str | None) -> subprocess.CompletedProcess:
