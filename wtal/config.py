@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from wtal.io import InputError, atomic_path
+from wtal.segments import REFERENCE_OUTER_BAND
 
 
 @dataclass(frozen=True)
@@ -343,10 +344,10 @@ class DetectConfig:
     """CAS thresholds as ``np.arange(start, stop, step)``: 20 values 0.001 ... 0.039."""
     min_length: int = 2
     """Shortest run kept as a proposal, in snippets."""
-    outer_scale: float = 0.0785
+    outer_scale: float = REFERENCE_OUTER_BAND[0]
     """Outer band of the outer-inner score: outer_scale * L ** outer_power snippets per side
     (detectionMAP.py:130; the textbook form is 0.25 * L ** 1)."""
-    outer_power: float = 0.9
+    outer_power: float = REFERENCE_OUTER_BAND[1]
     """Exponent of the outer band (see ``outer_scale``)."""
     inclusive_end: bool = True
     """Reproduce the reference's proposals that include one snippet past the run (paper.md E3)."""
