@@ -30,6 +30,7 @@ from torch import Tensor
 from wtal import distributed
 from wtal.config import Config, config_from_dict, config_to_dict
 from wtal.data import FeatureDataset
+from wtal.featmeta import checkpoint_extractor
 from wtal.io import InputError, atomic_path
 from wtal.model import WTALModel
 
@@ -58,6 +59,7 @@ def fault_point(point: str, epoch: int) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (a crash never leaves a partial file under ``path``)."""
+    state = {"extractor": checkpoint_extractor(path.parent), **state}  # featmeta.EXTRACTOR_KEYS
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's own
             torch.save(state, f)

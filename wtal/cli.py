@@ -1081,6 +1081,45 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=cmd_bench)
 
 
+# ----------------------------------------------------------------------------- infer
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from wtal.infer import run_inference
+
+    written = run_inference(
+        args.videos, args.features or [], args.run, args.out, extractor=args.extractor,
+        weights=args.weights, device=args.device, max_snippets=args.max_snippets,
+    )  # fmt: skip
+    for vid, (paths, count) in written.items():
+        print(f"{vid}: {count} detections -> {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _add_infer_parser(sub: argparse._SubParsersAction) -> None:
+    from wtal.infer import LONG_VIDEO_SNIPPETS
+
+    infer = sub.add_parser(
+        "infer",
+        help="detect actions in new videos with a trained run",
+        description="Extract features with the run's recorded extractor, run the model, detect "
+        "with the run's config, and write per video OUT/<id>.json (ActivityNet results, "
+        "seconds), OUT/<id>.csv (start,end,label,score) and OUT/<id>.png (timeline).",
+    )
+    infer.add_argument("videos", nargs="*", metavar="VIDEO", help="video files")
+    infer.add_argument("--run", required=True, metavar="RUN_DIR|CKPT", help="trained run")
+    infer.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    infer.add_argument("--features", nargs="+", metavar="X.npy", help="(T, D) feature files")
+    infer.add_argument("--extractor", help="extractor name (default: the run's recorded one)")
+    infer.add_argument("--weights", help="extractor weights file, or none (default: recorded)")
+    infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    infer.add_argument(
+        "--max-snippets", type=int, default=LONG_VIDEO_SNIPPETS, metavar="N",
+        help=f"longer videos run in chunks, changing scores (default {LONG_VIDEO_SNIPPETS})",
+    )  # fmt: skip
+    infer.set_defaults(func=cmd_infer)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -1108,6 +1147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(sub)
     _add_pseudo_parsers(sub)
     _add_bench_parser(sub)
+    _add_infer_parser(sub)
     return parser
 
 

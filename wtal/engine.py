@@ -44,6 +44,7 @@ from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
+from wtal.featmeta import copy_features_meta
 from wtal.inference import Prediction, detect, detections_to_results, predict
 from wtal.io import InputError, read_json, write_json
 from wtal.losses import base_losses, pseudo_label_loss
@@ -770,6 +771,7 @@ def _fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()  # before the first file: a second writer is refused now
         save_config(cfg, run_dir / "config.yaml")
+        copy_features_meta(cfg.data.path, run_dir)  # the run remembers how its features were made
         if branch is not None:
             write_json(run_dir / INIT_FROM_FILE, branch)
     tensorboard = run_dir / "tensorboard" if tc.tensorboard else None
