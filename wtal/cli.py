@@ -1123,6 +1123,41 @@ def _add_infer_parser(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- main
 
 
+# ----------------------------------------------------------------------------- features
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from wtal.extract import extract_videos
+    from wtal.video import FeatureSpec
+
+    given = {"fps": args.fps, "snippet_frames": args.snippet_frames, "stride": args.stride}
+    spec = FeatureSpec(**{k: v for k, v in given.items() if v is not None})
+    done = extract_videos(
+        args.videos, args.out, extractor=args.extractor, weights=args.weights, spec=spec,
+        device=args.device, batch_size=args.batch_size, subset=args.subset, shard=args.shard,
+        progress=not args.quiet,
+    )  # fmt: skip
+    print(f"{len(done['extracted'])} videos extracted, {len(done['skipped'])} already done")
+    return 0
+
+
+def _add_features_parser(sub: argparse._SubParsersAction) -> None:
+    feats = sub.add_parser("features", help="extract I3D features from raw videos (docs/video.md)")
+    feats.add_argument("videos", nargs="+", help="folder of videos, video files or a .txt list")
+    feats.add_argument("out", help="output folder: features/<id>.npy + features_meta.json")
+    feats.add_argument("--extractor", default="i3d-rgb", help="i3d-rgb or i3d-two-stream")
+    feats.add_argument("--weights", required=True, help="checkpoint, folder of both, or none")
+    feats.add_argument("--fps", type=float, help="sampling rate (default 25)")
+    feats.add_argument("--snippet-frames", type=int, help="frames per snippet (default 16)")
+    feats.add_argument("--stride", type=int, help="frames between snippets (default 16)")
+    feats.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    feats.add_argument("--batch-size", type=int, default=8, help="clips per network call")
+    feats.add_argument("--subset", help="also write an annotations.json skeleton, this subset")
+    feats.add_argument("--shard", metavar="K/N", help="only shard K (0-based) of N")
+    feats.add_argument("--quiet", action="store_true", help="no progress bars")
+    feats.set_defaults(func=cmd_features)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``error:`` line and exit status 2, like every other
     bad input (argparse's own prints the usage block first). Subcommands inherit the class."""
@@ -1147,6 +1182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(sub)
     _add_pseudo_parsers(sub)
     _add_bench_parser(sub)
+    _add_features_parser(sub)
     _add_infer_parser(sub)
     return parser
 
