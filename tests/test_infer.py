@@ -35,16 +35,32 @@ TINY = [
     "pseudo.enabled=False",
 ]
 FEAT_DIM = 8
-EXTRACTOR = {
-    "name": "i3d-rgb",
-    "dim": FEAT_DIM,
-    "weights_sha256": None,
+META = {
+    "format": 1,
+    "extractor": "i3d-rgb",
+    "feat_dim": FEAT_DIM,
+    "streams": [{"name": "rgb", "dim": FEAT_DIM, "sha256": "random"}],
     "fps": 25.0,
     "snippet_frames": 16,
     "stride": 16,
+    "preprocess": {"resize_short": 256, "crop": 224},
+    "flow": None,
+    "weights_files": {"rgb": "none"},
+    "videos": {},
 }
-"""A features_meta.json extractor entry for the synthetic data (its features are 8-d, on the
-25 fps / 16-frame grid of the config defaults)."""
+"""A features_meta.json for the synthetic data, as ``wtal features`` lays it out (its
+features are 8-d, on the 25 fps / 16-frame grid of the config defaults)."""
+RECORD = {
+    "name": "i3d-rgb",
+    "dim": FEAT_DIM,
+    "weights_sha256": {"rgb": "random"},
+    "fps": 25.0,
+    "snippet_frames": 16,
+    "stride": 16,
+    "weights_files": {"rgb": "none"},
+    "preprocess": {"resize_short": 256, "crop": 224, "flow_clip": None},
+}
+"""What checkpoints record of :data:`META`."""
 
 
 @pytest.fixture
@@ -84,7 +100,7 @@ def external(tmp_path_factory) -> tuple[Path, Path]:
 def described(tmp_path_factory) -> tuple[Path, Path]:
     """A dataset with a features_meta.json and a run trained on it."""
     root = tmp_path_factory.mktemp("described")
-    data = _data(root / "data", {"extractor": EXTRACTOR, "videos": {}})
+    data = _data(root / "data", META)
     return data, _train(data, root / "run")
 
 
@@ -95,7 +111,7 @@ def test_run_folder_and_checkpoint_record_the_extractor(described):
     data, run = described
     assert (run / FEATURES_META_FILE).read_bytes() == (data / FEATURES_META_FILE).read_bytes()
     state = load_checkpoint(run)
-    assert state["extractor"] == {k: EXTRACTOR[k] for k in EXTRACTOR_KEYS}
+    assert state["extractor"] == RECORD and set(RECORD) == set(EXTRACTOR_KEYS)
     assert load_run(run).extractor == state["extractor"]
 
 
@@ -112,7 +128,7 @@ def test_external_features_record_no_extractor_and_old_checkpoints_load(external
 
 
 def test_broken_features_meta_is_not_copied(tmp_path, warnings_log):
-    data = _data(tmp_path / "data", {"extractor": {"name": "i3d-rgb"}})
+    data = _data(tmp_path / "data", {**META, "fps": "25"})
     run = _train(data, tmp_path / "run")
     assert "does not record its feature extractor" in warnings_log.text
     assert not (run / FEATURES_META_FILE).exists()
@@ -159,7 +175,7 @@ def test_features_on_another_grid_are_refused(described, tmp_path, capsys):
     data, run = described
     extracted = tmp_path / "extracted"  # as `wtal features` lays it out, but at 30 fps
     features = _copy_features(data, extracted / "features")
-    meta = {"extractor": {**EXTRACTOR, "fps": 30.0}, "videos": {}}
+    meta = {**META, "fps": 30.0}
     (extracted / FEATURES_META_FILE).write_text(json.dumps(meta))
     out = tmp_path / "out"
     argv = ["infer", "--features", str(features), "--run", str(run), "--out", str(out)]
@@ -220,3 +236,126 @@ def test_long_videos_run_in_chunks_only_beyond_the_limit(external, warnings_log)
     weights = np.array([17, 17, 16])[:, None] / 50
     assert np.allclose(chunked.video_scores, (weights * [p.video_scores for p in alone]).sum(0))
     assert not np.allclose(chunked.cas, whole.cas)  # the model is not causal: chunks differ
+
+
+# ----------------------------------------------------------------------------- videos
+
+
+SMALL_FRAMES = dict(resize_short=48, crop=48)
+"""Frame size for the video tests: I3D takes any size, and 224 x 224 clips cost ~2 s each
+on one CPU thread. The metadata records it, and ``wtal infer`` extracts the same way."""
+
+
+def _write_video(path: Path, frames: int, brightness: int) -> Path:
+    av = pytest.importorskip("av", reason="writing test videos needs PyAV (the video extra)")
+    rng = np.random.default_rng(brightness)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 40, 32, "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 40, (32, 40, 3), dtype=np.uint8) + brightness
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    """Six tiny videos -> ``wtal features`` -> labels -> ``wtal data check`` -> 2-epoch run."""
+    pytest.importorskip("av", reason="decoding videos needs PyAV (the video extra)")
+    from wtal import video
+
+    root = tmp_path_factory.mktemp("videos")
+    (root / "videos").mkdir()
+    classes = ["dark", "bright"]
+    for i in range(6):  # 20 frames at 25 fps: 2 snippets of 16 (the second padded)
+        _write_video(root / "videos" / f"clip{i}.mp4", 20, 40 + 150 * (i % 2))
+    data, run = root / "data", root / "run"
+    patch = pytest.MonkeyPatch()
+    spec = video.FeatureSpec
+    patch.setattr(video, "FeatureSpec", lambda **kw: spec(**{**SMALL_FRAMES, **kw}))
+    argv = ["features", str(root / "videos"), str(data), "--weights", "none", "--quiet"]
+    try:
+        assert main([*argv, "--extractor", "i3d-rgb", "--subset", "validation"]) == 0
+    finally:
+        patch.undo()
+    annotations = json.loads((data / "annotations.json").read_text())
+    for i, (_, entry) in enumerate(sorted(annotations["database"].items())):
+        entry["subset"] = "validation" if i < 4 else "test"
+        entry["labels"] = [classes[i % 2]]
+        entry["annotations"] = [{"label": classes[i % 2], "segment": [0.0, 0.6]}]
+    (data / "annotations.json").write_text(json.dumps(annotations))
+    assert main(["data", "check", str(data)]) == 0
+    config = root / "tiny.yaml"
+    config.write_text(json.dumps({"model": {"embed_dim": 32}, "train": {"epochs": 2}}))
+    overrides = [f"--set={o}" for o in TINY if not o.startswith(("model.", "train.epochs"))]
+    assert main(["train", str(config), "--data", str(data), "--run-dir", str(run), "--quiet",
+                 *overrides]) == 0  # fmt: skip
+    return root, data, run
+
+
+def test_videos_features_train_infer_score(video_run, tmp_path, capsys):
+    root, data, run = video_run
+    assert (run / FEATURES_META_FILE).read_bytes() == (data / FEATURES_META_FILE).read_bytes()
+    record = load_checkpoint(run)["extractor"]
+    assert record["name"] == "i3d-rgb" and record["dim"] == 1024
+    assert record["weights_sha256"] == {"rgb": "random"}
+    assert record["fps"] == 25.0 and record["stride"] == 16
+    assert record["preprocess"]["crop"] == SMALL_FRAMES["crop"]
+    videos = [root / "videos" / "clip4.mp4", root / "videos" / "clip5.mp4"]
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["infer", *map(str, videos), "--run", str(run), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"clip{i}.{ext}" for i in (4, 5) for ext in ("csv", "json", "png"))
+    # the extraction is the dataset's: same detections as from the extracted features
+    same = tmp_path / "same"
+    features = data / "features" / "clip4.npy"
+    assert main(["infer", "--features", str(features), "--run", str(run), "--out", str(same)]) == 0
+    by_video = json.loads((out / "clip4.json").read_text())["results"]
+    assert by_video == json.loads((same / "clip4.json").read_text())["results"]
+    truth = [{"label": "dark", "segment": [0.0, 0.6]}]
+    gt = {"database": {"clip4": {"subset": "test", "duration": 0.8, "annotations": truth}}}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "gt.json"), str(out / "clip4.json"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics  # scored: the results file is a valid ActivityNet results file
+    with open(out / "clip5.csv", newline="") as f:
+        assert next(csv.reader(f)) == ["start", "end", "label", "score"]
+    assert (out / "clip5.png").stat().st_size > 1000
+
+
+def test_video_with_other_feature_dim_is_refused(external, tmp_path, capsys):
+    _, run = external  # trained on 8-d external features
+    video = _write_video(tmp_path / "v.mp4", 16, 100)
+    out = tmp_path / "out"
+    argv = ["infer", str(video), "--run", str(run), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {run / 'last.pt'}: records no extractor (trained on external "
+                   f"features): pass --extractor NAME to extract {video}\n")  # fmt: skip
+    assert main([*argv, "--extractor", "i3d-rgb", "--weights", "none"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (f"error: {video}: extractor i3d-rgb's features are 1024-d; the run "
+                    f"{run / 'last.pt'} was trained on 8-d")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "broken", "empty"])
+def test_missing_or_broken_video_is_one_line(video_run, tmp_path, capsys, case):
+    root, _, run = video_run
+    bad = tmp_path / "bad.mp4"
+    if case == "broken":
+        bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    elif case == "empty":
+        bad.write_bytes(b"")
+    good = root / "videos" / "clip4.mp4"
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["infer", str(good), str(bad), "--run", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1, err
+    assert not out.exists()

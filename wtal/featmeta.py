@@ -4,7 +4,6 @@ folder, and the extractor record every checkpoint carries (``state["extractor"]`
 ``wtal features`` writes ``features_meta.json`` beside ``features/`` when it extracts a
 dataset; datasets of features extracted elsewhere have none, and their runs record
 ``None``. ``wtal infer`` reads the record back to extract new videos the same way.
-Standard library only: :mod:`wtal.checkpoint` imports this module.
 """
 
 from __future__ import annotations
@@ -15,41 +14,72 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from wtal.extract import META_FILE as FEATURES_META_FILE
+from wtal.extractors import RANDOM_WEIGHTS
 from wtal.io import InputError, atomic_path, read_json
 
 log = logging.getLogger("wtal")
 
-FEATURES_META_FILE = "features_meta.json"
-"""File beside a dataset's ``features/`` (and copied into its runs) describing the extractor."""
-EXTRACTOR_KEYS = ("name", "dim", "weights_sha256", "fps", "snippet_frames", "stride")
+EXTRACTOR_KEYS = (
+    "name",
+    "dim",
+    "weights_sha256",
+    "fps",
+    "snippet_frames",
+    "stride",
+    "weights_files",
+    "preprocess",
+)
 """What a checkpoint records of the extractor: its name and output dimension, the sha256 of
-its weights file (None for random weights), the frame rate videos are decoded at, the frames
-of one snippet (the network's clip) and the frames between consecutive snippets."""
+each stream's weights (``{"rgb": ..., "flow": ...}``, ``"random"`` for ``--weights none``),
+the frame rate videos are sampled at, the frames of one snippet and the frames between
+consecutive snippets; then, to extract new videos the same way, the weights files
+(``{stream: path}``) and the preprocessing (``resize_short``, ``crop``, ``flow_clip``)."""
 
 
 def read_features_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """A ``features_meta.json`` file, checked to name the extractor's record keys.
+    """A ``features_meta.json`` file (as :mod:`wtal.extract` writes it), with the entries
+    :func:`extractor_record` reads checked.
 
     Raises:
-        InputError: unreadable JSON, or a missing/ill-typed extractor entry.
+        InputError: unreadable JSON, or a missing or ill-typed entry.
     """
     meta = read_json(path)
-    extractor = meta.get("extractor") if isinstance(meta, dict) else None
-    if not isinstance(extractor, dict):
-        raise InputError(path, "expected an 'extractor' mapping (as `wtal features` writes)")
-    missing = [k for k in EXTRACTOR_KEYS if k not in extractor]
-    if missing:
-        raise InputError(path, f"extractor: no {', '.join(repr(k) for k in missing)} entries")
-    for key in ("fps", "snippet_frames", "stride", "dim"):
-        value = extractor[key]
+    if not isinstance(meta, dict):
+        raise InputError(path, "expected a JSON object (as `wtal features` writes it)")
+    if not isinstance(meta.get("extractor"), str):
+        raise InputError(path, "entry 'extractor': expected the extractor's name")
+    for key in ("feat_dim", "fps", "snippet_frames", "stride"):
+        value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InputError(path, f"extractor.{key} = {value!r}: expected a number > 0")
+            raise InputError(path, f"entry {key!r} = {value!r}: expected a number > 0")
+    streams = meta.get("streams")
+    if not (
+        isinstance(streams, list)
+        and streams
+        and all(isinstance(s, dict) and {"name", "sha256"} <= set(s) for s in streams)
+    ):
+        raise InputError(path, "entry 'streams': expected a list of {name, dim, sha256}")
     return meta
 
 
 def extractor_record(meta: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's extractor record (:data:`EXTRACTOR_KEYS`) of a features meta dict."""
-    return {key: meta["extractor"][key] for key in EXTRACTOR_KEYS}
+    preprocess = meta.get("preprocess") or {}
+    return {
+        "name": meta["extractor"],
+        "dim": int(meta["feat_dim"]),
+        "weights_sha256": {s["name"]: s["sha256"] for s in meta["streams"]},
+        "fps": float(meta["fps"]),
+        "snippet_frames": int(meta["snippet_frames"]),
+        "stride": int(meta["stride"]),
+        "weights_files": dict(meta.get("weights_files") or {}),
+        "preprocess": {
+            "resize_short": preprocess.get("resize_short"),
+            "crop": preprocess.get("crop"),
+            "flow_clip": (meta.get("flow") or {}).get("clip"),
+        },
+    }
 
 
 def copy_features_meta(data_path: str | os.PathLike, run_dir: str | os.PathLike) -> Path | None:
@@ -108,8 +138,9 @@ def recorded_extractor(state: dict[str, Any], checkpoint: Path) -> dict[str, Any
 
 def describe(record: dict[str, Any]) -> str:
     """One-line summary of an extractor record, for messages."""
-    weights = record["weights_sha256"]
-    weights = f"weights sha256 {weights[:12]}" if weights else "random weights"
+    shas = list(record["weights_sha256"].values())
+    random = all(sha == RANDOM_WEIGHTS for sha in shas)
+    weights = "random weights" if random else "weights sha256 " + ", ".join(s[:12] for s in shas)
     return (
         f"{record['name']} ({record['dim']}-d, {weights}, {record['fps']:g} fps, "
         f"{record['snippet_frames']:g}-frame snippets every {record['stride']:g} frames)"

@@ -31,7 +31,12 @@ from wtal.config import Config
 from wtal.data import Video, resample
 from wtal.data.layouts import feature_problem
 from wtal.engine import load_trained_model, resolve_device
-from wtal.featmeta import FEATURES_META_FILE, describe, read_features_meta, recorded_extractor
+from wtal.featmeta import (
+    FEATURES_META_FILE,
+    RANDOM_WEIGHTS,
+    read_features_meta,
+    recorded_extractor,
+)
 from wtal.inference import Prediction, detect, predict, results_from_predictions
 from wtal.io import InputError, atomic_path, check_output_folder, write_json
 from wtal.segments import snippets_to_seconds
@@ -114,19 +119,24 @@ def check_dim(run: TrainedRun, dim: int, where: str | Path, what: str) -> None:
         )
 
 
-def features_grid(path: Path) -> Grid | None:
-    """The grid of a feature file written by ``wtal features`` (``OUT/features/<id>.npy``
-    beside ``OUT/features_meta.json``); None when there is no meta file."""
+def features_grid(path: Path) -> tuple[Grid, float | None] | None:
+    """The grid and the video's duration (seconds, None if not recorded) of a feature file
+    written by ``wtal features`` (``OUT/features/<id>.npy`` beside
+    ``OUT/features_meta.json``); None when there is no meta file."""
     meta_path = path.parent.parent / FEATURES_META_FILE
     if path.parent.name != "features" or not meta_path.is_file():
         return None
-    extractor = read_features_meta(meta_path)["extractor"]
-    return Grid(float(extractor["fps"]), float(extractor["stride"]))
+    meta = read_features_meta(meta_path)
+    entry = meta.get("videos", {}).get(path.stem, {})
+    duration_s = entry.get("duration_s") if isinstance(entry, dict) else None
+    duration_s = float(duration_s) if isinstance(duration_s, (int, float)) else None
+    return Grid(float(meta["fps"]), float(meta["stride"])), duration_s
 
 
-def load_features(path: Path, run: TrainedRun) -> np.ndarray:
+def load_features(path: Path, run: TrainedRun) -> tuple[np.ndarray, float | None]:
     """One video's ``(T, D)`` feature file, checked against the run (dimension, and grid when
-    a ``features_meta.json`` describes it)."""
+    a ``features_meta.json`` describes it), and its duration in seconds when that file
+    records it."""
     try:
         features = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -140,20 +150,28 @@ def load_features(path: Path, run: TrainedRun) -> np.ndarray:
     if problem:
         raise InputError(path, problem)
     check_dim(run, features.shape[1], path, "features")
-    grid = features_grid(path)
-    if grid is not None:
-        check_grid(run, grid, path, "features extracted")
-    return features.astype(np.float32)
+    described = features_grid(path)
+    if described is None:
+        return features.astype(np.float32), None
+    check_grid(run, described[0], path, "features extracted")
+    return features.astype(np.float32), described[1]
 
 
 def video_record(
-    video_id: str, features: np.ndarray, grid: Grid, cfg: Config, num_classes: int
+    video_id: str,
+    features: np.ndarray,
+    grid: Grid,
+    cfg: Config,
+    num_classes: int,
+    duration_s: float | None = None,
 ) -> Video:
     """A new video's features as a :class:`wtal.data.Video` without ground truth (duration:
-    its T snippets), resampled to ``data.num_segments`` rows when the run was trained so."""
+    ``duration_s``, else its T snippets), resampled to ``data.num_segments`` rows when the
+    run was trained so."""
     num_snippets = features.shape[0]
     snippet_frames = grid.snippet_frames
-    duration_s = float(snippets_to_seconds(num_snippets, grid.fps, snippet_frames))
+    if duration_s is None:
+        duration_s = float(snippets_to_seconds(num_snippets, grid.fps, snippet_frames))
     if cfg.data.num_segments:  # the model was trained on resampled videos: test likewise
         snippet_frames *= num_snippets / cfg.data.num_segments
         features = resample(features, cfg.data.num_segments)
@@ -169,6 +187,88 @@ def video_record(
         fps=grid.fps,
         snippet_frames=snippet_frames,
     )
+
+
+def recorded_weights(run: TrainedRun) -> str:
+    """The ``--weights`` argument that rebuilds the run's extractor: ``none`` for random
+    weights, its weights file (one stream) or their folder (two streams).
+
+    Raises:
+        InputError: the run records no weights files, or they are gone: pass ``--weights``.
+    """
+    record = run.extractor or {}
+    shas = set(record.get("weights_sha256", {}).values())
+    if shas == {RANDOM_WEIGHTS}:
+        return "none"
+    files = [Path(f) for f in record.get("weights_files", {}).values()]
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        what = f"its weights file {missing[0]} is gone" if missing else "no weights file recorded"
+        raise InputError(run.checkpoint, f"extractor {record.get('name')}: {what}; pass --weights")
+    return str(files[0]) if len(files) == 1 else str(files[0].parent)
+
+
+def extract_features(
+    videos: dict[str, Path],
+    run: TrainedRun,
+    name: str | None,
+    weights: str | None,
+    device: torch.device,
+) -> list[Video]:
+    """Features of every video, extracted as the run's were (or with ``name``/``weights``).
+
+    Videos are sampled at the run's frame rate and cut on its snippet grid, so a video's own
+    frame rate never mismatches; the extractor's dimension must be the run's. A run trained
+    on external features (no record) needs ``name`` and is warned about: its features may
+    not come from that extractor.
+
+    Raises:
+        InputError: no extractor known, a dimension that does not fit, weights that cannot be
+            loaded, or a video that does not decode (naming it).
+    """
+    from wtal.extract import extract_video
+    from wtal.extractors import build_extractor
+    from wtal.video import FeatureSpec, VideoSampler
+
+    first = next(iter(videos.values()))
+    record = run.extractor
+    if name is None and record is None:
+        what = "records no extractor (trained on external features): pass --extractor NAME"
+        raise InputError(run.checkpoint, f"{what} to extract {first}")
+    if weights is None:
+        weights = recorded_weights(run) if record is not None else None
+    if weights is None:
+        raise InputError(run.checkpoint, f"pass --weights for extractor {name} (or none)")
+    grid = run.grid
+    if grid.snippet_frames != int(grid.snippet_frames):
+        what = f"features one row every {grid.snippet_frames:g} frames: cannot extract videos"
+        raise InputError(run.checkpoint, f"{what} on that grid")
+    preprocess = {k: v for k, v in ((record or {}).get("preprocess") or {}).items() if v}
+    spec = FeatureSpec(
+        fps=grid.fps,
+        snippet_frames=int((record or {}).get("snippet_frames", grid.snippet_frames)),
+        stride=int(grid.snippet_frames),
+        **preprocess,
+    )
+    for path in videos.values():  # opens and decodes a first frame: a broken file fails now
+        frames = iter(VideoSampler(path, spec.fps))
+        next(frames)
+        frames.close()
+    extractor = build_extractor(name or record["name"], weights, device, spec)
+    check_dim(run, extractor.dim, first, f"extractor {extractor.name}'s features")
+    if record is None:
+        what = "records no extractor: assuming its features are"
+        log.warning("%s %s %s's", run.checkpoint, what, extractor.name)
+    elif extractor.name != record["name"]:
+        log.warning("%s: trained on %s features, not %s's", run.checkpoint, record["name"], name)
+    elif {s: w["sha256"] for s, w in extractor.weights.items()} != record["weights_sha256"]:
+        log.warning("%s: extractor weights differ from the run's features'", run.checkpoint)
+    found = []
+    for vid, path in videos.items():  # all decoded before anything is written
+        features, info = extract_video(path, extractor, spec)
+        duration_s = float(info["duration_s"])
+        found.append(video_record(vid, features, grid, run.cfg, len(run.class_names), duration_s))
+    return found
 
 
 def predict_videos(
@@ -281,13 +381,6 @@ def write_outputs(
     return written
 
 
-def describe_run(run: TrainedRun) -> str:
-    """The run's extractor in words, for the summary line."""
-    if run.extractor is None:
-        return "external features (no extractor recorded)"
-    return describe(run.extractor)
-
-
 @dataclass(frozen=True)
 class Inputs:
     """What ``wtal infer`` reads: video files and feature files, by video id (file stem)."""
@@ -361,11 +454,10 @@ def run_inference(
     torch_device = resolve_device(device)
     records: list[Video] = []
     if inputs.videos:
-        raise InputError(None, "video extraction is not available yet")  # EXTRACT
+        records += extract_features(inputs.videos, trained, extractor, weights, torch_device)
     for vid, path in inputs.features.items():
-        array = load_features(path, trained)
-        records.append(
-            video_record(vid, array, trained.grid, trained.cfg, len(trained.class_names))
-        )
+        array, duration_s = load_features(path, trained)
+        grid, num_classes = trained.grid, len(trained.class_names)
+        records.append(video_record(vid, array, grid, trained.cfg, num_classes, duration_s))
     preds = predict_videos(trained.model, records, torch_device, trained.cfg, max_snippets)
     return write_outputs(out_dir, preds, trained.class_names, trained.cfg)
