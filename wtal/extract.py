@@ -145,8 +145,8 @@ def list_videos(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
     seen: dict[str, Path] = {}
     for path in paths:
         video_id = path.stem
-        if problem := _id_problem(video_id):
-            raise InputError(path, problem.replace("video id", "video id (its file name)"))
+        if problem := _id_problem(video_id):  # named by repr: a newline must not split the line
+            raise InputError(path.parent, f"video file {path.name!r}: {problem}")
         if video_id in seen:
             raise InputError(path, f"same video id {video_id!r} as {seen[video_id]}")
         seen[video_id] = path
@@ -312,8 +312,7 @@ def _record(
                 "duration": info["duration_s"],
                 "fps": settings["fps"],
                 "snippet_frames": settings["stride"],  # the time step of one feature row
-                "labels": [],
-                "annotations": [],
+                "annotations": [],  # no "labels": video labels then follow the segments
             }
             write_json(out / ANNOTATION_FILE, doc)
 
