@@ -186,7 +186,7 @@ def test_features_on_another_grid_are_refused(described, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["dim", "missing", "same id", "no input"])
+@pytest.mark.parametrize("case", ["dim", "missing", "same id", "no input", "max snippets"])
 def test_bad_features_input_is_one_line_and_writes_nothing(external, tmp_path, capsys, case):
     _, run = external
     good = tmp_path / "a" / "v.npy"
@@ -198,6 +198,8 @@ def test_bad_features_input_is_one_line_and_writes_nothing(external, tmp_path, c
     if case == "missing":
         other.unlink()
     inputs = [] if case == "no input" else ["--features", str(good), str(other)]
+    if case == "max snippets":
+        inputs.append("--max-snippets=0")
     out = tmp_path / "out"
     assert main(["infer", *inputs, "--run", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -207,6 +209,7 @@ def test_bad_features_input_is_one_line_and_writes_nothing(external, tmp_path, c
         "missing": f"{other}: file not found",
         "same id": f"same video id 'v' as {good}",
         "no input": "needs VIDEO files or --features",
+        "max snippets": "--max-snippets: expected a number >= 1, got 0",
     }[case]
     assert expected in err
     assert not out.exists()

@@ -1097,14 +1097,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _add_infer_parser(sub: argparse._SubParsersAction) -> None:
-    from wtal.infer import LONG_VIDEO_SNIPPETS
-
     infer = sub.add_parser(
         "infer",
         help="detect actions in new videos with a trained run",
         description="Extract features with the run's recorded extractor, run the model, detect "
-        "with the run's config, and write per video OUT/<id>.json (ActivityNet results, "
-        "seconds), OUT/<id>.csv (start,end,label,score) and OUT/<id>.png (timeline).",
+        "with the run's config, and write per video DIR/<id>.json (ActivityNet results, "
+        "seconds), DIR/<id>.csv (start,end,label,score) and DIR/<id>.png (timeline).",
     )
     infer.add_argument("videos", nargs="*", metavar="VIDEO", help="video files")
     infer.add_argument("--run", required=True, metavar="RUN_DIR|CKPT", help="trained run")
@@ -1114,8 +1112,8 @@ def _add_infer_parser(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--weights", help="extractor weights file, or none (default: recorded)")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     infer.add_argument(
-        "--max-snippets", type=int, default=LONG_VIDEO_SNIPPETS, metavar="N",
-        help=f"longer videos run in chunks, changing scores (default {LONG_VIDEO_SNIPPETS})",
+        "--max-snippets", type=int, metavar="N",
+        help="longer videos run in chunks, which changes their scores (default: ~9 h of video)",
     )  # fmt: skip
     infer.set_defaults(func=cmd_infer)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from wtal.extract import META_FILE as FEATURES_META_FILE
-from wtal.extractors import RANDOM_WEIGHTS
 from wtal.io import InputError, atomic_path, read_json
 
 log = logging.getLogger("wtal")
@@ -134,14 +133,3 @@ def recorded_extractor(state: dict[str, Any], checkpoint: Path) -> dict[str, Any
     if not isinstance(record, dict) or any(k not in record for k in EXTRACTOR_KEYS):
         raise InputError(checkpoint, f"entry 'extractor': expected a mapping of {EXTRACTOR_KEYS}")
     return record
-
-
-def describe(record: dict[str, Any]) -> str:
-    """One-line summary of an extractor record, for messages."""
-    shas = list(record["weights_sha256"].values())
-    random = all(sha == RANDOM_WEIGHTS for sha in shas)
-    weights = "random weights" if random else "weights sha256 " + ", ".join(s[:12] for s in shas)
-    return (
-        f"{record['name']} ({record['dim']}-d, {weights}, {record['fps']:g} fps, "
-        f"{record['snippet_frames']:g}-frame snippets every {record['stride']:g} frames)"
-    )

@@ -31,12 +31,8 @@ from wtal.config import Config
 from wtal.data import Video, resample
 from wtal.data.layouts import feature_problem
 from wtal.engine import load_trained_model, resolve_device
-from wtal.featmeta import (
-    FEATURES_META_FILE,
-    RANDOM_WEIGHTS,
-    read_features_meta,
-    recorded_extractor,
-)
+from wtal.extractors import RANDOM_WEIGHTS
+from wtal.featmeta import FEATURES_META_FILE, read_features_meta, recorded_extractor
 from wtal.inference import Prediction, detect, predict, results_from_predictions
 from wtal.io import InputError, atomic_path, check_output_folder, write_json
 from wtal.segments import snippets_to_seconds
@@ -47,7 +43,8 @@ LONG_VIDEO_SNIPPETS = 50_000
 """Longest video run in one pass (about 9 hours of 16-frame snippets at 25 fps; with
 2048-d features a pass then holds a few GB). Longer videos are cut into near-equal chunks of
 at most this many snippets, each run on its own: their CAS and scores differ from one pass.
-``wtal infer --max-snippets`` changes it."""
+``wtal infer --max-snippets`` changes it; lower it for runs with ``model.walk_method =
+dense``, whose (T, T) solve needs T^2 floats."""
 CSV_HEADER = ("start", "end", "label", "score")
 """Columns of ``<id>.csv``: segment start and end in seconds, class name, detection score."""
 
@@ -285,37 +282,36 @@ def predict_videos(
     by length. The model pools over its whole input (it is not causal), so this is not
     what one pass would give: a warning names each chunked video.
     """
-    parts: list[Video] = []
-    pieces: list[int] = []  # chunks per input video
-    for video in videos:
+
+    def run(batch: Sequence[Video], batch_size: int) -> list[Prediction]:
+        return predict(
+            model.to(device),
+            batch,
+            device,
+            video_mix=cfg.detect.video_mix,
+            cas_mix=cfg.detect.cas_mix,
+            batch_size=batch_size,
+            max_padding=cfg.train.max_padding,
+        )
+
+    short = [i for i, v in enumerate(videos) if v.features.shape[0] <= max_snippets]
+    found = dict(zip(short, run([videos[i] for i in short], cfg.train.batch_size), strict=True))
+    for i, video in enumerate(videos):
         num_snippets = video.features.shape[0]
-        count = max(1, math.ceil(num_snippets / max_snippets))
-        if count > 1:
-            log.warning(
-                "video %r: %d snippets > %d, run in %d chunks (scores differ from one pass)",
-                video.video_id,
-                num_snippets,
-                max_snippets,
-                count,
-            )
-        for k, chunk in enumerate(np.array_split(video.features, count)):
-            chunk_id = video.video_id if count == 1 else f"{video.video_id}#{k}"
-            parts.append(replace(video, video_id=chunk_id, features=chunk))
-        pieces.append(count)
-    preds = predict(
-        model.to(device),
-        parts,
-        device,
-        video_mix=cfg.detect.video_mix,
-        cas_mix=cfg.detect.cas_mix,
-        batch_size=cfg.train.batch_size,
-        max_padding=cfg.train.max_padding,
-    )
-    merged, start = [], 0
-    for video, count in zip(videos, pieces, strict=True):
-        group, start = preds[start : start + count], start + count
-        merged.append(group[0] if count == 1 else merge_chunks(video.video_id, group))
-    return merged
+        if num_snippets <= max_snippets:
+            continue
+        count = math.ceil(num_snippets / max_snippets)
+        log.warning(
+            "video %r: %d snippets > %d, run in %d chunks (scores differ from one pass)",
+            video.video_id,
+            num_snippets,
+            max_snippets,
+            count,
+        )
+        chunks = [replace(video, features=f) for f in np.array_split(video.features, count)]
+        # one chunk per pass: padded together, chunks would cost what the cut saves
+        found[i] = merge_chunks(video.video_id, run(chunks, 1))
+    return [found[i] for i in range(len(videos))]
 
 
 def merge_chunks(video_id: str, chunks: Sequence[Prediction]) -> Prediction:
@@ -423,7 +419,7 @@ def run_inference(
     extractor: str | None = None,
     weights: str | None = None,
     device: str = "auto",
-    max_snippets: int = LONG_VIDEO_SNIPPETS,
+    max_snippets: int | None = None,
 ) -> dict[str, tuple[list[Path], int]]:
     """The whole of ``wtal infer``: check every input, extract, predict, detect, write.
 
@@ -436,7 +432,8 @@ def run_inference(
             external features without ``features_meta.json``).
         weights: the extractor's weights (path or ``none``) instead of the recorded ones.
         device: ``auto``, ``cpu`` or ``cuda``, for the extractor and the model.
-        max_snippets: videos longer than this are run in chunks (:func:`predict_videos`).
+        max_snippets: videos longer than this are run in chunks (:func:`predict_videos`;
+            default :data:`LONG_VIDEO_SNIPPETS`).
 
     Returns:
         ``{video_id: ([json, csv, png], number of detections)}``.
@@ -445,6 +442,7 @@ def run_inference(
         InputError: bad input of any kind, before anything is written.
     """
     out_dir = check_output_folder(out, "--out")
+    max_snippets = LONG_VIDEO_SNIPPETS if max_snippets is None else max_snippets
     if max_snippets < 1:
         raise InputError(None, f"--max-snippets: expected a number >= 1, got {max_snippets}")
     inputs = collect_inputs(videos, features)
