@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from wtal.cli import main
 from wtal.config import load_config
 from wtal.engine import fit
 from wtal.featmeta import EXTRACTOR_KEYS, FEATURES_META_FILE
-from wtal.infer import load_run, predict_videos, video_record
+from wtal.infer import load_run, predict_videos, recorded_weights, video_record
 from wtal.inference import predict
+from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
 TINY = [
@@ -135,6 +137,22 @@ def test_broken_features_meta_is_not_copied(tmp_path, warnings_log):
     assert load_checkpoint(run)["extractor"] is None
 
 
+def test_recorded_weights(described, tmp_path):
+    trained = load_run(described[1])
+    assert recorded_weights(trained) == "none"  # random weights: rebuilt as such
+    weights = tmp_path / "rgb_imagenet.pt"
+    sha = {"weights_sha256": {"rgb": "ab" * 32}, "weights_files": {"rgb": str(weights)}}
+    found = replace(trained, extractor={**trained.extractor, **sha})
+    with pytest.raises(InputError, match=f"its weights file {weights} is gone; pass --weights"):
+        recorded_weights(found)
+    weights.write_bytes(b"")
+    assert recorded_weights(found) == str(weights)
+    two = {"rgb": str(weights), "flow": str(tmp_path / "flow_imagenet.pt")}
+    (tmp_path / "flow_imagenet.pt").write_bytes(b"")
+    both = replace(trained, extractor={**trained.extractor, **sha, "weights_files": two})
+    assert recorded_weights(both) == str(tmp_path)  # two streams: their folder
+
+
 # ----------------------------------------------------------------------------- --features
 
 
@@ -145,7 +163,8 @@ def _copy_features(data: Path, dest: Path, vid: str | None = None) -> Path:
     return Path(shutil.copy(source, dest / source.name))
 
 
-def test_infer_features_matches_detect(external, tmp_path, capsys):
+def test_infer_features_matches_detect(external, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # feature files never need PyAV
     data, run = external
     features = _copy_features(data, tmp_path / "in")
     vid = features.stem
