@@ -289,7 +289,13 @@ def _is_done(out: Path, meta: dict[str, Any] | None, video_id: str, path: Path, 
 
 
 def _record(
-    out: Path, net: Extractor, settings: dict, video_id: str, info: dict, subset: str | None
+    out: Path,
+    net: Extractor,
+    settings: dict[str, Any],
+    versions: dict[str, str],
+    video_id: str,
+    info: dict[str, Any],
+    subset: str | None,
 ) -> None:
     """Add one finished video to the metadata (and the annotation skeleton), atomically."""
     with _locked(out):
@@ -299,7 +305,7 @@ def _record(
             meta["weights_files"] = {name: w["path"] for name, w in net.weights.items()}
             if any(w["sha256"] == RANDOM_WEIGHTS for w in net.weights.values()):
                 meta["warning"] = RANDOM_WARNING
-            meta["libraries"] = {**library_versions(), "torch": torch.__version__}
+            meta["libraries"] = {**versions, "torch": torch.__version__}
             meta["videos"] = {}
         meta["videos"][video_id] = info
         write_json(out / META_FILE, meta)
@@ -354,6 +360,7 @@ def extract_videos(
     k, n = parse_shard(shard)
     videos = select_shard(videos, k, n)
     out = check_output_folder(out, "OUT")
+    versions = library_versions()  # PyAV missing: refused here, before any work
     if device == "cuda" and n > 1 and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     net = build_extractor(extractor, weights, device, spec)
@@ -377,7 +384,7 @@ def extract_videos(
             with open(tmp, "wb") as f:
                 np.save(f, features, allow_pickle=False)
         info = {"source": str(path.resolve()), "source_bytes": path.stat().st_size, **info}
-        _record(out, net, settings, video_id, info, subset)
+        _record(out, net, settings, versions, video_id, info, subset)
         done["extracted"].append(video_id)
     if failed:
         what = f"{len(failed)} of {len(videos)} videos could not be read: " + "; ".join(failed)
