@@ -90,12 +90,17 @@ def test_videos_to_features_to_training(tmp_path, capsys):
     assert skeleton["walk_c"]["fps"] == 25.0 and skeleton["walk_c"]["snippet_frames"] == 16
     assert skeleton["walk_a"]["duration"] == pytest.approx(0.6)
 
-    # a rerun skips what is done; other settings are refused before any work
+    # a rerun skips what is done (and adds a skeleton entry it lacks); other settings are
+    # refused before any work
     (videos / "broken.mp4").unlink()
     stamp = (out / "features" / "walk_a.npy").stat().st_mtime_ns
+    doc = json.loads((out / "annotations.json").read_text())
+    del doc["database"]["run_b"]
+    (out / "annotations.json").write_text(json.dumps(doc))
     assert main(["features", str(videos), str(out), "--subset", "validation", *argv]) == 0
     assert "0 videos extracted, 2 already done" in capsys.readouterr().out
     assert (out / "features" / "walk_a.npy").stat().st_mtime_ns == stamp
+    assert json.loads((out / "annotations.json").read_text())["database"] == skeleton
     assert main(["features", str(videos), str(out), "--fps", "30", *argv]) == 2
     assert "written with other settings (fps: 25.0 there, 30.0 now)" in capsys.readouterr().err
 

@@ -309,18 +309,25 @@ def _record(
             meta["videos"] = {}
         meta["videos"][video_id] = info
         write_json(out / META_FILE, meta)
-        if subset is None:
-            return
-        doc = _read_skeleton(out) or {"version": f"wtal features {__version__}", "database": {}}
-        if video_id not in doc["database"]:  # an existing entry may hold the user's labels
-            doc["database"][video_id] = {
-                "subset": subset,
-                "duration": info["duration_s"],
-                "fps": settings["fps"],
-                "snippet_frames": settings["stride"],  # the time step of one feature row
-                "annotations": [],  # no "labels": video labels then follow the segments
-            }
-            write_json(out / ANNOTATION_FILE, doc)
+        if subset is not None:
+            _add_to_skeleton(out, settings, video_id, info, subset)
+
+
+def _add_to_skeleton(
+    out: Path, settings: dict[str, Any], video_id: str, info: dict[str, Any], subset: str
+) -> None:
+    """An ``annotations.json`` entry for the video unless it has one (maybe labelled)."""
+    doc = _read_skeleton(out) or {"version": f"wtal features {__version__}", "database": {}}
+    if video_id in doc["database"]:
+        return
+    doc["database"][video_id] = {
+        "subset": subset,
+        "duration": info["duration_s"],
+        "fps": settings["fps"],
+        "snippet_frames": settings["stride"],  # the time step of one feature row
+        "annotations": [],  # no "labels": video labels then follow the segments
+    }
+    write_json(out / ANNOTATION_FILE, doc)
 
 
 # ----------------------------------------------------------------------------- many videos
@@ -372,6 +379,9 @@ def extract_videos(
     failed: list[str] = []
     for video_id, path in videos:
         if _is_done(out, meta, video_id, path, net.dim):
+            if subset is not None:  # extracted earlier without --subset (or another one)
+                with _locked(out):
+                    _add_to_skeleton(out, settings, video_id, meta["videos"][video_id], subset)
             done["skipped"].append(video_id)
             continue
         try:
