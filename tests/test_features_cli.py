@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from wtal.cli import main
-from wtal.extract import list_videos, parse_shard, select_shard
+from wtal.extract import extract_video, list_videos, parse_shard, select_shard
+from wtal.extractors import build_extractor
 from wtal.io import InputError
+from wtal.video import FeatureSpec
 
 av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
 
@@ -88,12 +90,17 @@ def test_videos_to_features_to_training(tmp_path, capsys):
     assert skeleton["walk_c"]["fps"] == 25.0 and skeleton["walk_c"]["snippet_frames"] == 16
     assert skeleton["walk_a"]["duration"] == pytest.approx(0.6)
 
-    # a rerun skips what is done; other settings are refused before any work
+    # a rerun skips what is done (and adds a skeleton entry it lacks); other settings are
+    # refused before any work
     (videos / "broken.mp4").unlink()
     stamp = (out / "features" / "walk_a.npy").stat().st_mtime_ns
+    doc = json.loads((out / "annotations.json").read_text())
+    del doc["database"]["run_b"]
+    (out / "annotations.json").write_text(json.dumps(doc))
     assert main(["features", str(videos), str(out), "--subset", "validation", *argv]) == 0
     assert "0 videos extracted, 2 already done" in capsys.readouterr().out
     assert (out / "features" / "walk_a.npy").stat().st_mtime_ns == stamp
+    assert json.loads((out / "annotations.json").read_text())["database"] == skeleton
     assert main(["features", str(videos), str(out), "--fps", "30", *argv]) == 2
     assert "written with other settings (fps: 25.0 there, 30.0 now)" in capsys.readouterr().err
 
@@ -162,3 +169,22 @@ def test_shards_split_the_videos(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert parse_shard(None) == (1, 4)  # under torchrun: each rank its own shard
+
+
+def test_extract_video_rows_batching_and_two_stream(tmp_path):
+    """Small frames (crop 32) keep the network cheap; the pipeline is the same."""
+    pytest.importorskip("cv2", reason="opencv-contrib (the video extra) is not installed")
+    path = write_video(tmp_path / "v.avi", 40, 30)  # 34 samples at 25 fps
+    spec = FeatureSpec(snippet_frames=8, stride=8, resize_short=40, crop=32)
+    rgb = build_extractor("i3d-rgb", "none", "cpu", spec)
+    features, info = extract_video(path, rgb, spec, batch_size=1)
+    assert features.shape == (5, 1024) and features.dtype == np.float32  # ceil(34 / 8)
+    assert (info["samples"], info["snippets"], info["padding"]) == (34, 5, 6)
+    batched, _ = extract_video(path, rgb, spec, batch_size=3)
+    np.testing.assert_allclose(batched, features, rtol=1e-4, atol=1e-5)
+    again, _ = extract_video(path, build_extractor("i3d-rgb", "none", "cpu", spec), spec)
+    np.testing.assert_array_equal(again, batched)
+    two = build_extractor("i3d-two-stream", "none", "cpu", spec)
+    both, _ = extract_video(path, two, spec, batch_size=4)
+    assert both.shape == (5, 2048)
+    np.testing.assert_allclose(both[:, :1024], features, rtol=1e-4, atol=1e-5)

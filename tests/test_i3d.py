@@ -42,15 +42,14 @@ UNITS = 3 + 9 * 6
 
 
 def test_state_dict_names_and_shapes():
-    state = I3D(in_channels=3).state_dict()
+    with torch.device("meta"):  # shapes only: no memory, no random initialisation
+        state, flow, bn = I3D(3).state_dict(), I3D(2).state_dict(), I3D().Conv3d_1a_7x7.bn
     for key, shape in EXPECTED_KEYS.items():
         assert tuple(state[key].shape) == shape, key
     # each unit: conv weight + 4 BatchNorm tensors; plus the classifier's weight and bias
     assert len([k for k in state if not k.endswith("num_batches_tracked")]) == UNITS * 5 + 2
     assert not any(k.endswith(".bias") and "conv3d" in k and "logits" not in k for k in state)
-    flow = I3D(in_channels=2).state_dict()
     assert tuple(flow["Conv3d_1a_7x7.conv3d.weight"].shape) == (64, 2, 7, 7, 7)
-    bn = I3D().Conv3d_1a_7x7.bn
     assert bn.eps == 1e-3
 
 

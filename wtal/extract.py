@@ -289,7 +289,13 @@ def _is_done(out: Path, meta: dict[str, Any] | None, video_id: str, path: Path, 
 
 
 def _record(
-    out: Path, net: Extractor, settings: dict, video_id: str, info: dict, subset: str | None
+    out: Path,
+    net: Extractor,
+    settings: dict[str, Any],
+    versions: dict[str, str],
+    video_id: str,
+    info: dict[str, Any],
+    subset: str | None,
 ) -> None:
     """Add one finished video to the metadata (and the annotation skeleton), atomically."""
     with _locked(out):
@@ -299,22 +305,29 @@ def _record(
             meta["weights_files"] = {name: w["path"] for name, w in net.weights.items()}
             if any(w["sha256"] == RANDOM_WEIGHTS for w in net.weights.values()):
                 meta["warning"] = RANDOM_WARNING
-            meta["libraries"] = {**library_versions(), "torch": torch.__version__}
+            meta["libraries"] = {**versions, "torch": torch.__version__}
             meta["videos"] = {}
         meta["videos"][video_id] = info
         write_json(out / META_FILE, meta)
-        if subset is None:
-            return
-        doc = _read_skeleton(out) or {"version": f"wtal features {__version__}", "database": {}}
-        if video_id not in doc["database"]:  # an existing entry may hold the user's labels
-            doc["database"][video_id] = {
-                "subset": subset,
-                "duration": info["duration_s"],
-                "fps": settings["fps"],
-                "snippet_frames": settings["stride"],  # the time step of one feature row
-                "annotations": [],  # no "labels": video labels then follow the segments
-            }
-            write_json(out / ANNOTATION_FILE, doc)
+        if subset is not None:
+            _add_to_skeleton(out, settings, video_id, info, subset)
+
+
+def _add_to_skeleton(
+    out: Path, settings: dict[str, Any], video_id: str, info: dict[str, Any], subset: str
+) -> None:
+    """An ``annotations.json`` entry for the video unless it has one (maybe labelled)."""
+    doc = _read_skeleton(out) or {"version": f"wtal features {__version__}", "database": {}}
+    if video_id in doc["database"]:
+        return
+    doc["database"][video_id] = {
+        "subset": subset,
+        "duration": info["duration_s"],
+        "fps": settings["fps"],
+        "snippet_frames": settings["stride"],  # the time step of one feature row
+        "annotations": [],  # no "labels": video labels then follow the segments
+    }
+    write_json(out / ANNOTATION_FILE, doc)
 
 
 # ----------------------------------------------------------------------------- many videos
@@ -354,6 +367,7 @@ def extract_videos(
     k, n = parse_shard(shard)
     videos = select_shard(videos, k, n)
     out = check_output_folder(out, "OUT")
+    versions = library_versions()  # PyAV missing: refused here, before any work
     if device == "cuda" and n > 1 and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     net = build_extractor(extractor, weights, device, spec)
@@ -365,6 +379,9 @@ def extract_videos(
     failed: list[str] = []
     for video_id, path in videos:
         if _is_done(out, meta, video_id, path, net.dim):
+            if subset is not None:  # extracted earlier without --subset (or another one)
+                with _locked(out):
+                    _add_to_skeleton(out, settings, video_id, meta["videos"][video_id], subset)
             done["skipped"].append(video_id)
             continue
         try:
@@ -377,7 +394,7 @@ def extract_videos(
             with open(tmp, "wb") as f:
                 np.save(f, features, allow_pickle=False)
         info = {"source": str(path.resolve()), "source_bytes": path.stat().st_size, **info}
-        _record(out, net, settings, video_id, info, subset)
+        _record(out, net, settings, versions, video_id, info, subset)
         done["extracted"].append(video_id)
     if failed:
         what = f"{len(failed)} of {len(videos)} videos could not be read: " + "; ".join(failed)

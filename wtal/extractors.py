@@ -60,6 +60,19 @@ class Extractor(Protocol):
     def __call__(self, clips: Tensor) -> np.ndarray: ...
 
 
+def _import_cv2() -> Any:
+    """OpenCV with its contrib modules (TV-L1 lives in ``cv2.optflow``)."""
+    try:
+        import cv2
+    except ImportError:
+        msg = 'i3d-two-stream needs OpenCV for TV-L1 flow: pip install "wtal[video]"'
+        raise InputError(None, msg) from None
+    if not hasattr(cv2, "optflow"):
+        msg = "TV-L1 flow needs cv2.optflow: pip install opencv-contrib-python-headless"
+        raise InputError(None, msg)
+    return cv2
+
+
 def tvl1_flow(gray: np.ndarray, clip: float) -> np.ndarray:
     """TV-L1 optical flow between consecutive grey frames, clipped and scaled to [-1, 1].
 
@@ -71,15 +84,7 @@ def tvl1_flow(gray: np.ndarray, clip: float) -> np.ndarray:
         (L - 1, 2, H, W) float32: channel 0 the horizontal (x, right +), 1 the vertical
         (y, down +) displacement from frame ``t`` to ``t + 1``.
     """
-    try:
-        import cv2
-    except ImportError:
-        msg = 'i3d-two-stream needs OpenCV for TV-L1 flow: pip install "wtal[video]"'
-        raise InputError(None, msg) from None
-    if not hasattr(cv2, "optflow"):
-        msg = "TV-L1 flow needs cv2.optflow: pip install opencv-contrib-python-headless"
-        raise InputError(None, msg)
-    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
+    tvl1 = _import_cv2().optflow.DualTVL1OpticalFlow_create()
     flows = [tvl1.calc(gray[t], gray[t + 1], None) for t in range(len(gray) - 1)]  # (H, W, 2)
     flow = np.stack(flows).transpose(0, 3, 1, 2) if flows else np.zeros((0, 2, *gray.shape[1:]))
     return (np.clip(flow, -clip, clip) / clip).astype(np.float32)
@@ -193,6 +198,7 @@ def build_i3d_rgb(
 def build_i3d_two_stream(
     weights: str | os.PathLike, device: torch.device, spec: FeatureSpec
 ) -> I3DExtractor:
+    _import_cv2()  # missing: refused now, not as a failure of every video
     (rgb, flow), provenance = _build_i3d(["rgb", "flow"], weights)
     return I3DExtractor(rgb, flow, provenance, spec.snippet_frames, spec.flow_clip, device)
 

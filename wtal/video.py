@@ -169,33 +169,34 @@ class VideoSampler:
         rate = stream.average_rate or stream.guessed_rate  # only for frames without a pts
         step = Fraction(1, 1) / Fraction(rate) if rate else 1 / self.fps
         k = 0  # next sample to emit, at k / fps seconds
-        prev: tuple[int, Fraction, Any] | None = None  # (index, time, frame) of the last frame
+        prev: _Frame | None = None  # the last usable frame
         first_pts: Fraction | None = None
         interval = step
         decoded = dropped = 0
         for frame in frames:
-            if frame.pts is None or frame.time_base is None:
-                t = prev[1] + step if prev is not None else Fraction(0)
+            time_base = frame.time_base or stream.time_base
+            if frame.pts is None or time_base is None:
+                t = prev.time + step if prev is not None else Fraction(0)
             else:
-                pts = frame.pts * Fraction(frame.time_base)
+                pts = frame.pts * Fraction(time_base)
                 first_pts = pts if first_pts is None else first_pts
                 t = pts - first_pts
             decoded += 1
-            if prev is not None and t <= prev[1]:  # out of order or duplicate: unusable
+            if prev is not None and t <= prev.time:  # out of order or duplicate: unusable
                 dropped += 1
                 continue
             if prev is not None:
-                middle = (prev[1] + t) / 2
+                middle = (prev.time + t) / 2
                 while k / self.fps <= middle:  # nearer to prev (or a tie: the earlier frame)
-                    yield prev[0], prev[2]
+                    yield prev.index, prev.rgb()
                     k += 1
-                interval = t - prev[1]
-            prev = (decoded - 1, t, _to_rgb(frame))
+                interval = t - prev.time
+            prev = _Frame(decoded - 1, t, frame)
         if prev is None:
             raise InputError(self.path, "no decodable video frames")
-        end = prev[1] + interval  # the last frame lasts as long as the interval before it
+        end = prev.time + interval  # the last frame lasts as long as the interval before it
         while k / self.fps < end:
-            yield prev[0], prev[2]
+            yield prev.index, prev.rgb()
             k += 1
         self.info = {
             "source_fps": float(rate) if rate else float((decoded - dropped) / end),
@@ -204,6 +205,19 @@ class VideoSampler:
             "duration_s": float(end),
             "samples": k,
         }
+
+
+class _Frame:
+    """A decoded frame, converted to RGB only if sampled (and then once)."""
+
+    def __init__(self, index: int, time: Fraction, frame: Any) -> None:
+        self.index, self.time, self._frame = index, time, frame
+        self._rgb: np.ndarray | None = None
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = _to_rgb(self._frame)
+        return self._rgb
 
 
 def _to_rgb(frame: Any) -> np.ndarray:
