@@ -19,7 +19,13 @@ from wtal.cli import main
 from wtal.config import load_config
 from wtal.engine import fit
 from wtal.featmeta import EXTRACTOR_KEYS, FEATURES_META_FILE
-from wtal.infer import load_run, predict_videos, recorded_weights, video_record
+from wtal.infer import (
+    extract_features,
+    load_run,
+    predict_videos,
+    recorded_weights,
+    video_record,
+)
 from wtal.inference import predict
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
@@ -381,3 +387,37 @@ def test_missing_or_broken_video_is_one_line(video_run, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1, err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_predictions_match_cpu(external, tmp_path):
+    data, run = external
+    trained = load_run(run)
+    features = np.load(sorted((data / "features").glob("*.npy"))[0])
+    video = video_record("v", features, trained.grid, trained.cfg, 3)
+    on = {d: predict_videos(trained.model, [video], torch.device(d), trained.cfg, 16)[0]
+          for d in ("cpu", "cuda")}  # fmt: skip
+    assert np.allclose(on["cpu"].cas, on["cuda"].cas, atol=1e-5)
+    assert np.allclose(on["cpu"].video_scores, on["cuda"].video_scores, atol=1e-5)
+    out = tmp_path / "out"
+    path = _copy_features(data, tmp_path / "in")
+    argv = ["infer", "--features", str(path), "--run", str(run), "--out", str(out)]
+    assert main([*argv, "--device", "cuda"]) == 0
+    assert (out / f"{path.stem}.json").is_file()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_extraction_matches_cpu(video_run, tmp_path):
+    root, _, run = video_run
+    trained = load_run(run)
+    videos = {"clip4": root / "videos" / "clip4.mp4"}
+    on = {d: extract_features(videos, trained, None, None, torch.device(d))[0].features
+          for d in ("cpu", "cuda")}  # fmt: skip
+    assert np.allclose(on["cpu"], on["cuda"], atol=1e-3, rtol=1e-3)
