@@ -414,7 +414,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         report_warnings,
         resolve_device,
     )
-    from wtal.inference import predict, results_from_predictions
+    from wtal.inference import predict_as_configured, results_from_predictions
     from wtal.io import write_json
 
     if (args.data is None) == (args.features is None):
@@ -446,16 +446,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError(None, "--device cuda: no CUDA device is available")
     device = resolve_device(args.device)
-    preds = predict(
-        model.to(device),
-        videos,
-        device,
-        video_mix=cfg.detect.video_mix,
-        cas_mix=cfg.detect.cas_mix,
-        batch_size=cfg.train.batch_size,
-        max_padding=cfg.train.max_padding,
-        progress=not args.quiet,
-    )
+    preds = predict_as_configured(model.to(device), videos, cfg, device, progress=not args.quiet)
     metrics = None
     if dataset is not None and any(len(r.segments_s) for r in dataset.records):
         with warnings.catch_warnings(record=True) as caught:

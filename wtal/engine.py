@@ -44,7 +44,7 @@ from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
-from wtal.inference import Prediction, detect, detections_to_results, predict
+from wtal.inference import Prediction, detect, detections_to_results, predict_as_configured
 from wtal.io import InputError, read_json, write_json
 from wtal.losses import base_losses, pseudo_label_loss
 from wtal.model import ModelOutput, WTALModel
@@ -453,15 +453,8 @@ def generate_pseudo_labels(
         in snippets and each video's ``[T, fps, snippet_frames, duration_s]`` (enough to
         recompute the labels and to convert to seconds).
     """
-    preds = predict(
-        model,
-        distributed.shard_dataset(dataset),
-        device,
-        video_mix=cfg.detect.video_mix,
-        cas_mix=cfg.pseudo.cas_mix,
-        batch_size=cfg.train.batch_size,
-        max_padding=cfg.train.max_padding,
-        dropout=cfg.pseudo.teacher_dropout,
+    preds = predict_as_configured(
+        model, distributed.shard_dataset(dataset), cfg, device, teacher=True
     )
     # pseudo.fusion may swap the fusion method; everything else is the test-time detection.
     dcfg = cfg.detect
@@ -642,21 +635,14 @@ def evaluate_model(
     *,
     cache: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`predict` (test-time mixing, dropout off) then :func:`evaluate_predictions`.
+    """:func:`~wtal.inference.predict_as_configured` (test-time mixing, dropout off) then
+    :func:`evaluate_predictions`.
 
     Under DDP each rank predicts its slice of the videos, rank 0 gathers and evaluates, and
     every rank gets the metrics; the detections are returned on rank 0 only (empty elsewhere).
     With ``cache``, the gathered predictions are also written there (:func:`save_predictions`).
     """
-    preds = predict(
-        model,
-        distributed.shard_dataset(dataset),
-        device,
-        video_mix=cfg.detect.video_mix,
-        cas_mix=cfg.detect.cas_mix,
-        batch_size=cfg.train.batch_size,
-        max_padding=cfg.train.max_padding,
-    )
+    preds = predict_as_configured(model, distributed.shard_dataset(dataset), cfg, device)
     world = distributed.world_size()
     if world > 1:
         parts = distributed.gather_objects(preds)

@@ -12,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from wtal import __version__
-from wtal.config import DetectConfig
-from wtal.data import FeatureDataset, collate, split_batch
+from wtal.config import Config, DetectConfig
+from wtal.data import FeatureDataset, Video, collate, split_batch
 from wtal.fusion import detect as detect_segments
 from wtal.model import WTALModel
 from wtal.segments import snippets_to_seconds
@@ -93,6 +93,32 @@ def predict(
         preds.extend(found[j] for j in range(len(videos)))
     model.train(was_training)
     return preds
+
+
+def predict_as_configured(
+    model: WTALModel,
+    videos: FeatureDataset | Sequence[Video],
+    cfg: Config,
+    device: torch.device,
+    *,
+    teacher: bool = False,
+    progress: bool = False,
+) -> list[Prediction]:
+    """:func:`predict` with the run's settings: the test-time mixing of ``cfg.detect``, or
+    with ``teacher`` the pseudo-label teacher's (``pseudo.cas_mix``, dropout as
+    ``pseudo.teacher_dropout``); batches of ``train.batch_size`` videos split by
+    ``train.max_padding``."""
+    return predict(
+        model,
+        videos,
+        device,
+        video_mix=cfg.detect.video_mix,
+        cas_mix=cfg.pseudo.cas_mix if teacher else cfg.detect.cas_mix,
+        batch_size=cfg.train.batch_size,
+        max_padding=cfg.train.max_padding,
+        dropout=teacher and cfg.pseudo.teacher_dropout,
+        progress=progress,
+    )
 
 
 def detect(
