@@ -54,9 +54,9 @@ def _run_detection_paths(data: Path, monkeypatch, *extra: str) -> dict[str, list
     calls: dict[str, list] = {"detect": [], "lp": []}
     detect, solve = _DETECT, _SOLVE
 
-    def spy_detect(*args, **kwargs):
-        calls["detect"].append((kwargs["method"], kwargs["outer_scale"], kwargs["outer_power"]))
-        return detect(*args, **kwargs)
+    def spy_detect(cas, video_scores, dcfg, **kwargs):
+        calls["detect"].append((dcfg.fusion, dcfg.outer_scale, dcfg.outer_power))
+        return detect(cas, video_scores, dcfg, **kwargs)
 
     def spy_solve(*args, **kwargs):
         calls["lp"].append((kwargs["outer_scale"], kwargs["outer_power"]))

@@ -1,5 +1,6 @@
 """Inference: the network's per-video outputs (:class:`Prediction`, :func:`predict`) and the
-one detection path from a CAS to segments (:func:`detect`) and to ActivityNet results."""
+one detection path from a CAS to segments (:func:`detect_segments`, :func:`detect`) and to
+ActivityNet results."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from wtal import __version__
 from wtal.config import Config, DetectConfig
 from wtal.data import FeatureDataset, Video, collate, split_batch
-from wtal.fusion import detect as detect_segments
+from wtal.fusion import gaussian_fuse, nms, soft_nms, sort_segments
 from wtal.model import WTALModel
+from wtal.proposals import Segments, generate_proposals
 from wtal.segments import snippets_to_seconds
 
 
@@ -121,37 +124,74 @@ def predict_as_configured(
     )
 
 
-def detect(
-    pred: Prediction,
+def detect_segments(
+    cas: Tensor | np.ndarray,
+    video_scores: Tensor | np.ndarray,
     dcfg: DetectConfig,
     *,
     temperature: float | None = None,
-    background: bool = False,
-):
-    """CAS -> proposals -> fusion for one video, in snippet units (the one detection path).
+) -> Segments:
+    """CAS -> proposals -> fusion for one video: the one detection path of wtal.
 
-    Test-time detections and pseudo labels both call this; they differ only in the
-    arguments (pseudo labels keep the background column and use their own temperature).
+    Test-time detection and pseudo-label generation both call this, so they cannot drift
+    apart; every setting comes from ``dcfg`` (its fields are the only place their values are
+    declared), and ``temperature`` replaces ``dcfg.temperature`` for pseudo labels.
+
+    Args:
+        cas: (T, C) class activation sequence (C may include the background column).
+        video_scores: (C,) video-level class scores for the class filter.
+        dcfg: proposal and fusion settings; ``dcfg.fusion`` picks :func:`gaussian_fuse`
+            (the method), :func:`nms`, :func:`soft_nms` or ``none`` (the raw proposals).
+        temperature: Gaussian fusion temperature; None uses ``dcfg.temperature``.
 
     Returns:
-        :class:`wtal.proposals.Segments` with ``segments`` (N, 2) in snippets.
+        :class:`Segments` in snippet units ``[start, end)``, classes ascending, scores
+        descending within a class.
     """
-    columns = pred.cas.shape[1] if background else pred.cas.shape[1] - 1
-    return detect_segments(
-        torch.from_numpy(pred.cas[:, :columns]),
-        torch.from_numpy(pred.video_scores[:columns]),
+    proposals = generate_proposals(
+        cas,
+        video_scores,
         class_threshold=dcfg.class_threshold,
         thresholds=np.arange(*dcfg.thresholds),
         min_length=dcfg.min_length,
         outer_scale=dcfg.outer_scale,
         outer_power=dcfg.outer_power,
         inclusive_end=dcfg.inclusive_end,
-        method=dcfg.fusion,
-        temperature=dcfg.temperature if temperature is None else temperature,
-        overlap_threshold=dcfg.overlap_threshold,
-        overlap=dcfg.overlap,
-        sigma=dcfg.soft_nms_sigma,
         float32_means=dcfg.float32_means,
+    )
+    overlap = dcfg.overlap
+    if dcfg.fusion == "gaussian":
+        return gaussian_fuse(
+            proposals,
+            temperature=dcfg.temperature if temperature is None else temperature,
+            overlap_threshold=dcfg.overlap_threshold,
+            overlap=overlap,
+        )
+    if dcfg.fusion == "nms":
+        return nms(proposals, overlap_threshold=dcfg.overlap_threshold, overlap=overlap)
+    if dcfg.fusion == "soft-nms":
+        return soft_nms(proposals, sigma=dcfg.soft_nms_sigma, overlap=overlap)
+    return sort_segments(proposals)  # "none" (DetectConfig admits no other value)
+
+
+def detect(
+    pred: Prediction,
+    dcfg: DetectConfig,
+    *,
+    temperature: float | None = None,
+    background: bool = False,
+) -> Segments:
+    """:func:`detect_segments` on one video's prediction.
+
+    Test-time detections and pseudo labels differ only in the arguments: pseudo labels keep
+    the background column and use their own temperature.
+    """
+    columns = pred.cas.shape[1] if background else pred.cas.shape[1] - 1
+    return detect_segments(
+        torch.from_numpy(pred.cas[:, :columns]),
+        torch.from_numpy(pred.video_scores[:columns]),
+        dcfg,
+        temperature=temperature,
     )
 
 
