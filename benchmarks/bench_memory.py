@@ -99,7 +99,8 @@ def measure(data: Path, reader: str) -> dict[str, float]:
 
     from wtal.config import load_config
     from wtal.data import collate
-    from wtal.engine import build_model, open_datasets, train_one_epoch
+    from wtal.data.split import open_datasets
+    from wtal.engine import build_model, train_one_epoch
     from wtal.inference import predict_as_configured
 
     cfg = load_config(None, [f"data.path={str(data)!r}", "train.device='cpu'"])

@@ -407,13 +407,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     import torch
 
     from wtal.cascache import save_predictions
-    from wtal.engine import (
-        evaluate_predictions,
-        load_trained_model,
-        open_split,
-        report_warnings,
-        resolve_device,
-    )
+    from wtal.data.split import open_split, report_warnings
+    from wtal.engine import evaluate_predictions, load_trained_model, resolve_device
     from wtal.inference import predict_as_configured, results_from_predictions
     from wtal.io import write_json
 
@@ -974,7 +969,7 @@ def _training_ground_truth(cfg, data: str | None, state: dict) -> dict:
     """{video: (segments_s (M, 2), labels (M,))} of the run's training subset; empty (with a
     warning) when the run's dataset cannot be read any more, so that plots still show the
     labels. A ``--data`` the user names must be readable: an error otherwise."""
-    from wtal.engine import open_split, report_warnings
+    from wtal.data.split import open_split, report_warnings
 
     try:
         dataset = open_split(
