@@ -9,7 +9,6 @@ produces the test detections, and are turned into snippet targets by the LP of
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import time
@@ -45,17 +44,24 @@ from wtal.distributed import Shard, ShardedLoader
 from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
 from wtal.inference import Prediction, detect, detections_to_results, predict_as_configured
 from wtal.io import InputError, read_json, write_json
-from wtal.losses import base_losses, pseudo_label_loss
-from wtal.model import ModelOutput, WTALModel
+from wtal.losses import compute_losses
+from wtal.model import WTALModel
 from wtal.pseudo import (
     pseudo_label_quality,
-    pseudo_target,
     solve_pseudo_labels_batch,
     summarize_quality,
     update_history,
 )
 from wtal.runlock import RunLock
 from wtal.runlog import JsonlLog
+from wtal.schedule import (
+    dist_weight,
+    in_pseudo_stage,
+    is_delta_target,
+    learning_rate,
+    regeneration_temperature,
+    select_pseudo_target,
+)
 from wtal.segments import seconds_to_snippets
 
 log = logging.getLogger("wtal")
@@ -121,61 +127,7 @@ def load_trained_model(
     return model, cfg, state
 
 
-def piecewise(epoch: int, milestones: tuple[int, ...], values: tuple[Any, ...]) -> Any:
-    """``values[i]`` where ``i`` counts the milestones that ``epoch`` (0-based) has reached."""
-    return values[bisect.bisect_right(milestones, epoch)]
-
-
-def dist_weight(epoch: int, cfg: Config) -> float:
-    """λ_dist(e) = min(w0 * growth ** (e - first regeneration), cap) (paper.md §1.8)."""
-    p = cfg.pseudo
-    return min(p.dist_weight * p.dist_growth ** (epoch - p.regen_epochs[0]), p.dist_max)
-
-
 # ----------------------------------------------------------------------------- training
-
-
-def compute_losses(
-    out: ModelOutput,
-    labels: Tensor,
-    mask: Tensor,
-    pseudo: Tensor | None,
-    cfg: Config,
-    epoch: int,
-) -> dict[str, Tensor]:
-    """Per-video loss terms (each (B,)) and their weighted sum ``total`` (paper.md §1.3, §1.8).
-
-    Args:
-        out: the model output of a training forward pass.
-        labels: (B, C) multi-hot video labels.
-        mask: (B, T) bool, True on real snippets.
-        pseudo: (B, T, C+1) pseudo-label targets (may be negative for delta labels) or None.
-        cfg: the run's config.
-        epoch: 0-based epoch, selects the scheduled weights.
-    """
-    lc = cfg.loss
-    terms = base_losses(
-        out,
-        labels,
-        mask,
-        memory_weight=lc.memory_branch_weight,
-        memory_target_weight=lc.spl_memory_mix,
-        spl_temperature=lc.spl_temperature,
-        topk_divisor=lc.att_topk_divisor,
-    )
-    total = (
-        lc.fore_weight * terms["fore"]
-        + lc.back_weight * terms["back"]
-        + lc.att_weight * terms["att"]
-        + piecewise(epoch, lc.spl_milestones, lc.spl_weights) * terms["spl"]
-    )
-    if pseudo is not None:
-        terms["dist"] = pseudo_label_loss(
-            out.o.logits, out.m.logits, pseudo, mask, o_weight=cfg.pseudo.cas_mix
-        )
-        total = total + dist_weight(epoch, cfg) * terms["dist"]
-    terms["total"] = total
-    return terms
 
 
 def _pad_pseudo(targets: dict[str, Tensor], batch: Batch, device: torch.device) -> Tensor:
@@ -421,41 +373,6 @@ def _pseudo_quality(dataset: FeatureDataset, preds, ys, found_all) -> list[dict[
     return per_video
 
 
-def select_pseudo_target(
-    epoch: int, history: list[tuple[int, dict[str, Tensor]]], cfg: Config
-) -> dict[str, Tensor] | None:
-    """The pseudo-label target of every training video at ``epoch`` (the §1.8 table): None
-    (zero target), the latest labels, or delta labels alpha * (latest - previous)."""
-    if not history:
-        return None
-    p = cfg.pseudo
-    schedule = dict(
-        regen_epochs=p.regen_epochs,
-        zero_target_until=p.regen_epochs[0],
-        delta_start=p.delta_start if p.delta else cfg.train.epochs,
-        delta_coefficients=(
-            (p.delta_start, p.delta_coefficients[0]),
-            (p.delta_switch, p.delta_coefficients[1]),
-        ),
-        clamp_min=p.delta_clamp_min,
-    )
-    targets = {}
-    for vid in history[-1][1]:
-        target = pseudo_target(epoch, [(e, labels[vid]) for e, labels in history], **schedule)
-        if target is None:
-            return None
-        targets[vid] = target
-    return targets
-
-
-def is_delta_target(epoch: int, cfg: Config) -> bool:
-    """Whether :func:`select_pseudo_target` gives Δ labels at ``epoch`` (the rule of
-    :func:`wtal.pseudo.pseudo_target`)."""
-    p = cfg.pseudo
-    done = [r for r in p.regen_epochs if r <= epoch]
-    return p.delta and epoch > p.regen_epochs[0] and epoch >= p.delta_start and len(done) >= 2
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -672,10 +589,10 @@ def _fit(
                 if main:
                     write_json(run_dir / "metrics_val_base.json", base_val)
                 record["eval_base"]["val"] = base_val["headline"]
-        if pc.enabled and epoch in pc.regen_epochs:  # before the epoch's first batch (§1.8)
+        temperature = regeneration_temperature(epoch, cfg)
+        if temperature is not None:  # before the epoch's first batch (§1.8)
             if pc.reset_memory:
                 model.memory.reset()
-            temperature = pc.temperatures[pc.regen_epochs.index(epoch)]
             labels, stats, inputs = generate_pseudo_labels(
                 model, train_fixed, cfg, temperature, device
             )
@@ -685,10 +602,9 @@ def _fit(
             record["pseudo"] = {"temperature": temperature, **stats}
         targets = select_pseudo_target(epoch, history, cfg) if pc.enabled else None
         # Diagnostics of the pseudo-label stage: how far one epoch moves the weights.
-        watch = pc.enabled and epoch >= pc.regen_epochs[0]
-        before = parameter_snapshot(model) if watch else None
+        before = parameter_snapshot(model) if in_pseudo_stage(epoch, cfg) else None
 
-        lr = piecewise(epoch, tc.lr_milestones, tc.lr_values)
+        lr = learning_rate(epoch, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         train_set.set_epoch(epoch)
