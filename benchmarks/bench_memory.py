@@ -100,8 +100,8 @@ def measure(data: Path, reader: str) -> dict[str, float]:
     from wtal.config import load_config
     from wtal.data import collate
     from wtal.data.split import open_datasets
-    from wtal.engine import build_model, train_one_epoch
-    from wtal.inference import predict_as_configured
+    from wtal.engine import train_one_epoch
+    from wtal.inference import build_model, predict_as_configured
 
     cfg = load_config(None, [f"data.path={str(data)!r}", "train.device='cpu'"])
     train_set, _, test_set = open_datasets(cfg)

@@ -16,8 +16,8 @@ import torch
 from wtal.checkpoint import load_checkpoint
 from wtal.config import load_config
 from wtal.data import FeatureDataset
-from wtal.engine import fit, load_trained_model
-from wtal.inference import predict
+from wtal.engine import fit
+from wtal.inference import load_trained_model, predict
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 

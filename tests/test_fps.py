@@ -20,9 +20,8 @@ from wtal.cascache import load_predictions
 from wtal.cli import main
 from wtal.config import config_to_dict, load_config
 from wtal.data import FeatureDataset
-from wtal.engine import build_model
 from wtal.evaluation import evaluate_detections
-from wtal.inference import detect
+from wtal.inference import build_model, detect
 from wtal.segments import snippets_to_seconds
 from wtal.synth import THUMOS, write_synthetic
 

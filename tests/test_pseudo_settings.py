@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-import wtal.engine as engine
 import wtal.inference as inference
+import wtal.regenerate as regenerate
 from wtal.config import ConfigError, load_config
 from wtal.data.split import open_datasets
-from wtal.engine import build_model, evaluate_model, generate_pseudo_labels
+from wtal.inference import build_model
 from wtal.pseudo import constraint_matrix, lp_regions, solve_pseudo_labels
+from wtal.regenerate import generate_pseudo_labels
+from wtal.scoring import evaluate_model
 from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
 from wtal.synth import THUMOS, write_synthetic
 
-_DETECT, _SOLVE = inference.detect_segments, engine.solve_pseudo_labels_batch
+_DETECT, _SOLVE = inference.detect_segments, regenerate.solve_pseudo_labels_batch
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def _run_detection_paths(data: Path, monkeypatch, *extra: str) -> dict[str, list
         return solve(*args, **kwargs)
 
     monkeypatch.setattr(inference, "detect_segments", spy_detect)
-    monkeypatch.setattr(engine, "solve_pseudo_labels_batch", spy_solve)
+    monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy_solve)
     torch.manual_seed(0)
     train, train_fixed, test = open_datasets(cfg)
     model = build_model(cfg, train.feat_dim, train.num_classes)

@@ -252,7 +252,8 @@ def _absolute_data_path(cfg: Config, config_path: str | None) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     from wtal import distributed
     from wtal.config import load_config
-    from wtal.engine import fit, resolve_device
+    from wtal.distributed import resolve_device
+    from wtal.engine import fit
 
     overrides = list(args.set or [])
     if _given(args.data, "--data") is not None:
@@ -408,9 +409,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     from wtal.cascache import save_predictions
     from wtal.data.split import open_split, report_warnings
-    from wtal.engine import evaluate_predictions, load_trained_model, resolve_device
-    from wtal.inference import predict_as_configured, results_from_predictions
+    from wtal.distributed import resolve_device
+    from wtal.inference import load_trained_model, predict_as_configured, results_from_predictions
     from wtal.io import write_json
+    from wtal.scoring import evaluate_predictions
 
     if (args.data is None) == (args.features is None):
         raise InputError(None, "wtal detect needs either --data PATH or --features VIDEO.npy")
@@ -516,10 +518,10 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 
     from wtal.cascache import load_predictions
     from wtal.config import Config, config_from_dict, config_to_dict
-    from wtal.engine import score_results
     from wtal.evaluation import load_ground_truth, resolve_subset
     from wtal.inference import results_from_predictions
     from wtal.io import write_json
+    from wtal.scoring import score_results
 
     cache = load_predictions(args.cache)
     overrides = list(args.set or [])

@@ -1,11 +1,12 @@
-"""Inference: the network's per-video outputs (:class:`Prediction`, :func:`predict`) and the
-one detection path from a CAS to segments (:func:`detect_segments`, :func:`detect`) and to
-ActivityNet results."""
+"""Inference: the trained network (:func:`build_model`, :func:`load_trained_model`), its
+per-video outputs (:class:`Prediction`, :func:`predict`), and the one detection path from a
+CAS to segments (:func:`detect_segments`, :func:`detect`) and to ActivityNet results."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,12 +15,62 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wtal import __version__
+from wtal.checkpoint import checkpoint_config, load_checkpoint
 from wtal.config import Config, DetectConfig
 from wtal.data import FeatureDataset, Video, collate, split_batch
 from wtal.fusion import gaussian_fuse, nms, soft_nms, sort_segments
+from wtal.io import InputError
 from wtal.model import WTALModel
 from wtal.proposals import Segments, generate_proposals
 from wtal.segments import snippets_to_seconds
+
+
+def build_model(cfg: Config, feat_dim: int, num_classes: int) -> WTALModel:
+    """The network with the config's ``model`` section as keyword arguments.
+
+    Raises:
+        InputError: the weights do not fit in memory (a huge ``model.embed_dim``, say); torch
+            reports that as a RuntimeError, which would otherwise end in a traceback.
+    """
+    try:
+        return WTALModel(feat_dim, num_classes, **vars(cfg.model))
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "alloc" not in str(exc):
+            raise
+        mc = cfg.model
+        sizes = f"model.embed_dim = {mc.embed_dim}, num_bases = {mc.num_bases}"
+        what = f"{sizes}, queue_len = {mc.queue_len}: the model does not fit in memory"
+        raise InputError(None, f"{what} (features {feat_dim}-d)") from None
+
+
+def load_trained_model(
+    checkpoint: str | Path, overrides: list[str] | None = None
+) -> tuple[WTALModel, Config, dict[str, Any]]:
+    """The network of a checkpoint, in eval mode on the CPU, built from its stored config.
+
+    Args:
+        checkpoint: a ``.pt`` file or a run folder (its ``last.pt``).
+        overrides: ``section.key=value`` changes to the stored config (e.g. ``detect.*``).
+
+    Returns:
+        ``(model, config, state)``; ``state["class_names"]`` and ``state["feat_dim"]`` say
+        what the model was trained on.
+
+    Raises:
+        InputError: missing or foreign checkpoint, or weights that do not fit the config.
+    """
+    path = Path(checkpoint).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
+    state = load_checkpoint(path)
+    cfg = checkpoint_config(state, path, overrides)
+    model = build_model(cfg, state["feat_dim"], len(state["class_names"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise InputError(path, f"weights do not fit the model config ({first})") from None
+    model.eval()
+    return model, cfg, state
 
 
 @dataclass(frozen=True)
