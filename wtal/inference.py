@@ -106,8 +106,8 @@ def predict(
     *,
     video_mix: float,
     cas_mix: float,
-    batch_size: int = 10,
-    max_padding: float = 0.0,
+    batch_size: int,
+    max_padding: float,
     dropout: bool = False,
     progress: bool = False,
 ) -> list[Prediction]:

@@ -58,7 +58,7 @@ def normalized_ce(probs: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     return -(weights * _log(probs)).sum(1)
 
 
-def attention_loss(attention: Tensor, mask: Tensor, topk_divisor: int = 8) -> Tensor:
+def attention_loss(attention: Tensor, mask: Tensor, topk_divisor: int) -> Tensor:
     """Mean of the k lowest minus mean of the k highest attention values, per video.
 
     ``k = max(T_i // topk_divisor, 1)`` with T_i the video's valid length (losses.py:31-45).
@@ -84,7 +84,7 @@ def attention_loss(attention: Tensor, mask: Tensor, topk_divisor: int = 8) -> Te
 
 
 def snippet_distillation_loss(
-    logits: Tensor, target_logits: Tensor, mask: Tensor, temperature: float = 0.2
+    logits: Tensor, target_logits: Tensor, mask: Tensor, temperature: float
 ) -> Tensor:
     """L_spl: snippet-level cross-entropy to a detached, tempered target distribution.
 
@@ -109,7 +109,7 @@ def pseudo_label_loss(
     m_logits: Tensor,
     pseudo_labels: Tensor,
     mask: Tensor,
-    o_weight: float = 0.8,
+    o_weight: float,
 ) -> Tensor:
     """L_dist: cross-entropy of both branches' snippet softmax to pseudo labels (§1.8).
 
@@ -138,10 +138,10 @@ def base_losses(
     labels: Tensor,
     mask: Tensor,
     *,
-    memory_weight: float = 0.5,
-    memory_target_weight: float = 0.2,
-    spl_temperature: float = 0.2,
-    topk_divisor: int = 8,
+    memory_weight: float,
+    memory_target_weight: float,
+    spl_temperature: float,
+    topk_divisor: int,
 ) -> dict[str, Tensor]:
     """The unweighted RSKP losses of one forward pass (method.py:273-300), each (B,).
 
