@@ -238,7 +238,7 @@ def fit(
     process training into it gets an :class:`InputError` naming this one's pid.
 
     Returns:
-        The final metrics on the test subset (see :func:`evaluate_predictions`).
+        The final metrics on the test subset (see :func:`wtal.scoring.evaluate_predictions`).
     """
     if resume and init_from is not None:
         raise InputError(run_dir, "--resume continues a run; --init-from starts a new one")

@@ -15,8 +15,9 @@ from torch import Tensor
 from wtal import distributed
 from wtal.config import Config
 from wtal.data import FeatureDataset
-from wtal.inference import detect, predict_as_configured
+from wtal.inference import Prediction, detect, predict_as_configured
 from wtal.model import WTALModel
+from wtal.proposals import Segments
 from wtal.pseudo import pseudo_label_quality, solve_pseudo_labels_batch, summarize_quality
 from wtal.segments import seconds_to_snippets
 
@@ -106,8 +107,14 @@ def generate_pseudo_labels(
     return labels, stats, {"segments": segments, "timing": timing}
 
 
-def _pseudo_quality(dataset: FeatureDataset, preds, ys, found_all) -> list[dict[str, Any]]:
-    """Pseudo labels against the ground truth of each training video that has some."""
+def _pseudo_quality(
+    dataset: FeatureDataset,
+    preds: list[Prediction],
+    ys: list[np.ndarray],
+    found_all: list[Segments],
+) -> list[dict[str, Any]]:
+    """Pseudo labels ``ys`` (T, C+1) and the detections ``found_all`` they were solved from,
+    against the ground truth of each training video that has some."""
     truth = dataset.segments_by_video()
     per_video = []
     for pred, y, found in zip(preds, ys, found_all, strict=True):

@@ -90,7 +90,8 @@ def evaluate_model(
 
     Under DDP each rank predicts its slice of the videos, rank 0 gathers and evaluates, and
     every rank gets the metrics; the detections are returned on rank 0 only (empty elsewhere).
-    With ``cache``, the gathered predictions are also written there (:func:`save_predictions`).
+    With ``cache``, the gathered predictions are also written there
+    (:func:`wtal.cascache.save_predictions`).
     """
     preds = predict_as_configured(model, distributed.shard_dataset(dataset), cfg, device)
     world = distributed.world_size()
