@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from wtal.io import InputError, read_json
-from wtal.segments import seconds_to_snippets
+from wtal.segments import seconds_to_snippets, segment_tiou
 
 TIOU_PRESETS: dict[str, tuple[float, ...]] = {
     # Decimal literals, not np.arange/linspace: a tIoU that is a ratio of small integers (the
@@ -493,17 +493,6 @@ def _pairs_by_key(key_a: np.ndarray, key_b: np.ndarray) -> tuple[np.ndarray, np.
     return pair_a, pair_b
 
 
-def _paired_tiou(a: np.ndarray, b: np.ndarray, zero_union: float) -> np.ndarray:
-    """tIoU of ``a[k]`` with ``b[k]`` ((K, 2) each), ActivityNet formula and float order.
-
-    ``zero_union`` is the value of a pair whose union is 0 (two zero-length segments).
-    """
-    inter = np.clip(np.minimum(a[:, 1], b[:, 1]) - np.maximum(a[:, 0], b[:, 0]), 0.0, None)
-    union = (b[:, 1] - b[:, 0]) + (a[:, 1] - a[:, 0]) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, zero_union)
-
-
 def _match(
     pred_group: np.ndarray,
     pred_segments: np.ndarray,
@@ -546,7 +535,8 @@ def _match(
     rank = np.empty(num_pred, dtype=np.int64)
     rank[by_group] = np.arange(num_pred) - first
 
-    pair_tiou = _paired_tiou(pred_segments[pair_p], gt_segments[pair_g], zero_union)
+    a, b = pred_segments[pair_p], gt_segments[pair_g]  # (K, 2) each
+    pair_tiou = segment_tiou(a[:, 0], a[:, 1], b[:, 0], b[:, 1], zero_union)
     useful = pair_tiou >= tious.min()  # a pair below every threshold never matches
     pair_p, pair_g, pair_tiou = pair_p[useful], pair_g[useful], pair_tiou[useful]
     if len(pair_p) == 0:
