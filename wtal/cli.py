@@ -81,9 +81,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
+    from wtal.annotations import is_positive_finite
     from wtal.data import convert_wtalc
 
-    if not 0 < args.fps < float("inf"):  # NaN fails both comparisons
+    if not is_positive_finite(args.fps):
         raise InputError(None, f"--fps: expected a frame rate > 0, got {args.fps}")
     _require_new_folder(args.out)
     try:

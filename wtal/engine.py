@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wtal import distributed
+from wtal.annotations import Problem
 from wtal.cascache import save_predictions
 from wtal.checkpoint import (
     CHECKPOINT_VERSION,
@@ -39,7 +40,7 @@ from wtal.checkpoint import (
     save_checkpoint,
 )
 from wtal.config import Config, config_to_dict, save_config
-from wtal.data import Batch, FeatureDataset, Problem, collate, split_batch
+from wtal.data import Batch, FeatureDataset, collate, split_batch
 from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.distributed import Shard, ShardedLoader

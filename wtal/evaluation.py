@@ -39,14 +39,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from wtal.annotations import GroundTruth, parse_ground_truth, parse_results, subsets_of
 from wtal.io import InputError, read_json
-from wtal.segments import seconds_to_snippets, segment_tiou
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES, seconds_to_snippets, segment_tiou
 
 TIOU_PRESETS: dict[str, tuple[float, ...]] = {
     # Decimal literals, not np.arange/linspace: a tIoU that is a ratio of small integers (the
@@ -67,7 +68,6 @@ thresholds cover both ends of the range."""
 
 PROTOCOLS = ("official", "wtalc")
 
-_NUMBER = (int, float)  # JSON numbers; ``type(x) in _NUMBER`` rejects bool on purpose
 _THRESHOLD_ATOL = 1e-9  # two thresholds closer than this are the same threshold
 
 
@@ -181,200 +181,6 @@ def _tiou_key(t: float) -> str:
 # ----------------------------------------------------------------------------- input
 
 
-@dataclass(frozen=True)
-class _GroundTruth:
-    """Flattened ActivityNet-format GT. Segments in seconds, file order kept."""
-
-    video_ids: list[str]  # (V,)
-    subsets: list[str]  # (V,) subset of each video
-    ann_video: np.ndarray  # (A,) int index into video_ids
-    ann_labels: list[str]  # (A,)
-    ann_segments: np.ndarray  # (A, 2) float64 [start, end]
-    amb_video: np.ndarray  # (B,) int index into video_ids
-    amb_segments: np.ndarray  # (B, 2) float64 ambiguous (not GT) intervals
-
-
-@dataclass(frozen=True)
-class _Results:
-    """Flattened ActivityNet-format results, file order kept."""
-
-    video_ids: list[str]  # (R,) videos of the results file
-    counts: np.ndarray  # (R,) predictions of each video
-    labels: list[str]  # (P,)
-    scores: np.ndarray  # (P,) float64
-    segments: np.ndarray  # (P, 2) float64 seconds
-
-
-def _short(x: Any, limit: int = 60) -> str:
-    text = repr(x)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _require_dict(obj: Any, key: str, source: str | os.PathLike) -> dict:
-    if not isinstance(obj, dict) or key not in obj:
-        raise InputError(source, f"missing top-level field {key!r}")
-    if not isinstance(obj[key], dict):
-        raise InputError(source, f"field {key!r}: expected an object, got {_short(obj[key])}")
-    return obj[key]
-
-
-def _segment(seg: Any) -> tuple[float, float] | None:
-    """``[start, end]`` of two JSON numbers, else None (range and finiteness checked later)."""
-    if isinstance(seg, list | tuple) and len(seg) == 2:
-        start, end = seg
-        if type(start) in _NUMBER and type(end) in _NUMBER:
-            return start, end
-    return None
-
-
-def _locator(
-    video_ids: list[str], counts: list[int], noun: str
-) -> Callable[[int], tuple[str, str]]:
-    """Flat item index -> (video, "noun k"), for error messages only."""
-
-    def where(i: int) -> tuple[str, str]:
-        ends = np.cumsum(counts)
-        v = int(np.searchsorted(ends, i, side="right"))
-        return video_ids[v], f"{noun} {i - int(ends[v] - counts[v])}"
-
-    return where
-
-
-def _check_segments(
-    starts: list, ends: list, where: Callable[[int], tuple[str, str]], source: str | os.PathLike
-) -> np.ndarray:
-    """(N, 2) float64 segments; raise for the first non-finite or reversed one."""
-    segments = np.stack([np.asarray(starts, np.float64), np.asarray(ends, np.float64)], axis=1)
-    bad = ~np.isfinite(segments).all(axis=1) | (segments[:, 1] < segments[:, 0])
-    if bad.any():
-        i = int(np.argmax(bad))
-        video, item = where(i)
-        what = f"{item}: field 'segment': expected finite [start, end] with end >= start, "
-        raise InputError(source, what + f"got [{starts[i]!r}, {ends[i]!r}]", video=video)
-    return segments
-
-
-def _parse_ground_truth(data: Any, source: str | os.PathLike) -> _GroundTruth:
-    database = _require_dict(data, "database", source)
-    video_ids, subsets, counts, labels, starts, ends = [], [], [], [], [], []
-    amb_video, amb_starts, amb_ends, amb_item = [], [], [], []
-
-    def add_ambiguous(v: int, video_id: str, intervals: Any) -> None:
-        if not isinstance(intervals, list):
-            raise InputError(source, "field 'ambiguous': expected a list", video=video_id)
-        for k, interval in enumerate(intervals):
-            seg = _segment(interval)
-            if seg is None:
-                what = f"ambiguous {k}: expected [start, end] numbers, got {_short(interval)}"
-                raise InputError(source, what, video=video_id)
-            amb_video.append(v)
-            amb_starts.append(seg[0])
-            amb_ends.append(seg[1])
-            amb_item.append((video_id, f"ambiguous {k}"))
-
-    for v, (video_id, video) in enumerate(database.items()):
-        if not isinstance(video, dict):
-            raise InputError(source, f"expected an object, got {_short(video)}", video=video_id)
-        subset, annotations = video.get("subset"), video.get("annotations")
-        if not isinstance(subset, str):
-            what = f"field 'subset': expected a string, got {_short(subset)}"
-            raise InputError(source, what, video=video_id)
-        if not isinstance(annotations, list):
-            what = f"field 'annotations': expected a list, got {_short(annotations)}"
-            raise InputError(source, what, video=video_id)
-        for k, ann in enumerate(annotations):
-            # fast path: a few lookups per instance; the message is built only on failure
-            try:
-                label = ann["label"]
-                start, end = ann["segment"]
-            except (KeyError, TypeError, ValueError):
-                label = start = end = None
-            if type(label) is not str or type(start) not in _NUMBER or type(end) not in _NUMBER:
-                what = (
-                    f"annotation {k}: expected {{'label': str, 'segment': [start, end]}}, "
-                    f"got {_short(ann)}"
-                )
-                raise InputError(source, what, video=video_id)
-            labels.append(label)
-            starts.append(start)
-            ends.append(end)
-        video_ids.append(video_id)
-        subsets.append(subset)
-        counts.append(len(annotations))
-        if "ambiguous" in video:
-            add_ambiguous(v, video_id, video["ambiguous"])
-
-    # Top-level {"ambiguous": {video_id: [[s, e], ...]}} (the fixture layout); intervals of
-    # videos absent from the database cannot affect any prediction and are skipped.
-    top_ambiguous = data.get("ambiguous", {})
-    if not isinstance(top_ambiguous, dict):
-        raise InputError(source, "field 'ambiguous': expected an object {video_id: [[s, e]]}")
-    index = {video_id: v for v, video_id in enumerate(video_ids)}
-    for video_id, intervals in top_ambiguous.items():
-        if video_id in index:
-            add_ambiguous(index[video_id], video_id, intervals)
-
-    return _GroundTruth(
-        video_ids=video_ids,
-        subsets=subsets,
-        ann_video=np.repeat(np.arange(len(video_ids)), counts),
-        ann_labels=labels,
-        ann_segments=_check_segments(
-            starts, ends, _locator(video_ids, counts, "annotation"), source
-        ),
-        amb_video=np.asarray(amb_video, dtype=np.int64),
-        amb_segments=_check_segments(amb_starts, amb_ends, amb_item.__getitem__, source),
-    )
-
-
-def _parse_results(data: Any, source: str | os.PathLike) -> _Results:
-    results = _require_dict(data, "results", source)
-    counts, labels, scores, starts, ends = [], [], [], [], []
-    for video_id, predictions in results.items():
-        if not isinstance(predictions, list):
-            what = f"expected a list of predictions, got {_short(predictions)}"
-            raise InputError(source, what, video=video_id)
-        for k, pred in enumerate(predictions):
-            # fast path: a few lookups per prediction; the message is built only on failure
-            try:
-                label, score = pred["label"], pred["score"]
-                start, end = pred["segment"]
-            except (KeyError, TypeError, ValueError):
-                label = score = start = end = None
-            if (
-                type(label) is not str
-                or type(score) not in _NUMBER
-                or type(start) not in _NUMBER
-                or type(end) not in _NUMBER
-            ):
-                what = (
-                    f"prediction {k}: expected {{'label': str, 'score': number, "
-                    f"'segment': [start, end]}}, got {_short(pred)}"
-                )
-                raise InputError(source, what, video=video_id)
-            labels.append(label)
-            scores.append(score)
-            starts.append(start)
-            ends.append(end)
-        counts.append(len(predictions))
-    video_ids = list(results)
-    where = _locator(video_ids, counts, "prediction")
-    score_array = np.asarray(scores, dtype=np.float64)
-    finite = np.isfinite(score_array)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        video, item = where(i)
-        what = f"{item}: field 'score': expected a finite number, got {scores[i]!r}"
-        raise InputError(source, what, video=video)
-    return _Results(
-        video_ids=video_ids,
-        counts=np.asarray(counts, dtype=np.int64),
-        labels=labels,
-        scores=score_array,
-        segments=_check_segments(starts, ends, where, source),
-    )
-
-
 def load_ground_truth(path: str | os.PathLike) -> dict:
     """Read and validate an ActivityNet-format GT JSON file.
 
@@ -391,11 +197,13 @@ def load_ground_truth(path: str | os.PathLike) -> dict:
             ``end < start``; the message names the file, the video and the field.
     """
     data = read_json(path)
-    _parse_ground_truth(data, path)
+    parse_ground_truth(data, path)
     return data
 
 
-def ground_truth_problems(ground_truth: dict, subset: str) -> list[tuple[str, str]]:
+def ground_truth_problems(
+    ground_truth: GroundTruth | Mapping[str, Any], subset: str
+) -> list[tuple[str, str]]:
     """Ground truth that scores but misleads: zero-length and duplicate instances.
 
     A zero-length instance can only be matched by a zero-length prediction; a duplicate
@@ -404,7 +212,7 @@ def ground_truth_problems(ground_truth: dict, subset: str) -> list[tuple[str, st
     Returns:
         ``(video_id, what)`` per kind found in ``subset``, naming its first video.
     """
-    gt = _parse_ground_truth(ground_truth, "ground truth")
+    gt = parse_ground_truth(ground_truth, "ground truth")
     in_subset = np.array([s == subset for s in gt.subsets], dtype=bool)[gt.ann_video]
     idx = np.flatnonzero(in_subset)  # (N,) instances of the subset
     problems = []
@@ -443,12 +251,14 @@ def load_results(path: str | os.PathLike) -> dict:
         InputError: as :func:`load_ground_truth`, also for a non-finite score.
     """
     data = read_json(path)
-    _parse_results(data, path)
+    parse_results(data, path)
     return data
 
 
 def resolve_subset(
-    ground_truth: dict, subset: str | None = None, source: str | os.PathLike = "ground truth"
+    ground_truth: GroundTruth | Mapping[str, Any],
+    subset: str | None = None,
+    source: str | os.PathLike = "ground truth",
 ) -> str:
     """The GT subset to evaluate.
 
@@ -458,8 +268,7 @@ def resolve_subset(
     Raises:
         InputError: the subset is absent, or the automatic choice is ambiguous.
     """
-    database = _require_dict(ground_truth, "database", source)
-    present = sorted({v.get("subset") for v in database.values() if isinstance(v, dict)}, key=str)
+    present = subsets_of(ground_truth, source)
     if subset is not None:
         if subset not in present:
             raise InputError(source, f"subset {subset!r} not found (present: {present})")
@@ -628,14 +437,14 @@ def _named_averages(tious: tuple[float, ...], map_per_tiou: np.ndarray) -> dict[
 
 
 def evaluate_detections(
-    ground_truth: dict,
-    results: dict,
+    ground_truth: GroundTruth | Mapping[str, Any],
+    results: Mapping[str, Any],
     tious: Sequence[float] | str = "anet",
     *,
     subset: str | None = None,
     protocol: str = "official",
-    fps: float = 25.0,
-    snippet_frames: float = 16.0,
+    fps: float = DEFAULT_FPS,
+    snippet_frames: float = DEFAULT_SNIPPET_FRAMES,
     grid_by_video: Mapping[str, tuple[float, float]] | None = None,
     ambiguous_filter: bool = False,
     compat: bool = False,
@@ -647,9 +456,9 @@ def evaluate_detections(
     Args:
         ground_truth: ActivityNet GT ``{"database": {video_id: {"subset", "annotations":
             [{"segment": [start_s, end_s], "label"}], optional "ambiguous": [[s, e]]}}}``
-            (see :func:`load_ground_truth`). A per-video ``fps`` field is not used: the
-            snippet grid of ``"wtalc"`` is the feature grid, given by ``fps`` and
-            ``grid_by_video``.
+            (see :func:`load_ground_truth`), or a :class:`wtal.annotations.GroundTruth`
+            parsed already (a dataset's). A per-video ``fps`` field is not used: the snippet
+            grid of ``"wtalc"`` is the feature grid, given by ``fps`` and ``grid_by_video``.
         results: ActivityNet results ``{"results": {video_id: [{"label", "score",
             "segment": [start_s, end_s]}]}}``.
         tious: thresholds in (0, 1], or a :data:`TIOU_PRESETS` name.
@@ -682,9 +491,9 @@ def evaluate_detections(
     if not (fps > 0 and snippet_frames > 0):
         raise ValueError(f"fps and snippet_frames must be > 0, got {fps}, {snippet_frames}")
     thresholds = _resolve_tious(tious)
-    gt = _parse_ground_truth(ground_truth, "ground truth")
-    res = _parse_results(results, "results")
-    subset = resolve_subset(ground_truth, subset)
+    gt = parse_ground_truth(ground_truth, "ground truth")
+    res = parse_results(results, "results")
+    subset = resolve_subset(gt, subset)
     wtalc = protocol == "wtalc"
 
     # Evaluated videos: the subset (wtalc: only videos with at least one GT instance).

@@ -13,6 +13,13 @@ from typing import Any
 
 import numpy as np
 
+DEFAULT_FPS = 25.0
+"""Frame rate of THUMOS14 / ActivityNet I3D feature extraction (W-TALC, ACM-Net, paper.md
+§5.1): the snippet grid wherever none is given (a dataset opened without ``fps``, the
+``wtalc`` scoring grid, a W-TALC conversion)."""
+DEFAULT_SNIPPET_FRAMES = 16.0
+"""Frames per I3D feature snippet (non-overlapping 16-frame chunks), likewise."""
+
 REFERENCE_OUTER_BAND: tuple[float, float] = (0.0785, 0.9)
 """The reference's ``(outer_scale, outer_power)``: ``0.0785 * L ** 0.9`` snippets per side
 (detectionMAP.py:130, utils.py:197); the defaults of ``detect.outer_scale/outer_power``."""
