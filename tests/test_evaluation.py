@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 
 from wtal.evaluation import (
-    REPORTED_AVERAGES,
     TIOU_PRESETS,
-    classification_map,
     evaluate_detections,
     load_ground_truth,
     load_results,
     resolve_subset,
 )
 from wtal.io import InputError
+from wtal.metrics import REPORTED_AVERAGES, classification_map
 from wtal.segments import pairwise_tiou, segment_tiou
 
 TOL = 1e-6  # percent, the acceptance tolerance against the recorded evaluator numbers

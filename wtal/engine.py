@@ -44,10 +44,11 @@ from wtal.data import Batch, FeatureDataset, collate, split_batch
 from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.distributed import Shard, ShardedLoader
-from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
+from wtal.evaluation import TIOU_PRESETS, evaluate_detections
 from wtal.inference import Prediction, detect, detections_to_results, predict
 from wtal.io import InputError, read_json, write_json
 from wtal.losses import base_losses, pseudo_label_loss
+from wtal.metrics import classification_map
 from wtal.model import ModelOutput, WTALModel
 from wtal.pseudo import (
     pseudo_label_quality,

@@ -1,4 +1,4 @@
-"""Temporal action detection metrics: tIoU mAP and video classification mAP.
+"""Temporal action detection mAP over tIoU thresholds, with ActivityNet or W-TALC matching.
 
 Numpy only (no torch anywhere in the import chain, so ``wtal score`` starts fast). Two
 matching protocols share one vectorized kernel:
@@ -31,8 +31,7 @@ positives (``unknown_videos_are_false_positives=True``) and crash on the latter.
 intervals (THUMOS14) are never GT; ``ambiguous_filter=True`` drops the predictions that
 overlap one, as the W-TALC code does.
 
-Numbers are percentages. The reported averages (THUMOS14 0.1:0.7, 0.1:0.5, 0.3:0.7;
-ActivityNet 0.5:0.95) are in :data:`REPORTED_AVERAGES`.
+Numbers are percentages; :mod:`wtal.metrics` holds the report and the averages it quotes.
 """
 
 from __future__ import annotations
@@ -40,13 +39,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from wtal.annotations import GroundTruth, parse_ground_truth, parse_results, subsets_of
 from wtal.io import InputError, read_json
+from wtal.metrics import DetectionMetrics, named_averages
 from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES, seconds_to_snippets, segment_tiou
 
 TIOU_PRESETS: dict[str, tuple[float, ...]] = {
@@ -57,145 +56,14 @@ TIOU_PRESETS: dict[str, tuple[float, ...]] = {
 }
 """Standard tIoU threshold sets: THUMOS14 0.1:0.1:0.7 and ActivityNet 0.5:0.05:0.95."""
 
-REPORTED_AVERAGES: dict[str, tuple[float, float]] = {
-    "0.1:0.7": (0.1, 0.7),
-    "0.1:0.5": (0.1, 0.5),
-    "0.3:0.7": (0.3, 0.7),
-    "0.5:0.95": (0.5, 0.95),
-}
-"""Averages papers report: name -> inclusive tIoU range. Reported when the evaluated
-thresholds cover both ends of the range."""
-
 PROTOCOLS = ("official", "wtalc")
-
-_THRESHOLD_ATOL = 1e-9  # two thresholds closer than this are the same threshold
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-@dataclass(frozen=True)
-class DetectionMetrics:
-    """Result of :func:`evaluate_detections`. All AP / mAP values are percentages.
-
-    Attributes:
-        protocol: ``"official"`` or ``"wtalc"``.
-        subset: the GT subset evaluated.
-        tious: (T,) thresholds.
-        class_names: (C,) the classes averaged, in order of first appearance in the GT.
-        ap_per_class: (C, T) AP of each class at each threshold.
-        map_per_tiou: (T,) mAP at each threshold.
-        average: mean of ``map_per_tiou``.
-        averages: name -> mean mAP over a range of :data:`REPORTED_AVERAGES`.
-        num_videos: videos evaluated.
-        num_ground_truth: GT instances evaluated.
-        num_predictions: predictions in the results.
-        num_evaluated: predictions that took part in the matching.
-        ignored_unknown_video: predictions for videos outside the evaluated subset.
-        ignored_unknown_label: predictions for labels absent from the subset's GT.
-        ignored_ambiguous: predictions dropped by the ambiguous filter.
-        classes_without_predictions: classes that got no prediction (AP 0).
-    """
-
-    protocol: str
-    subset: str
-    tious: tuple[float, ...]
-    class_names: tuple[str, ...]
-    ap_per_class: np.ndarray
-    map_per_tiou: np.ndarray
-    average: float
-    averages: dict[str, float]
-    num_videos: int
-    num_ground_truth: int
-    num_predictions: int
-    num_evaluated: int
-    ignored_unknown_video: int
-    ignored_unknown_label: int
-    ignored_ambiguous: int
-    classes_without_predictions: tuple[str, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-serializable dict (tIoU keys formatted like ``"0.50"``)."""
-        keys = [_tiou_key(t) for t in self.tious]
-        return {
-            "protocol": self.protocol,
-            "subset": self.subset,
-            "tiou_thresholds": list(self.tious),
-            "mAP": dict(zip(keys, map(float, self.map_per_tiou), strict=True)),
-            "average_mAP": float(self.average),
-            "averages": dict(self.averages),
-            "per_class_AP": {
-                name: [float(x) for x in row]
-                for name, row in zip(self.class_names, self.ap_per_class, strict=True)
-            },
-            "counts": {
-                "videos": self.num_videos,
-                "ground_truth": self.num_ground_truth,
-                "predictions": self.num_predictions,
-                "evaluated": self.num_evaluated,
-                "ignored_unknown_video": self.ignored_unknown_video,
-                "ignored_unknown_label": self.ignored_unknown_label,
-                "ignored_ambiguous": self.ignored_ambiguous,
-            },
-            "classes_without_predictions": list(self.classes_without_predictions),
-        }
-
-    def format_table(self, per_class: bool = False) -> str:
-        """Human-readable summary; with ``per_class`` one AP row per class."""
-        name_w = max([len("tIoU")] + ([len(c) for c in self.class_names] if per_class else []))
-        name_w = min(name_w, 32)  # long ActivityNet names are cut, the table stays readable
-
-        def row(name: str, values: Sequence[float]) -> str:
-            return f"{name[:name_w]:<{name_w}} " + " ".join(f"{v:6.2f}" for v in values)
-
-        ignored = self.num_predictions - self.num_evaluated
-        lines = [
-            f"protocol {self.protocol}, subset {self.subset!r}: {self.num_videos} videos, "
-            f"{self.num_ground_truth} ground truth instances, {len(self.class_names)} classes",
-            f"predictions {self.num_predictions}: {self.num_evaluated} evaluated, {ignored} "
-            f"ignored ({self.ignored_unknown_video} unknown video, {self.ignored_unknown_label} "
-            f"unknown label, {self.ignored_ambiguous} ambiguous)",
-            f"{'tIoU':<{name_w}} " + " ".join(f"{t:6.2f}" for t in self.tious) + "    avg",
-            row("mAP", [*self.map_per_tiou, self.average]),
-        ]
-        if self.averages:
-            lines.append(
-                "average mAP: " + ", ".join(f"{k} {v:.2f}" for k, v in self.averages.items())
-            )
-        if self.classes_without_predictions:
-            lines.append(
-                f"{len(self.classes_without_predictions)} classes without predictions (AP 0): "
-                + ", ".join(self.classes_without_predictions)
-            )
-        if per_class:
-            lines.append("")
-            for name, ap in zip(self.class_names, self.ap_per_class, strict=True):
-                lines.append(row(name, [*ap, ap.mean()]))
-        return "\n".join(lines)
-
-
-def _tiou_key(t: float) -> str:
-    return f"{t:.2f}" if abs(round(t, 2) - t) < _THRESHOLD_ATOL else repr(float(t))
-
 
 # ----------------------------------------------------------------------------- input
 
 
 def load_ground_truth(path: str | os.PathLike) -> dict:
-    """Read and validate an ActivityNet-format GT JSON file.
-
-    Args:
-        path: ``{"database": {video_id: {"subset": str, "annotations": [{"label": str,
-            "segment": [start_s, end_s]}], optional "duration", "fps", "ambiguous":
-            [[start_s, end_s], ...]}}, optional "ambiguous": {video_id: [[s, e], ...]}}``.
-
-    Returns:
-        The parsed JSON object, unchanged.
-
-    Raises:
-        InputError: unreadable or malformed file, missing fields, non-finite numbers or
-            ``end < start``; the message names the file, the video and the field.
-    """
+    """Read a ground-truth JSON file, validated by :func:`wtal.annotations.parse_ground_truth`
+    (an error names the file, the video and the field); returns the parsed JSON object."""
     data = read_json(path)
     parse_ground_truth(data, path)
     return data
@@ -238,18 +106,8 @@ def ground_truth_problems(
 
 
 def load_results(path: str | os.PathLike) -> dict:
-    """Read and validate an ActivityNet-format results JSON file.
-
-    Args:
-        path: ``{"results": {video_id: [{"label": str, "score": number, "segment":
-            [start_s, end_s]}]}}``; ``version`` / ``external_data`` are not required.
-
-    Returns:
-        The parsed JSON object, unchanged.
-
-    Raises:
-        InputError: as :func:`load_ground_truth`, also for a non-finite score.
-    """
+    """Read a results JSON file, validated by :func:`wtal.annotations.parse_results`
+    (``version`` / ``external_data`` are not required); returns the parsed JSON object."""
     data = read_json(path)
     parse_results(data, path)
     return data
@@ -378,16 +236,10 @@ def _match(
 
 
 def _interpolated_ap(tp: np.ndarray, num_positives: int) -> np.ndarray:
-    """VOC all-point interpolated AP of ranked hits.
-
-    Args:
-        tp: (T, N) bool, true positives in ranking order.
-        num_positives: GT instances of the class (> 0).
-
-    Returns:
-        (T,) AP in [0, 1]: sum over hits of (1 / num_positives) times the best precision at
-        that rank or below, which is the area under the monotone precision envelope.
-    """
+    """VOC all-point interpolated AP of ranked hits ``tp`` ((T, N) bool, ranking order) of a
+    class with ``num_positives`` > 0 GT instances: (T,) in [0, 1], the sum over hits of
+    ``1 / num_positives`` times the best precision at that rank or below (the area under the
+    monotone precision envelope)."""
     if tp.shape[1] == 0:
         return np.zeros(tp.shape[0])
     precision = np.cumsum(tp, axis=1) / np.arange(1, tp.shape[1] + 1)
@@ -407,33 +259,6 @@ def _resolve_tious(tious: Sequence[float] | str) -> tuple[float, ...]:
     if not values or not all(0.0 < t <= 1.0 for t in values):
         raise ValueError(f"tIoU thresholds must be a non-empty list in (0, 1], got {values}")
     return values
-
-
-def _to_grid(
-    segments: np.ndarray, fps: float | np.ndarray, snippet_frames: float | np.ndarray
-) -> np.ndarray:
-    """Seconds -> snippet indices with Python's ``round`` (half to even), ends exclusive.
-
-    ``fps`` and ``snippet_frames`` are scalars or (N,) per-segment arrays.
-    """
-    if np.ndim(fps) or np.ndim(snippet_frames):
-        rate = np.asarray(fps, dtype=np.float64) / np.asarray(snippet_frames, dtype=np.float64)
-        return np.rint(np.asarray(segments, dtype=np.float64) * rate.reshape(-1, 1))
-    return np.rint(seconds_to_snippets(segments, fps, snippet_frames))
-
-
-def _named_averages(tious: tuple[float, ...], map_per_tiou: np.ndarray) -> dict[str, float]:
-    t = np.asarray(tious)
-    averages = {}
-    for name, (low, high) in REPORTED_AVERAGES.items():
-        has_ends = (
-            np.isclose(t, low, atol=_THRESHOLD_ATOL).any()
-            and np.isclose(t, high, atol=_THRESHOLD_ATOL).any()
-        )
-        inside = (t >= low - _THRESHOLD_ATOL) & (t <= high + _THRESHOLD_ATOL)
-        if has_ends:
-            averages[name] = float(map_per_tiou[inside].mean())
-    return averages
 
 
 def evaluate_detections(
@@ -540,9 +365,14 @@ def evaluate_detections(
             pos = gt_video_pos.get(vid, -1)
             if pos >= 0 and video_index[pos] >= 0:
                 grid[video_index[pos]] = (v_fps, v_frames)
-        gt_segments = _to_grid(gt_segments, *grid[gt_video].T)
-        amb_segments = _to_grid(amb_segments, *grid[amb_video].T)
-        pred_segments = _to_grid(pred_segments, *grid[pred_video].T)
+
+        def to_grid(segments: np.ndarray, video: np.ndarray) -> np.ndarray:
+            # seconds -> snippet indices with Python's round (half to even), ends exclusive
+            return np.rint(seconds_to_snippets(segments, grid[video, :1], grid[video, 1:]))
+
+        gt_segments = to_grid(gt_segments, gt_video)
+        amb_segments = to_grid(amb_segments, amb_video)
+        pred_segments = to_grid(pred_segments, pred_video)
         # an empty prediction range would never match: the reference widens it to one snippet
         pred_segments[:, 1] = np.maximum(pred_segments[:, 1], pred_segments[:, 0] + 1)
 
@@ -604,7 +434,7 @@ def evaluate_detections(
         ap_per_class=ap,
         map_per_tiou=map_per_tiou,
         average=float(map_per_tiou.mean()),
-        averages=_named_averages(thresholds, map_per_tiou),
+        averages=named_averages(thresholds, map_per_tiou),
         num_videos=num_videos,
         num_ground_truth=len(gt_class),
         num_predictions=len(res.labels),
@@ -614,35 +444,3 @@ def evaluate_detections(
         ignored_ambiguous=ignored_ambiguous,
         classes_without_predictions=tuple(np.asarray(class_names, dtype=object)[empty]),
     )
-
-
-def classification_map(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Video-level classification mAP (W-TALC ``getClassificationMAP``), percent.
-
-    Per class: rank the videos by descending score (stable: earlier video first on ties)
-    and take the non-interpolated AP, the mean precision at the ranks of the positives.
-
-    Args:
-        scores: (N, C) float video-level class scores.
-        labels: (N, C) multi-hot ground truth (> 0 is positive).
-
-    Returns:
-        Mean AP over the classes with at least one positive video, in percent (the
-        reference divides by zero for a class without positives; we leave it out).
-
-    Raises:
-        ValueError: shapes differ, or no class has a positive video.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels) > 0
-    if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be (N, C)")
-    num_positives = labels.sum(axis=0)  # (C,)
-    if not num_positives.any():
-        raise ValueError("no class has a positive video")
-    order = np.argsort(-scores, axis=0, kind="stable")  # (N, C)
-    hits = np.take_along_axis(labels, order, axis=0)  # (N, C) in ranking order
-    precision = np.cumsum(hits, axis=0) / np.arange(1, len(scores) + 1)[:, None]
-    present = num_positives > 0
-    ap = (precision * hits).sum(axis=0)[present] / num_positives[present]
-    return float(100.0 * ap.mean())

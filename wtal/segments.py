@@ -60,18 +60,22 @@ def snippets_to_seconds(x: np.ndarray | float, fps: float, snippet_frames: float
     return np.asarray(x, dtype=np.float64) * (float(snippet_frames) / float(fps))
 
 
-def seconds_to_snippets(t: np.ndarray | float, fps: float, snippet_frames: float) -> np.ndarray:
+def seconds_to_snippets(
+    t: np.ndarray | float, fps: float | np.ndarray, snippet_frames: float | np.ndarray
+) -> np.ndarray:
     """Convert seconds to fractional snippet positions (inverse of :func:`snippets_to_seconds`).
 
     Args:
         t: times in seconds, any shape.
-        fps: frame rate of the features' source video.
-        snippet_frames: frames per feature snippet.
+        fps: frame rate of the features' source video; or an array broadcastable against
+            ``t`` (e.g. (N, 1) for (N, 2) segments of videos on different grids).
+        snippet_frames: frames per feature snippet, likewise.
 
     Returns:
-        float64 array of the same shape, snippet units (not rounded: callers choose).
+        float64 array of the broadcast shape, snippet units (not rounded: callers choose).
     """
-    return np.asarray(t, dtype=np.float64) * (float(fps) / float(snippet_frames))
+    rate = np.asarray(fps, dtype=np.float64) / np.asarray(snippet_frames, dtype=np.float64)
+    return np.asarray(t, dtype=np.float64) * rate
 
 
 def segment_tiou(
