@@ -931,8 +931,8 @@ def write_pseudo_plots(
     regeneration stored in ``RUN_DIR/last.pt``, with ground truth when the data is readable."""
     import numpy as np
 
+    from wtal.lp import solve_pseudo_labels_batch
     from wtal.plots import plot_pseudo_evolution, safe_file_names
-    from wtal.pseudo import solve_pseudo_labels_batch
 
     run_dir = Path(run_dir)
     state, rounds = _pseudo_rounds(run_dir)
