@@ -413,7 +413,7 @@ def _newton_bucket(A, b, rmask, cmask, w, schedule, tol, gap_tol, max_iter):
         if slope_eps is not None:  # mu is affine in eps on a fixed active set
             mu = mu_prev + (eps - eps_prev) * slope_eps
         mu = _newton_level(A, b, rmask, cmask, mu, eps, w, tol, max_iter)
-        theta, grad, u, sr, y = _dual(A, b, rmask, cmask, mu, eps, w)
+        _, grad, _, sr, y = _dual(A, b, rmask, cmask, mu, eps, w)
         if mu_prev is not None:
             slope_eps = (mu - mu_prev) / (eps - eps_prev)
             mu0 = np.clip(mu - eps * slope_eps, -w, w)  # dual extrapolated to eps = 0
