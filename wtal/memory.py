@@ -6,7 +6,8 @@
 * :class:`ClassMemory`: the inter-video memory, the best bases seen so far for each class.
 
 Everything is batched over padded videos and respects the (B, T) ``mask`` of valid snippets.
-:class:`wtal.model.WTALModel` composes these into its o / m / r branches.
+:class:`wtal.model.WTALModel` composes these, and the cosine helpers :func:`l2_normalize` and
+:func:`inverse_norm`, into its o / m / r branches.
 """
 
 from __future__ import annotations
@@ -17,20 +18,25 @@ import torch
 from torch import Tensor, nn
 
 RANDOM_WALK_METHODS = ("woodbury", "dense")
+"""Ways to solve the random walk's linear system (``model.walk_method``)."""
+NORM_EPS = 1e-9
+"""Added to every L2 norm before dividing by it."""
+ASSIGN_EPS = 1e-9
+"""Added to each basis' (prototype's) assignment sum over time before normalising by it."""
 
 
-def l2_normalize(x: Tensor, eps: float = 1e-9) -> Tensor:
-    """``x / (||x||_2 + eps)`` along the last dim (the reference calls it an L1 norm, Q13)."""
-    return x / (x.norm(dim=-1, keepdim=True) + eps)
+def l2_normalize(x: Tensor) -> Tensor:
+    """``x / (||x||_2 + NORM_EPS)`` along the last dim (the reference calls it an L1 norm, Q13)."""
+    return x / (x.norm(dim=-1, keepdim=True) + NORM_EPS)
 
 
-def inverse_norm(x: Tensor, eps: float = 1e-9) -> Tensor:
-    """``1 / (||x||_2 + eps)`` along the last dim, shape ``x.shape[:-1]``.
+def inverse_norm(x: Tensor) -> Tensor:
+    """``1 / (||x||_2 + NORM_EPS)`` along the last dim, shape ``x.shape[:-1]``.
 
     Cosine scores of snippet features are computed as ``(x @ c.T) * inverse_norm(x)``: the
     same numbers as normalising ``x`` first, without another (B, T, E) tensor and its backward.
     """
-    return 1.0 / (x.norm(dim=-1) + eps)
+    return 1.0 / (x.norm(dim=-1) + NORM_EPS)
 
 
 def em_bases(
@@ -40,8 +46,6 @@ def em_bases(
     *,
     iters: int = 2,
     sharpness: float = 5.0,
-    eps: float = 1e-9,
-    norm_eps: float = 1e-9,
     x_inv_norm: Tensor | None = None,
 ) -> Tensor:
     """Video-specific bases by EM over the valid snippets (main_branch.py:107-118).
@@ -52,9 +56,7 @@ def em_bases(
         init: (K, E) initial bases shared by all videos.
         iters: EM iterations.
         sharpness: multiplier of the cosine similarity inside the softmax over bases.
-        eps: added to the per-basis responsibility sum before normalising over time.
-        norm_eps: epsilon of the L2 normalisation.
-        x_inv_norm: (B, T) ``inverse_norm(x, norm_eps)`` when the caller already has it.
+        x_inv_norm: (B, T) ``inverse_norm(x)`` when the caller already has it.
 
     Returns:
         (B, K, E) bases; each is a responsibility-weighted mean of valid snippets.
@@ -62,13 +64,13 @@ def em_bases(
     # Cosine similarity with the snippet norm folded into the (K, T) product; padded
     # columns are zeroed with the mask.
     if x_inv_norm is None:
-        x_inv_norm = inverse_norm(x, norm_eps)
+        x_inv_norm = inverse_norm(x)
     x_scale = (x_inv_norm * mask.to(x.dtype))[:, None, :]  # (B, 1, T)
     mu = init.expand(x.shape[0], -1, -1)  # (B, K, E)
     for _ in range(iters):
-        sim = (l2_normalize(mu, norm_eps) @ x.transpose(1, 2)) * x_scale  # (B, K, T)
+        sim = (l2_normalize(mu) @ x.transpose(1, 2)) * x_scale  # (B, K, T)
         z = torch.softmax(sharpness * sim, dim=1) * mask[:, None, :]  # (B, K, T), padded cols 0
-        z_bar = z / (z.sum(-1, keepdim=True) + eps)  # normalised over time
+        z_bar = z / (z.sum(-1, keepdim=True) + ASSIGN_EPS)  # normalised over time
         mu = z_bar @ x  # (B, K, E)
     return mu
 
@@ -81,8 +83,6 @@ def random_walk(
     *,
     weight: float = 0.5,
     sharpness: float = 5.0,
-    eps: float = 1e-9,
-    norm_eps: float = 1e-9,
     method: str = "woodbury",
     x_inv_norm: Tensor | None = None,
 ) -> Tensor:
@@ -102,10 +102,8 @@ def random_walk(
         prototype_mask: (B, K) bool, valid prototypes; None means all are valid.
         weight: w in (0, 1), the propagation weight.
         sharpness: multiplier of the cosine similarity inside the softmax over prototypes.
-        eps: added to each prototype's assignment sum over time.
-        norm_eps: epsilon of the L2 normalisation.
         method: ``"woodbury"`` or ``"dense"``.
-        x_inv_norm: (B, T) ``inverse_norm(x, norm_eps)`` when the caller already has it.
+        x_inv_norm: (B, T) ``inverse_norm(x)`` when the caller already has it.
 
     Returns:
         (B, T, E) propagated features, 0 at padded snippets. A video without any valid
@@ -114,16 +112,16 @@ def random_walk(
     if method not in RANDOM_WALK_METHODS:
         raise ValueError(f"random walk method must be one of {RANDOM_WALK_METHODS}, not {method!r}")
     if x_inv_norm is None:
-        x_inv_norm = inverse_norm(x, norm_eps)
+        x_inv_norm = inverse_norm(x)
     x_scale = x_inv_norm[:, None, :]  # (B, 1, T)
-    logits = sharpness * (l2_normalize(prototypes, norm_eps) @ x.transpose(1, 2)) * x_scale
+    logits = sharpness * (l2_normalize(prototypes) @ x.transpose(1, 2)) * x_scale
     if prototype_mask is not None:
         # A masked-out prototype gets no probability; a video with none at all gets z = 0.
         logits = logits.masked_fill(~prototype_mask[:, :, None], torch.finfo(x.dtype).min)
     z = torch.softmax(logits, dim=1) * mask[:, None, :].to(x.dtype)  # (B, K, T)
     if prototype_mask is not None:
         z = z * prototype_mask[:, :, None].to(x.dtype)
-    z_bar = z / (z.sum(-1, keepdim=True) + eps)  # (B, K, T)
+    z_bar = z / (z.sum(-1, keepdim=True) + ASSIGN_EPS)  # (B, K, T)
     zt = z.transpose(1, 2)  # (B, T, K)
     w2 = weight**2
     if method == "dense":
@@ -172,11 +170,6 @@ class ClassMemory(nn.Module):
         self.register_buffer("queues", torch.zeros(num_classes, queue_len, embed_dim))
         self.register_buffer("scores", torch.zeros(num_classes, queue_len))
         self.register_buffer("num_filled", torch.zeros(num_classes, dtype=torch.long))
-
-    @property
-    def filled(self) -> Tensor:
-        """(C,) bool: the class's queue has been written since the last reset."""
-        return self.num_filled > 0
 
     @torch.no_grad()
     def reset(self) -> None:

@@ -34,6 +34,9 @@ from wtal.memory import (
     random_walk,
 )
 
+ATTENTION_EPS = 1e-5
+"""Added to the attention (class-wise weight) sums over time before pooling by them."""
+
 
 class BranchOutput(NamedTuple):
     """What the prediction module returns for one branch (padded positions are 0)."""
@@ -90,9 +93,6 @@ class WTALModel(nn.Module):
         queue_len: memory slots per class.
         memory_index_bug: reproduce the reference's class-0 memory indexing (§7 Q1).
         memory_mask_empty: mask never-written memory slots instead of using zero vectors.
-        norm_eps: epsilon of every L2 normalisation.
-        attention_eps: added to attention sums before pooling over time.
-        em_eps: added to assignment sums over time in EM and the random walk.
         generator: RNG for the initial weights (None: torch's global RNG).
     """
 
@@ -113,9 +113,6 @@ class WTALModel(nn.Module):
         queue_len: int = 5,
         memory_index_bug: bool = False,
         memory_mask_empty: bool = False,
-        norm_eps: float = 1e-9,
-        attention_eps: float = 1e-5,
-        em_eps: float = 1e-9,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -123,14 +120,13 @@ class WTALModel(nn.Module):
             raise ValueError(f"walk_method must be one of {RANDOM_WALK_METHODS}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), not {dropout}")
-        self.feat_dim, self.num_classes, self.embed_dim = feat_dim, num_classes, embed_dim
+        self.feat_dim, self.embed_dim = feat_dim, embed_dim
         self.scale, self.em_iters, self.em_sharpness = scale, em_iters, em_sharpness
         self.walk_sharpness, self.walk_weight, self.walk_method = (
             walk_sharpness,
             walk_weight,
             walk_method,
         )
-        self.norm_eps, self.attention_eps, self.em_eps = norm_eps, attention_eps, em_eps
 
         # Xavier-uniform weights, zero bias; the foreground centre starts as minus the
         # background centre (main_branch.py:87-101).
@@ -165,8 +161,6 @@ class WTALModel(nn.Module):
             proto_mask,
             weight=self.walk_weight,
             sharpness=self.walk_sharpness,
-            eps=self.em_eps,
-            norm_eps=self.norm_eps,
             method=self.walk_method,
             x_inv_norm=x_inv_norm,
         )
@@ -175,21 +169,21 @@ class WTALModel(nn.Module):
         """Prediction module PM (main_branch.py:154-206) on (B, T, E) features."""
         valid = mask.to(x.dtype)  # (B, T)
         if x_inv_norm is None:
-            x_inv_norm = inverse_norm(x, self.norm_eps)
+            x_inv_norm = inverse_norm(x)
         x_scale = self.scale * x_inv_norm * valid  # (B, T), 0 when padded
-        centers = l2_normalize(self.class_centers, self.norm_eps)  # (C+1, E)
-        foreground = l2_normalize(self.foreground_center, self.norm_eps)  # (1, E)
+        centers = l2_normalize(self.class_centers)  # (C+1, E)
+        foreground = l2_normalize(self.foreground_center)  # (1, E)
         # One (B, T, C+2) product for the class and the foreground scores.
         scores = (x @ torch.cat([centers, foreground]).T) * x_scale[..., None]  # (B, T, C+2)
         logits = scores[..., :-1]  # (B, T, C+1)
         attention = torch.sigmoid(scores[..., -1]) * valid  # (B, T)
         weights_cw = torch.sigmoid(logits) * valid[..., None]  # (B, T, C+1)
-        weights_ca = attention / (attention.sum(1, keepdim=True) + self.attention_eps)
-        weights_cw = weights_cw / (weights_cw.sum(1, keepdim=True) + self.attention_eps)
+        weights_ca = attention / (attention.sum(1, keepdim=True) + ATTENTION_EPS)
+        weights_cw = weights_cw / (weights_cw.sum(1, keepdim=True) + ATTENTION_EPS)
         video_ca = torch.einsum("bt,bte->be", weights_ca, x)  # (B, E)
         video_cw = torch.einsum("btc,bte->bce", weights_cw, x)  # (B, C+1, E)
-        scores_ca = self.scale * (l2_normalize(video_ca, self.norm_eps) @ centers.T)
-        scores_cw = self.scale * (l2_normalize(video_cw, self.norm_eps) * centers).sum(-1)
+        scores_ca = self.scale * (l2_normalize(video_ca) @ centers.T)
+        scores_cw = self.scale * (l2_normalize(video_cw) * centers).sum(-1)
         return BranchOutput(
             torch.softmax(scores_ca, -1), torch.softmax(scores_cw, -1), attention, logits
         )
@@ -230,7 +224,7 @@ class WTALModel(nn.Module):
             hidden = hidden * keep * (1.0 / (1.0 - self.dropout))
         embedded = hidden.new_zeros(batch, length, self.embed_dim).index_put((mask,), hidden)
         # Shared by EM, both random walks and the o branch: one norm (and one backward).
-        inv_norm = inverse_norm(embedded, self.norm_eps)  # (B, T)
+        inv_norm = inverse_norm(embedded)  # (B, T)
 
         bases = em_bases(
             embedded,
@@ -238,16 +232,14 @@ class WTALModel(nn.Module):
             self.basis_init,
             iters=self.em_iters,
             sharpness=self.em_sharpness,
-            eps=self.em_eps,
-            norm_eps=self.norm_eps,
             x_inv_norm=inv_norm,
         )  # (B, K, E)
         propagated = self._walk(embedded, inv_norm, bases, mask, None)  # (B, T, E)
         o = self._predict(embedded, mask, inv_norm)
         m = self._predict(propagated, mask)
-        centers = l2_normalize(self.class_centers, self.norm_eps)
+        centers = l2_normalize(self.class_centers)
         basis_scores = torch.softmax(
-            self.scale * (l2_normalize(bases, self.norm_eps) @ centers.T), -1
+            self.scale * (l2_normalize(bases) @ centers.T), -1
         )  # (B, K, C+1)
 
         r = None
