@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wtal.config import Config, config_to_dict, load_config
+from wtal.config import Config, config_to_dict
+from wtal.configfile import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "| field | wtal default | authors' value | why |"

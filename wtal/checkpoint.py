@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from wtal import distributed
-from wtal.config import Config, config_from_dict, config_to_dict
+from wtal.config import Config, config_to_dict
+from wtal.configfile import config_from_dict
 from wtal.data import FeatureDataset
 from wtal.io import InputError, atomic_path
 from wtal.model import WTALModel
