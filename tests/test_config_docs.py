@@ -9,7 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
-from tools.config_docs import END, PAGE, START, config_markdown
+from tools.config_docs import END, PAGE, START, config_markdown, main
 from wtal.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,36 +49,32 @@ def test_rows_carry_the_docstring_and_the_default():
     assert "(`wtal.config`)" in text  # names the module that defines the dataclasses
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.config_docs", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-
-
 def test_module_rewrites_only_the_block_in_place(tmp_path):
     page = tmp_path / "configuration.md"
     before, after = "# Configuration\n\nText before.\n\n", "\n\nText after.\n"
     page.write_text(f"{before}{START}\nstale rows\n{END}{after}")
-    assert _run(str(page), "--check").returncode == 1
+    assert main([str(page), "--check"]) == 1
     assert "stale rows" in page.read_text()  # --check writes nothing
-    result = _run(str(page))
+    result = subprocess.run(  # the `python -m` entry, from the repository root
+        [sys.executable, "-m", "tools.config_docs", str(page)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert page.read_text() == f"{before}{START}\n{config_markdown()}{END}{after}"
-    assert _run(str(page), "--check").returncode == 0
+    assert main([str(page), "--check"]) == 0
     unchanged = page.stat().st_mtime_ns
-    assert _run(str(page)).returncode == 0
+    assert main([str(page)]) == 0
     assert page.stat().st_mtime_ns == unchanged  # a current page is not rewritten
 
 
-def test_module_refuses_a_page_without_one_pair_of_markers(tmp_path):
+def test_module_refuses_a_page_without_one_pair_of_markers(tmp_path, capsys):
     page = tmp_path / "configuration.md"
     text = f"{START}\n{END}\n{START}\n{END}\n"
     page.write_text(text)
-    result = _run(str(page))
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {page}: expected one "), result.stderr
-    assert "Traceback" not in result.stderr
+    assert main([str(page)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {page}: expected one {START} line followed by one {END} line\n"
+    )
     assert page.read_text() == text
