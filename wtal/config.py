@@ -10,13 +10,9 @@ defaults), ``--set a.b=v`` overrides and saving are :mod:`wtal.configfile`'s job
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
-import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from wtal.configcheck import Range, allowed, check, check_fields, check_increasing
@@ -362,69 +358,3 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         return x
 
     return plain(dataclasses.asdict(cfg))
-
-
-# ----------------------------------------------------------------------------- reference docs
-
-
-def _field_docs(source: str) -> dict[str, tuple[str, dict[str, tuple[str, str]]]]:
-    """``{class name: (class docstring, {field: (annotation text, docstring)})}`` from the
-    docstrings written under the fields of the dataclasses in ``source``."""
-    docs = {}
-    for node in ast.parse(source).body:
-        if not isinstance(node, ast.ClassDef):
-            continue
-        fields: dict[str, tuple[str, str]] = {}
-        body = node.body
-        for stmt, after in zip(body, [*body[1:], None], strict=True):
-            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                doc = ""
-                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-                    doc = str(after.value.value)
-                fields[stmt.target.id] = (ast.unparse(stmt.annotation), doc)
-        docs[node.name] = (ast.get_docstring(node) or "", fields)
-    return docs
-
-
-def _markdown_text(doc: str) -> str:
-    """One Markdown table cell from a docstring: one line, RST roles and literals as code."""
-    text = " ".join(doc.split())
-    text = re.sub(r":\w+:(`[^`]+`)", r"\1", text).replace("``", "`")
-    return text.replace("|", "\\|")
-
-
-def config_markdown() -> str:
-    """The configuration reference in Markdown: one table per section of :class:`Config`
-    (key, type, default, description), generated from this module's dataclasses and the
-    docstrings under their fields. The README embeds it (a test keeps the two equal)."""
-    docs = _field_docs(Path(__file__).read_text())
-    hints = typing.get_type_hints(Config)
-    lines = [
-        "Generated from `wtal/config.py` by `python -m wtal.config --markdown`; edit the",
-        "docstrings there, then paste the output here. Defaults are YAML (JSON) values.",
-    ]
-    for section in dataclasses.fields(Config):
-        cls = hints[section.name]
-        class_doc, field_docs = docs[cls.__name__]
-        defaults = config_to_dict(Config())[section.name]
-        lines += ["", f"#### `{section.name}`", ""]
-        if class_doc:
-            lines += [_markdown_text(class_doc.split("\n\n")[0]), ""]
-        lines += ["| key | type | default | description |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            annotation, doc = field_docs[f.name]
-            default = json.dumps(defaults[f.name])
-            annotation = annotation.replace("|", "\\|")  # GFM: a bare | splits the cell
-            lines.append(
-                f"| `{section.name}.{f.name}` | `{annotation}` | `{default}` | "
-                f"{_markdown_text(doc)} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":  # python -m wtal.config --markdown
-    import sys
-
-    if sys.argv[1:] != ["--markdown"]:
-        raise SystemExit("usage: python -m wtal.config --markdown")
-    print(config_markdown(), end="")
