@@ -121,8 +121,8 @@ class LossConfig:
     """0-based epochs at which the next value of ``spl_weights`` starts (method.py:233-259)."""
     spl_weights: tuple[float, ...] = allowed((1.0, 0.5, 0.5), _NON_NEGATIVE)
     """λ_spl: 1.0 for e <= 100, 0.5 after. The authors raise it back to 1.0 after e = 200
-    (``(1.0, 0.5, 1.0)``, configs/thumos14_reference.yaml); chosen on a validation split (README,
-    *Results*): that jump alone costs 5-6 validation mAP within 10 epochs, with or without
+    (``(1.0, 0.5, 1.0)``, configs/thumos14_reference.yaml); chosen on a validation split
+    (docs/results.md): that jump alone costs 5-6 validation mAP within 10 epochs, with or without
     pseudo labels, and the low learning rate after e = 245 never wins it back."""
 
     def __post_init__(self) -> None:
@@ -270,8 +270,9 @@ class PseudoConfig:
     """Cap on λ_dist (``--max_dist_weight``)."""
     reset_memory: bool = False
     """Zero the inter-video memory at every regeneration, as the authors do (method.py:173;
-    configs/thumos14_reference.yaml). Off by default, chosen on a validation split (README,
-    *Results*): keeping the memory gained 1.3-2.0 validation mAP on each of 3 training seeds."""
+    configs/thumos14_reference.yaml). Off by default, chosen on a validation split
+    (docs/results.md): keeping the memory gained 1.3-2.0 validation mAP on each of 3
+    training seeds."""
     fusion: str | None = None
     """Fusion of the pseudo-label detections (same choices as ``detect.fusion``); None uses
     ``detect.fusion``. E.g. ``nms`` pseudo labels while the test detections keep Gaussian
