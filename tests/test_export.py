@@ -13,7 +13,7 @@ import torch
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.engine import fit
 from wtal.lp import solve_pseudo_labels
 from wtal.pseudo import pseudo_annotations

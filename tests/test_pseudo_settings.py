@@ -12,7 +12,8 @@ import torch
 
 import wtal.engine as engine
 import wtal.inference as inference
-from wtal.config import ConfigError, load_config
+from wtal.configcheck import ConfigError
+from wtal.configfile import load_config
 from wtal.engine import build_model, evaluate_model, generate_pseudo_labels, open_datasets
 from wtal.lp import lp_regions, solve_pseudo_labels
 from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width

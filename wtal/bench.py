@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from wtal.config import Config, load_config
+from wtal.config import Config
+from wtal.configfile import load_config
 from wtal.io import InputError, atomic_path, read_json, write_json
 
 STAGES = {

@@ -251,7 +251,7 @@ def _absolute_data_path(cfg: Config, config_path: str | None) -> Config:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from wtal import distributed
-    from wtal.config import load_config
+    from wtal.configfile import load_config
     from wtal.engine import fit, resolve_device
 
     overrides = list(args.set or [])
@@ -529,7 +529,8 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     import warnings
 
     from wtal.cascache import load_predictions
-    from wtal.config import Config, config_from_dict, config_to_dict
+    from wtal.config import Config, config_to_dict
+    from wtal.configfile import config_from_dict
     from wtal.engine import score_results
     from wtal.evaluation import load_ground_truth, resolve_subset
     from wtal.inference import results_from_predictions
@@ -746,7 +747,7 @@ def _fresh_folder(path: Path) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from wtal.config import load_config
+    from wtal.configfile import load_config
     from wtal.data import check_dataset
     from wtal.engine import fit
     from wtal.synth import PRESETS, write_synthetic
@@ -1034,7 +1035,7 @@ def _add_pseudo_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from wtal.bench import format_bench, run_seeds, summarize_seeds, write_bench
-    from wtal.config import load_config
+    from wtal.configfile import load_config
 
     items = [s.strip() for s in args.seeds.split(",") if s.strip()]
     if not all(s.isascii() and s.isdigit() for s in items):  # int() would take "1_0" as 10

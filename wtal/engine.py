@@ -38,7 +38,8 @@ from wtal.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from wtal.config import Config, config_to_dict, save_config
+from wtal.config import Config, config_to_dict
+from wtal.configfile import save_config
 from wtal.data import Batch, FeatureDataset, Problem, collate, split_batch
 from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
