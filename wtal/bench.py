@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from wtal.config import Config, load_config
+from wtal.config import Config
+from wtal.configfile import load_config
 from wtal.io import InputError, atomic_path, check_output_folder, read_json, write_json
 from wtal.tables import format_metrics_table
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wtal import engine
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.data import check_dataset
 from wtal.io import InputError, atomic_path, check_output_folder
 from wtal.plots import plot_map_vs_tiou, write_timelines

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from wtal.config import Config, load_config
+from wtal.config import Config
+from wtal.configfile import load_config
 from wtal.io import InputError, check_output_folder
 
 

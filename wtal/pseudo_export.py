@@ -21,8 +21,9 @@ from wtal.checkpoint import checkpoint_config, load_checkpoint
 from wtal.config import Config
 from wtal.engine import open_split, report_warnings
 from wtal.io import InputError, check_output_file, write_json
+from wtal.lp import solve_pseudo_labels_batch
 from wtal.plots import plot_pseudo_evolution, safe_file_names
-from wtal.pseudo import pseudo_annotations, solve_pseudo_labels_batch
+from wtal.pseudo import pseudo_annotations
 
 log = logging.getLogger(__name__)
 

@@ -230,7 +230,8 @@ def postprocess_cache(
         InputError: bad input of any kind (nothing is written then).
     """
     from wtal.cascache import load_predictions
-    from wtal.config import Config, config_from_dict, config_to_dict
+    from wtal.config import Config, config_to_dict
+    from wtal.configfile import config_from_dict
     from wtal.engine import score_results
     from wtal.evaluation import load_ground_truth, resolve_subset
     from wtal.inference import results_from_predictions
