@@ -18,7 +18,8 @@ import torch
 
 from wtal.cascache import load_predictions
 from wtal.cli import main
-from wtal.config import config_to_dict, load_config
+from wtal.config import config_to_dict
+from wtal.configfile import load_config
 from wtal.data import FeatureDataset
 from wtal.engine import build_model
 from wtal.evaluation import evaluate_detections

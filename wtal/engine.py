@@ -39,7 +39,8 @@ from wtal.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from wtal.config import Config, config_to_dict, save_config
+from wtal.config import Config, config_to_dict
+from wtal.configfile import save_config
 from wtal.data import Batch, FeatureDataset, collate, split_batch
 from wtal.data.split import validation_split
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
@@ -48,15 +49,10 @@ from wtal.evaluation import TIOU_PRESETS, evaluate_detections
 from wtal.inference import Prediction, detect, detections_to_results, predict
 from wtal.io import InputError, read_json, write_json
 from wtal.losses import base_losses, pseudo_label_loss
+from wtal.lp import solve_pseudo_labels_batch
 from wtal.metrics import classification_map
 from wtal.model import ModelOutput, WTALModel
-from wtal.pseudo import (
-    pseudo_label_quality,
-    pseudo_target,
-    solve_pseudo_labels_batch,
-    summarize_quality,
-    update_history,
-)
+from wtal.pseudo import pseudo_label_quality, pseudo_target, summarize_quality, update_history
 from wtal.runlock import RunLock
 from wtal.runlog import JsonlLog
 from wtal.segments import seconds_to_snippets
