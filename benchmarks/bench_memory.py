@@ -97,7 +97,7 @@ def measure(data: Path, reader: str) -> dict[str, float]:
     """One training epoch and one predict pass in this process; peak RSS and time."""
     import torch
 
-    from wtal.config import load_config
+    from wtal.configfile import load_config
     from wtal.data import collate
     from wtal.data.split import open_datasets
     from wtal.engine import train_one_epoch

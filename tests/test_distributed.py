@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from wtal import distributed
 from wtal.checkpoint import load_checkpoint
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.data import FeatureDataset, collate
 from wtal.engine import fit
 from wtal.synth import THUMOS, write_synthetic

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from wtal.checkpoint import load_checkpoint
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.data import FeatureDataset
 from wtal.engine import fit
 from wtal.inference import load_trained_model, predict

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from wtal.config import ConfigError, DetectConfig
+from wtal.config import DetectConfig
+from wtal.configcheck import ConfigError
 from wtal.fusion import (
     gaussian_fuse,
     greedy_clusters,

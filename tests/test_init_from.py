@@ -13,7 +13,7 @@ import yaml
 
 from wtal.checkpoint import file_sha256, load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.data.split import open_datasets
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
 from wtal.engine import fit

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.losses import (
     attention_loss,
     base_losses,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.schedule import (
     dist_weight,
     in_pseudo_stage,

@@ -13,7 +13,7 @@ import wtal.engine as engine
 from wtal.bench import format_bench, summarize_seeds
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.data.split import held_out_count, open_datasets, open_validation, validation_split
 from wtal.engine import fit
 from wtal.io import InputError

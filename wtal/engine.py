@@ -33,7 +33,8 @@ from wtal.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from wtal.config import Config, config_to_dict, save_config
+from wtal.config import Config, config_to_dict
+from wtal.configfile import save_config
 from wtal.data import Batch, FeatureDataset, split_batch
 from wtal.data.split import check_splits, open_datasets, open_validation, report_warnings
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot

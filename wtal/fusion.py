@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from wtal.proposals import Segments
+from wtal.segments import segment_tiou
 
 OVERLAP_MEASURES: tuple[str, ...] = ("ratio", "iou")
 """``"ratio"``: the reference's ``max(0, min(e) - max(s) + 1) / (e_j - s_j + 1)``, the
@@ -56,9 +57,7 @@ def _overlap(a_s: Tensor, a_e: Tensor, o_s: Tensor, o_e: Tensor, measure: str) -
         inter = torch.clamp(torch.minimum(a_e, o_e) - torch.maximum(a_s, o_s) + 1, min=0)
         return inter / (o_e - o_s + 1)
     if measure == "iou":
-        inter = torch.clamp(torch.minimum(a_e, o_e) - torch.maximum(a_s, o_s), min=0)
-        union = (a_e - a_s) + (o_e - o_s) - inter
-        return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+        return segment_tiou(a_s, a_e, o_s, o_e)
     raise ValueError(f"overlap measure must be one of {OVERLAP_MEASURES}, got {measure!r}")
 
 

@@ -16,9 +16,10 @@ from wtal import distributed
 from wtal.config import Config
 from wtal.data import FeatureDataset
 from wtal.inference import Prediction, detect, predict_as_configured
+from wtal.lp import solve_pseudo_labels_batch
 from wtal.model import WTALModel
 from wtal.proposals import Segments
-from wtal.pseudo import pseudo_label_quality, solve_pseudo_labels_batch, summarize_quality
+from wtal.pseudo import pseudo_label_quality, summarize_quality
 from wtal.segments import seconds_to_snippets
 
 

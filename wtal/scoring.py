@@ -17,8 +17,9 @@ from wtal import distributed
 from wtal.cascache import save_predictions
 from wtal.config import Config
 from wtal.data import FeatureDataset
-from wtal.evaluation import TIOU_PRESETS, classification_map, evaluate_detections
+from wtal.evaluation import TIOU_PRESETS, evaluate_detections
 from wtal.inference import Prediction, detections_to_results, predict_as_configured
+from wtal.metrics import classification_map
 from wtal.model import WTALModel
 
 

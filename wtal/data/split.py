@@ -24,9 +24,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from wtal.annotations import Problem
 from wtal.config import Config
 from wtal.data.dataset import FeatureDataset
-from wtal.data.layouts import Problem
 from wtal.io import InputError
 
 log = logging.getLogger("wtal")
