@@ -97,10 +97,11 @@ def measure(data: Path, reader: str) -> dict[str, float]:
     """One training epoch and one predict pass in this process; peak RSS and time."""
     import torch
 
-    from wtal.config import load_config
+    from wtal.configfile import load_config
     from wtal.data import collate
-    from wtal.engine import build_model, open_datasets, train_one_epoch
-    from wtal.inference import predict
+    from wtal.data.split import open_datasets
+    from wtal.engine import train_one_epoch
+    from wtal.inference import build_model, predict_as_configured
 
     cfg = load_config(None, [f"data.path={str(data)!r}", "train.device='cpu'"])
     train_set, _, test_set = open_datasets(cfg)
@@ -121,14 +122,7 @@ def measure(data: Path, reader: str) -> dict[str, float]:
     device = torch.device("cpu")
     start = time.perf_counter()
     train_one_epoch(model, loader, optimizer, cfg, 0, device, progress=False)
-    preds = predict(
-        model,
-        test_set,
-        device,
-        video_mix=cfg.detect.video_mix,
-        cas_mix=cfg.detect.cas_mix,
-        batch_size=cfg.train.batch_size,
-    )
+    preds = predict_as_configured(model, test_set, cfg, device)
     assert len(preds) == len(test_set)
     return {"peak_mb": peak_rss_mb(), "time_s": time.perf_counter() - start}
 

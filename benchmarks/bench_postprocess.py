@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wtal.fusion import detect
-from wtal.proposals import DEFAULT_THRESHOLDS
+from wtal.config import DetectConfig
+from wtal.inference import detect_segments
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "data" / "reference_outputs" / "postprocess_lp_parity.npz"
 
 CLASS_THRESHOLD = 0.16  # reference video-score filter
+THRESHOLDS = np.arange(0.001, 0.04, 0.002)  # reference CAS thresholds 0.001 ... 0.039
 OUTER_SCALE, OUTER_POWER = 0.0785, 0.9  # reference outer band 0.0785 * L**0.9
 MIN_LENGTH = 2  # reference minimum run length
 OVERLAP_THRESHOLD = 0.25  # reference fusion overlap
@@ -94,7 +95,7 @@ def reference_fuse(proposals: list[list[float]], temperature: float) -> list[lis
 
 def reference_detect(cas: np.ndarray, video_scores: np.ndarray, temperature: float):
     """Per class: filter, proposals, fusion. Returns ({class: (M, 3) array}, #proposals)."""
-    thresholds = np.asarray(DEFAULT_THRESHOLDS)
+    thresholds = THRESHOLDS
     out, count = {}, 0
     for c in range(cas.shape[1]):
         if video_scores[c] < CLASS_THRESHOLD:
@@ -139,9 +140,10 @@ def compare(name, cas, video_scores, temperature, float32_means, repeats):
         lambda: reference_detect(ref_input, video_scores, temperature), max(1, repeats // 2)
     )
     cas_t = torch.from_numpy(cas)
+    dcfg = DetectConfig(float32_means=float32_means)  # otherwise the reference's settings
 
     def ours():
-        return detect(cas_t, video_scores, temperature=temperature, float32_means=float32_means)
+        return detect_segments(cas_t, video_scores, dcfg, temperature=temperature)
 
     ours()  # warm-up
     t_ours, out = best_time(ours, repeats * 4)

@@ -39,7 +39,8 @@ import torch
 
 from wtal.config import Config, DataConfig, ModelConfig, TrainConfig
 from wtal.data import Video, collate
-from wtal.engine import build_model, train_one_epoch
+from wtal.engine import train_one_epoch
+from wtal.inference import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 DURATIONS = REPO.parent / "shared" / "data" / "thumos14_wtalc_reduced"

@@ -43,7 +43,7 @@ def tiny_run() -> Callable[..., tuple[Path, Path, Path]]:
     """``make(root, config, run="run", **spec) -> (data, config_path, run_dir)``: a tiny
     synthetic dataset in ``root/data`` (:data:`TINY_SPEC`, fields overridden by ``spec``),
     ``config`` (a dict) written to ``root/tiny.yaml``, and a finished training run of it."""
-    from wtal.config import load_config
+    from wtal.configfile import load_config
     from wtal.engine import fit
 
     def make(root: Path, config: dict, run: str = "run", **spec) -> tuple[Path, Path, Path]:

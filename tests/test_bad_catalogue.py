@@ -473,12 +473,12 @@ def test_through_the_real_entry_point(kind, base, tmp_path):
 
 def test_demo_with_zero_plots_draws_only_the_curve(base, tmp_path, monkeypatch, capsys):
     """``--plots 0`` skips the timelines instead of failing after the training."""
-    from wtal import cli
+    from wtal import demo
 
     calls = []
-    monkeypatch.setattr(cli, "write_timelines", lambda *a, **k: calls.append(a) or [])
-    monkeypatch.setattr(cli, "write_pseudo_plots", lambda *a, **k: calls.append(a) or [])
-    monkeypatch.setattr("wtal.plots.plot_map_vs_tiou", lambda curves, path, title: None)
+    monkeypatch.setattr(demo, "write_timelines", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(demo, "write_pseudo_plots", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(demo, "plot_map_vs_tiou", lambda curves, path, title: None)
     metrics = json.loads((base.run / "metrics.json").read_text())
-    paths = cli._demo_plots(tmp_path, base.data, metrics, metrics, 0)
+    paths = demo.demo_plots(tmp_path, base.data, metrics, metrics, 0)
     assert paths == [tmp_path / "plots" / "map_vs_tiou.png"] and calls == []

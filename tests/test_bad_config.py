@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from wtal.cli import main
-from wtal.config import RANGES, Config, ConfigError, Range, config_from_dict, load_config
+from wtal.config import RANGES, Config
+from wtal.configcheck import ConfigError, Range
+from wtal.configfile import config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = typing.get_type_hints(Config)
@@ -70,7 +72,29 @@ def _bad_values() -> list[tuple[str, str, float]]:
 def test_every_numeric_field_declares_its_range():
     declared = {f"{section}.{name}" for section, name, _ in NUMERIC}
     assert len(declared) > 40
-    assert declared == set(RANGES), "declare the allowed values of each numeric field in RANGES"
+    assert declared == set(RANGES), "declare each numeric field with allowed(default, Range)"
+
+
+CHOICES = {
+    f"{section}.{f.name}": f.metadata["choices"]
+    for section, cls in SECTIONS.items()
+    for f in dataclasses.fields(cls)
+    if "choices" in f.metadata
+}
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_field_with_choices_refuses_others_and_lists_them(key):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({section: {name: "bogus"}}, source="cfg.yaml")
+    message = str(exc.value)
+    assert message.startswith(f"cfg.yaml: {key} = 'bogus': expected "), message
+    assert all(choice in message for choice in CHOICES[key]), message
+    for choice in CHOICES[key]:
+        assert (
+            getattr(getattr(config_from_dict({section: {name: choice}}), section), name) == choice
+        )
 
 
 @pytest.mark.parametrize(

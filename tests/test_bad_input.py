@@ -25,8 +25,9 @@ import torch
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
-from wtal.engine import fit, open_datasets
+from wtal.configfile import load_config
+from wtal.data.split import open_datasets
+from wtal.engine import fit
 from wtal.io import InputError
 
 TINY = {

@@ -21,7 +21,7 @@ import torch
 
 import wtal.evaluation
 from wtal.cli import main
-from wtal.config import load_config, save_config
+from wtal.configfile import load_config, save_config
 from wtal.engine import fit
 
 TINY = {

@@ -1,4 +1,5 @@
-"""The configuration reference: generated from config.py, and the README's copy is current."""
+"""The configuration reference: generated from the config dataclasses, and the copy in
+docs/configuration.md is current."""
 
 from __future__ import annotations
 
@@ -8,19 +9,18 @@ import sys
 import typing
 from pathlib import Path
 
-from wtal.config import Config, config_markdown
+from tools.config_docs import END, PAGE, START, config_markdown, main
+from wtal.config import Config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- config-docs:start -->", "<!-- config-docs:end -->"
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_readme_holds_the_generated_reference():
-    text = README.read_text()
+def test_the_docs_hold_the_generated_reference():
+    text = PAGE.read_text()
     assert text.count(START) == 1 and text.count(END) == 1
     embedded = text.split(START)[1].split(END)[0]
     assert embedded.strip() == config_markdown().strip(), (
-        "README's config reference is stale: paste the output of "
-        "`python -m wtal.config --markdown` between the config-docs markers"
+        "docs/configuration.md's config reference is stale: run `python -m tools.config_docs`"
     )
 
 
@@ -45,14 +45,36 @@ def test_rows_carry_the_docstring_and_the_default():
     ) in text
     assert "| `train.lr_milestones` | `tuple[int, ...]` | `[80, 200, 245, 260]` |" in text
     assert "| `pseudo.delta_clamp_min` | `float \\| None` | `null` |" in text  # escaped pipe
-    assert "#### `model`\n\nKeyword arguments of `wtal.model.WTALModel`" in text
+    assert "\n### `model`\n\nKeyword arguments of `wtal.model.WTALModel`" in text
+    assert "(`wtal.config`)" in text  # names the module that defines the dataclasses
 
 
-def test_module_prints_it():
-    out = subprocess.run(
-        [sys.executable, "-m", "wtal.config", "--markdown"],
+def test_module_rewrites_only_the_block_in_place(tmp_path):
+    page = tmp_path / "configuration.md"
+    before, after = "# Configuration\n\nText before.\n\n", "\n\nText after.\n"
+    page.write_text(f"{before}{START}\nstale rows\n{END}{after}")
+    assert main([str(page), "--check"]) == 1
+    assert "stale rows" in page.read_text()  # --check writes nothing
+    result = subprocess.run(  # the `python -m` entry, from the repository root
+        [sys.executable, "-m", "tools.config_docs", str(page)],
+        cwd=REPO,
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    assert out == config_markdown()
+    )
+    assert result.returncode == 0, result.stderr
+    assert page.read_text() == f"{before}{START}\n{config_markdown()}{END}{after}"
+    assert main([str(page), "--check"]) == 0
+    unchanged = page.stat().st_mtime_ns
+    assert main([str(page)]) == 0
+    assert page.stat().st_mtime_ns == unchanged  # a current page is not rewritten
+
+
+def test_module_refuses_a_page_without_one_pair_of_markers(tmp_path, capsys):
+    page = tmp_path / "configuration.md"
+    text = f"{START}\n{END}\n{START}\n{END}\n"
+    page.write_text(text)
+    assert main([str(page)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {page}: expected one {START} line followed by one {END} line\n"
+    )
+    assert page.read_text() == text

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from wtal.config import Config, config_to_dict, load_config
+from wtal.config import Config, config_to_dict
+from wtal.configfile import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "wtal" / "configs"
 

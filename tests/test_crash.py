@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from wtal.checkpoint import FAULT_ENV, load_checkpoint
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.engine import fit
 from wtal.runlog import JsonlLog
 

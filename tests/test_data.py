@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.annotations import VideoAnnotation, is_positive_finite, parse_ground_truth
 from wtal.data import (
     FeatureDataset,
     Video,
-    VideoAnnotation,
     collate,
     length_groups,
     resample,
@@ -20,6 +20,7 @@ from wtal.data import (
     write_pervideo,
     write_wtalc,
 )
+from wtal.evaluation import evaluate_detections
 from wtal.io import InputError
 from wtal.segments import snippets_to_seconds
 
@@ -233,28 +234,59 @@ def test_dataset_all_subsets_and_bad_subset(tiny):
 def test_ground_truth_format(tiny):
     root, records = tiny[0], tiny[1]
     gt = FeatureDataset(root / "wt", "test").ground_truth()
-    assert gt["classes"] == ["Diving", "HighJump", "Shotput"]
-    assert list(gt["database"]) == ["vid3", "vid4"]
-    entry = gt["database"]["vid4"]
-    assert entry["subset"] == "test" and entry["fps"] == 25.0
-    assert entry["duration"] == records[4].duration_s
-    assert entry["annotations"] == [
-        {"segment": seg, "label": name}
-        for seg, name in zip(records[4].segments_s.tolist(), records[4].segment_labels, strict=True)
-    ]
-    assert entry["ambiguous"] == [[0.1, 0.5]]
+    assert gt.video_ids == ["vid3", "vid4"] and gt.subsets == ["test", "test"]
+    rows = gt.ann_video == 1  # vid4's instances
+    assert gt.ann_segments[rows].tolist() == records[4].segments_s.tolist()
+    assert [name for name, r in zip(gt.ann_labels, rows, strict=True) if r] == records[
+        4
+    ].segment_labels
+    assert gt.amb_video.tolist() == [1] and gt.amb_segments.tolist() == [[0.1, 0.5]]
+
+
+@pytest.mark.parametrize("layout", ["pv", "wt"])
+def test_ground_truth_is_what_parsing_its_json_gives(tiny, layout):
+    """The dataset hands the evaluator its records; the result is the same as serialising them
+    to ActivityNet JSON and parsing that (the route before), field by field and in mAP."""
+    dataset = FeatureDataset(tiny[0] / layout, None)
+    database = {
+        r.video_id: {
+            "subset": r.subset,
+            "annotations": [
+                {"segment": seg, "label": name}
+                for seg, name in zip(r.segments_s.tolist(), r.segment_labels, strict=True)
+            ],
+            "ambiguous": r.ambiguous_s.tolist(),
+        }
+        for r in dataset.records
+    }
+    expected = parse_ground_truth({"database": database}, "json")
+    got = dataset.ground_truth()
+    for name in ("video_ids", "subsets", "ann_labels"):
+        assert getattr(got, name) == getattr(expected, name)
+    for name in ("ann_video", "ann_segments", "amb_video", "amb_segments"):
+        a, b = getattr(got, name), getattr(expected, name)
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), name
+    results = {"results": {"vid3": [{"label": "Diving", "score": 0.9, "segment": [0.5, 2.0]}]}}
+    for protocol in ("official", "wtalc"):
+        kwargs = {"subset": "test", "protocol": protocol, "ambiguous_filter": True}
+        mine = evaluate_detections(got, results, "thumos", **kwargs).as_dict()
+        assert (
+            mine
+            == evaluate_detections({"database": database}, results, "thumos", **kwargs).as_dict()
+        )
 
 
 def test_segments_by_video_are_the_ground_truth_as_arrays(tiny):
     dataset = FeatureDataset(tiny[0] / "wt", "test")
-    database = dataset.ground_truth()["database"]
+    gt = dataset.ground_truth()
     arrays = dataset.segments_by_video()
-    assert list(arrays) == list(database)
-    for vid, (segments, labels) in arrays.items():
-        annotations = database[vid]["annotations"]
-        assert segments.shape == (len(annotations), 2) and labels.dtype == np.int64
-        assert segments.tolist() == [a["segment"] for a in annotations]
-        assert [dataset.class_names[i] for i in labels] == [a["label"] for a in annotations]
+    assert list(arrays) == gt.video_ids
+    for v, (segments, labels) in enumerate(arrays.values()):
+        rows = gt.ann_video == v
+        assert segments.shape == (int(rows.sum()), 2) and labels.dtype == np.int64
+        assert segments.tolist() == gt.ann_segments[rows].tolist()
+        names = [name for name, r in zip(gt.ann_labels, rows, strict=True) if r]
+        assert [dataset.class_names[i] for i in labels] == names
 
 
 def test_resampled_video_keeps_the_time_axis(tiny):
@@ -349,14 +381,20 @@ def test_real_thumos14_counts(thumos_bundle):
     assert (len(train), len(test), train.num_classes, train.feat_dim) == (200, 212, 20, 8)
     assert train.class_names[0] == "BaseballPitch" and train.class_names[-1] == "VolleyballSpiking"
     assert sum(len(r.segment_labels) for r in train.records) == 3007
-    gt = test.ground_truth()["database"]
-    assert len(gt) == 212 and sum(len(v["annotations"]) for v in gt.values()) == 3358
-    ambiguous = {vid: v["ambiguous"] for vid, v in gt.items() if v["ambiguous"]}
-    assert len(ambiguous) == 36 and sum(len(a) for a in ambiguous.values()) == 96
-    assert ambiguous["video_test_0000278"] == [[0.0, 1.4], [95.7, 97.2]]
+    gt = test.ground_truth()
+    assert len(gt.video_ids) == 212 and len(gt.ann_labels) == len(gt.ann_segments) == 3358
+    assert len(np.unique(gt.amb_video)) == 36 and len(gt.amb_segments) == 96
+    v278 = gt.video_ids.index("video_test_0000278")
+    assert gt.amb_segments[gt.amb_video == v278].tolist() == [[0.0, 1.4], [95.7, 97.2]]
     # Annotations that end after the video are kept, with a warning (not an error).
     late = [p for p in test.warnings if p.video == "video_test_0000270"]
     assert len(late) == 22 and all("ends after the video" in p.what for p in late)
     # Video labels come from labels_all.npy (W-TALC), not from the segment labels.
     index = test.video_ids.index("video_test_0000270")
     assert test[index].labels.sum() == 0 and len(test[index].segment_labels) == 29
+
+
+def test_positive_finite_is_the_one_frame_rate_check():
+    assert all(is_positive_finite(x) for x in (25, 29.97, 1e-9))
+    bad = (0, -25, 0.0, float("nan"), float("inf"), True, "25", None, [25])
+    assert not any(is_positive_finite(x) for x in bad)

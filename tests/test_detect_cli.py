@@ -14,7 +14,7 @@ import torch
 from wtal.cascache import load_predictions
 from wtal.cascache import save_predictions as save_cache
 from wtal.cli import build_parser, main
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.engine import fit
 from wtal.inference import Prediction, results_from_predictions
 from wtal.synth import THUMOS, write_synthetic

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from wtal import distributed
 from wtal.checkpoint import load_checkpoint
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.data import FeatureDataset, collate
 from wtal.engine import fit
 from wtal.synth import THUMOS, write_synthetic
@@ -128,6 +128,23 @@ def test_helpers_are_the_identity_without_a_process_group(tiny, monkeypatch):
     assert distributed.gather_rows(batch, x)[0] is x
     assert distributed.sum_over_ranks({"a": 1.5}) == {"a": 1.5}
     assert distributed.all_gather_objects("x") == ["x"] == distributed.gather_objects("x")
+
+
+def test_batch_loader_without_a_process_group_is_a_data_loader(tiny, monkeypatch):
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    dataset = FeatureDataset(tiny[0], "validation")
+    ordered = [b.video_ids for b in distributed.batch_loader(dataset, 4)]
+    ids = dataset.video_ids
+    assert ordered == [ids[0:4], ids[4:8], ids[8:9]]
+    drawn = distributed.batch_loader(dataset, 4, torch.Generator().manual_seed(3))
+    shuffled = [b.video_ids for b in drawn]
+    assert shuffled != ordered and sorted(v for b in shuffled for v in b) == sorted(ids)
+    # the global batches every rank of a process group would slice
+    sharded = distributed.ShardedLoader(
+        dataset, 4, generator=torch.Generator().manual_seed(3), rank_=0, world=1
+    )
+    assert [b.batch.video_ids for b in sharded] == shuffled
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -14,16 +14,10 @@ import pytest
 import torch
 
 from wtal.checkpoint import load_checkpoint
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.data import FeatureDataset
-from wtal.engine import (
-    dist_weight,
-    fit,
-    load_trained_model,
-    piecewise,
-    select_pseudo_target,
-)
-from wtal.inference import predict
+from wtal.engine import fit
+from wtal.inference import load_trained_model, predict
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
@@ -180,30 +174,6 @@ def test_resume_refuses_a_changed_config(straight_run, tmp_path):
     (run / "config.yaml").write_text(text)
     with pytest.raises(InputError, match="differs from the checkpoint"):
         fit(load_config(run / "config.yaml"), run, resume=True, progress=False)
-
-
-def test_schedule_matches_the_reference_table():
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "thumos14_reference.yaml")
-    lr = {e: piecewise(e, cfg.train.lr_milestones, cfg.train.lr_values) for e in range(350)}
-    assert lr[0] == lr[79] == 5e-5 and lr[80] == lr[199] == 4e-5
-    assert lr[200] == lr[244] == 2.048e-5 and lr[245] == lr[259] == 5.12e-7
-    assert lr[260] == lr[349] == 2.56e-7
-    spl = {e: piecewise(e, cfg.loss.spl_milestones, cfg.loss.spl_weights) for e in range(350)}
-    assert spl[100] == 1.0 and spl[101] == spl[200] == 0.5 and spl[201] == 1.0
-    assert dist_weight(200, cfg) == 10.0
-    assert dist_weight(230, cfg) == pytest.approx(28.07, abs=0.01)
-    assert dist_weight(245, cfg) == pytest.approx(47.02, abs=0.01)
-    assert dist_weight(247, cfg) == 50.0
-
-
-def test_pseudo_target_follows_the_history():
-    cfg = load_config()
-    y = {e: {"v": torch.full((3, 2), float(e))} for e in (200, 230, 245, 260)}
-    hist = [(e, y[e]) for e in (200, 230, 245)]
-    assert select_pseudo_target(200, hist[:1], cfg) is None
-    assert torch.equal(select_pseudo_target(231, hist[:2], cfg)["v"], y[230]["v"])
-    delta = select_pseudo_target(251, hist, cfg)["v"]
-    assert torch.allclose(delta, torch.full((3, 2), 2.0 * (245 - 230)))
 
 
 def test_log_goes_to_tensorboard_when_installed(tmp_path, monkeypatch):

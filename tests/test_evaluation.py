@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from wtal.evaluation import (
-    REPORTED_AVERAGES,
     TIOU_PRESETS,
-    classification_map,
     evaluate_detections,
     load_ground_truth,
     load_results,
     resolve_subset,
 )
 from wtal.io import InputError
+from wtal.metrics import REPORTED_AVERAGES, classification_map
+from wtal.segments import pairwise_tiou, segment_tiou
 
 TOL = 1e-6  # percent, the acceptance tolerance against the recorded evaluator numbers
 
@@ -538,6 +538,53 @@ def test_loaders_name_the_file(tmp_path):
     with pytest.raises(InputError) as info:
         load_results(bad)
     assert str(info.value).startswith(f"{bad}: video 'v1': prediction 0: field 'segment'")
+
+
+# ----------------------------------------------------------------------------- tIoU
+
+
+def reference_tiou(a, b):
+    """ActivityNet ``segment_iou`` for one pair, Python floats; None where the union is 0."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union > 0 else None
+
+
+def tiou_cases():
+    rng = np.random.default_rng(0)
+    # one decimal: touching, identical and zero-length segments occur
+    a = np.sort(np.round(rng.random((30, 2)) * 10, 1), axis=1)
+    b = np.sort(np.round(rng.random((20, 2)) * 10, 1), axis=1)
+    a[0] = b[0] = [3.0, 3.0]  # a pair with union 0
+    return a, b
+
+
+@pytest.mark.parametrize("zero_union", [0.0, np.inf])
+def test_segment_tiou_is_the_reference_bit_for_bit(zero_union):
+    a, b = tiou_cases()
+    expected = np.array([[reference_tiou(x, y) for y in b] for x in a], dtype=object)
+    expected[expected == None] = zero_union  # noqa: E711 (elementwise on an object array)
+    a2, b2 = a[:, None], b[None]  # (30, 1, 2), (1, 20, 2): every pair
+    got = segment_tiou(a2[..., 0], a2[..., 1], b2[..., 0], b2[..., 1], zero_union)
+    np.testing.assert_array_equal(got, expected.astype(np.float64))
+    swapped = segment_tiou(b2[..., 0], b2[..., 1], a2[..., 0], a2[..., 1], zero_union)
+    np.testing.assert_array_equal(swapped, got)  # symmetric
+    paired = segment_tiou(a[:20, 0], a[:20, 1], b[:, 0], b[:, 1], zero_union)
+    np.testing.assert_array_equal(paired, np.diag(got[:20]))
+    assert got[0, 0] == zero_union and np.all((got[1:] >= 0) & (got[1:] <= 1))
+
+
+def test_pairwise_tiou_and_torch_tensors_use_the_same_formula():
+    torch = pytest.importorskip("torch")
+    a, b = tiou_cases()
+    pairs = pairwise_tiou(a, b)
+    np.testing.assert_array_equal(
+        pairs, np.array([[reference_tiou(x, y) or 0.0 for y in b] for x in a])
+    )
+    ta, tb = torch.from_numpy(a[:20]), torch.from_numpy(b)
+    got = segment_tiou(ta[:, 0], ta[:, 1], tb[:, 0], tb[:, 1])
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), np.diag(pairs[:20]))
 
 
 # ----------------------------------------------------------------------------- classification

@@ -13,9 +13,10 @@ import torch
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.engine import fit
-from wtal.pseudo import pseudo_annotations, solve_pseudo_labels
+from wtal.lp import solve_pseudo_labels
+from wtal.pseudo import pseudo_annotations
 from wtal.synth import THUMOS, write_synthetic
 
 TINY = [

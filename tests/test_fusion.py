@@ -1,25 +1,48 @@
-"""Tests for wtal.fusion: fusion, NMS and soft-NMS against literal per-class loops."""
+"""Tests for wtal.fusion: fusion, NMS and soft-NMS against literal per-class loops; and the
+one detection path :func:`wtal.inference.detect_segments` that calls them."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from wtal.config import DetectConfig
+from wtal.configcheck import ConfigError
 from wtal.fusion import (
-    detect,
     gaussian_fuse,
     greedy_clusters,
     nms,
     segment_overlap,
     soft_nms,
 )
+from wtal.inference import detect_segments
 from wtal.proposals import Segments, generate_proposals
 from wtal.segments import pairwise_tiou
 
 F64 = torch.float64
+
+PROPOSALS = {
+    "class_threshold": 0.16,
+    "thresholds": np.arange(0.001, 0.04, 0.002),
+    "min_length": 2,
+    "outer_scale": 0.0785,
+    "outer_power": 0.9,
+    "inclusive_end": True,
+    "float32_means": False,
+}
+"""The reference's proposal settings (detectionMAP.py), written out here on purpose."""
+
+RATIO = {"overlap_threshold": 0.25, "overlap": "ratio"}
+"""The reference's clustering: overlap ratio above 0.25."""
+
+
+def _fuse(p: Segments, **settings) -> Segments:
+    """:func:`gaussian_fuse` at the reference's test-time settings, ``settings`` replacing some."""
+    return gaussian_fuse(p, **({"temperature": 0.2, **RATIO} | settings))
 
 
 # ----------------------------------------------------------------------------- references
@@ -117,7 +140,7 @@ def _cas_proposals(seed) -> Segments:
         for _ in range(4):
             s = int(rng.integers(0, num_snippets))
             cas[s : s + int(rng.integers(2, 40)), c] += rng.uniform(0.05, 1.0)
-    return generate_proposals(np.clip(cas, 0, 1), np.ones(3))
+    return generate_proposals(np.clip(cas, 0, 1), np.ones(3), **PROPOSALS)
 
 
 # ----------------------------------------------------------------------------- fusion
@@ -127,7 +150,7 @@ def _cas_proposals(seed) -> Segments:
 @pytest.mark.parametrize("temperature", [0.2, 0.02])
 def test_fuse_matches_reference_on_cas_proposals(seed, temperature):
     p = _cas_proposals(seed)
-    out = gaussian_fuse(p, temperature=temperature)
+    out = _fuse(p, temperature=temperature)
     ref = np.array(_fuse_reference(p, temperature)).reshape(-1, 5)
     got = _table(out)
     assert got.shape == ref.shape
@@ -156,7 +179,7 @@ def test_fusing_identical_proposals_returns_it():
         torch.zeros(5, dtype=torch.long),
     )
     for temperature in (0.2, 0.0016):
-        out = gaussian_fuse(p, temperature=temperature)
+        out = _fuse(p, temperature=temperature)
         assert out.segments.tolist() == [[3.0, 17.0]]  # exactly, not 1 ulp off
         assert out.scores.tolist() == [0.4] and out.inner.tolist() == [0.7]
 
@@ -168,7 +191,7 @@ def test_single_proposal_passes_through():
         torch.tensor([0.987654321], dtype=F64),
         torch.tensor([4]),
     )
-    out = gaussian_fuse(p, temperature=0.02)
+    out = _fuse(p, temperature=0.02)
     for got, want in zip(out, p, strict=True):
         assert torch.equal(got, want)
 
@@ -182,7 +205,7 @@ def test_small_temperature_takes_max_inner_boundaries_without_overflow():
         ),  # exp(5 / 1e-4) overflows float64: log-space needed
         torch.zeros(3, dtype=torch.long),
     )
-    out = gaussian_fuse(p, temperature=1e-4)
+    out = _fuse(p, temperature=1e-4)
     assert out.segments.tolist() == [[12.0, 28.0]]
     assert out.scores.tolist() == [0.4]
     assert torch.isfinite(out.scores).all()
@@ -196,21 +219,21 @@ def test_sign_denominator():
         torch.zeros(2, dtype=torch.long),
     )
     w = np.exp(np.array([0.3, -0.3]) / 0.2)
-    plain = gaussian_fuse(p, sign_denominator=False)
+    plain = _fuse(p, sign_denominator=False)
     assert plain.scores.item() == pytest.approx((w @ [0.5, 0.4]) / w.sum())
-    signed = gaussian_fuse(p)  # reference: sum sign(inner) * w = w0 - w1 > 0
+    signed = _fuse(p)  # reference: sum sign(inner) * w = w0 - w1 > 0
     assert signed.scores.item() == pytest.approx((w @ [0.5, 0.4]) / (w[0] - w[1]))
     p_neg = p._replace(inner=torch.tensor([-0.3, -0.2], dtype=F64))
     with pytest.raises(ValueError, match="not positive"):
-        gaussian_fuse(p_neg)
+        _fuse(p_neg)
 
 
 def test_ratio_overlap_is_asymmetric_and_inclusive():
     anchor = torch.tensor([[0.0, 100.0], [0.0, 4.0], [0.0, 4.0]], dtype=F64)
     other = torch.tensor([[40.0, 42.0], [4.0, 8.0], [5.0, 6.0]], dtype=F64)
     # contained: 3/3; touching at 4: inclusive intersection 1 of length 5; gap of 1: 0.
-    assert segment_overlap(anchor, other).tolist() == [1.0, 0.2, 0.0]
-    assert segment_overlap(other, anchor)[0].item() == pytest.approx(3 / 101)
+    assert segment_overlap(anchor, other, "ratio").tolist() == [1.0, 0.2, 0.0]
+    assert segment_overlap(other, anchor, "ratio")[0].item() == pytest.approx(3 / 101)
 
 
 def test_iou_overlap_matches_pairwise_tiou():
@@ -223,7 +246,7 @@ def test_iou_overlap_matches_pairwise_tiou():
 
 def test_clusters_point_to_their_anchor():
     p = _cas_proposals(3)
-    owner = greedy_clusters(p)
+    owner = greedy_clusters(p, **RATIO)
     anchors = owner.unique()
     assert torch.equal(owner[anchors], anchors)  # anchors own themselves
     assert torch.equal(p.labels[owner], p.labels)  # clusters never cross classes
@@ -264,35 +287,36 @@ def test_soft_nms_matches_reference(seed, measure):
 @pytest.mark.parametrize("method", ["gaussian", "nms", "soft-nms", "none"])
 def test_empty_inputs(method):
     empty = Segments.empty()
-    for fn in (gaussian_fuse, nms, soft_nms):
-        out = fn(empty)
+    for out in (_fuse(empty), nms(empty, **RATIO), soft_nms(empty, sigma=0.5, overlap="ratio")):
         assert out.segments.shape == (0, 2) and out.labels.shape == (0,)
-    assert greedy_clusters(empty).shape == (0,)
-    out = detect(np.zeros((0, 4)), np.ones(4), method=method)
+    assert greedy_clusters(empty, **RATIO).shape == (0,)
+    dcfg = DetectConfig(fusion=method)
+    out = detect_segments(np.zeros((0, 4)), np.ones(4), dcfg)
     assert out.segments.shape == (0, 2)
-    out = detect(np.ones((30, 4)), np.zeros(4), method=method)  # no class passes
+    out = detect_segments(np.ones((30, 4)), np.zeros(4), dcfg)  # no class passes
     assert out.segments.shape == (0, 2)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "nms", "soft-nms", "none"])
 def test_detect_order_and_composition(method):
+    """The default detection settings are the reference's, passed to the right kernel."""
     rng = np.random.default_rng(9)
     num_snippets = 80 if method == "soft-nms" else 300  # soft-NMS: one round per proposal
     cas = np.clip(np.exp(rng.normal(np.log(0.02), 1.5, size=(num_snippets, 5))), 0, 1)
     scores = np.array([0.9, 0.1, 0.5, 0.3, 0.2])
-    out = detect(torch.from_numpy(cas), scores, method=method)
+    out = detect_segments(torch.from_numpy(cas), scores, DetectConfig(fusion=method))
     labels, s = out.labels.numpy(), out.scores.numpy()
     assert np.all(np.diff(labels) >= 0)
     for c in np.unique(labels):
         assert np.all(np.diff(s[labels == c]) <= 0)
     assert 1 not in labels
-    proposals = generate_proposals(cas, scores)
+    proposals = generate_proposals(cas, scores, **PROPOSALS)
     if method == "gaussian":
-        want = gaussian_fuse(proposals)
+        want = _fuse(proposals)
     elif method == "nms":
-        want = nms(proposals)
+        want = nms(proposals, **RATIO)
     elif method == "soft-nms":
-        want = soft_nms(proposals)
+        want = soft_nms(proposals, sigma=0.5, overlap="ratio")
     else:
         want = proposals
         assert len(out.scores) == len(proposals.scores)
@@ -301,16 +325,59 @@ def test_detect_order_and_composition(method):
         assert torch.equal(got, expected)
 
 
+def test_detect_takes_every_setting_from_the_config():
+    rng = np.random.default_rng(4)
+    cas = np.clip(np.exp(rng.normal(np.log(0.05), 1.0, size=(200, 3))), 0, 1)
+    scores = np.array([0.9, 0.5, 0.05])
+    dcfg = DetectConfig(
+        class_threshold=0.04,
+        thresholds=(0.01, 0.2, 0.03),
+        min_length=3,
+        outer_scale=0.25,
+        outer_power=1.0,
+        inclusive_end=False,
+        temperature=0.05,
+        overlap_threshold=0.4,
+        overlap="iou",
+    )
+    proposals = generate_proposals(
+        cas,
+        scores,
+        class_threshold=0.04,
+        thresholds=np.arange(0.01, 0.2, 0.03),
+        min_length=3,
+        outer_scale=0.25,
+        outer_power=1.0,
+        inclusive_end=False,
+        float32_means=False,
+    )
+    assert 2 in proposals.labels.tolist()  # the class filter follows the config
+    want = gaussian_fuse(proposals, temperature=0.05, overlap_threshold=0.4, overlap="iou")
+    for got, expected in zip(detect_segments(cas, scores, dcfg), want, strict=True):
+        assert torch.equal(got, expected)
+    # An explicit temperature (the pseudo labels') replaces the config's.
+    cold = gaussian_fuse(proposals, temperature=0.002, overlap_threshold=0.4, overlap="iou")
+    for got, expected in zip(
+        detect_segments(cas, scores, dcfg, temperature=0.002), cold, strict=True
+    ):
+        assert torch.equal(got, expected)
+    assert not torch.equal(cold.segments, want.segments)
+    sigma = DetectConfig(fusion="soft-nms", soft_nms_sigma=0.1, overlap="iou")
+    soft = soft_nms(generate_proposals(cas, scores, **PROPOSALS), sigma=0.1, overlap="iou")
+    for got, expected in zip(detect_segments(cas, scores, sigma), soft, strict=True):
+        assert torch.equal(got, expected)
+
+
 def test_bad_arguments():
     p = _cas_proposals(0)
     with pytest.raises(ValueError, match="temperature"):
-        gaussian_fuse(p, temperature=0)
+        _fuse(p, temperature=0)
     with pytest.raises(ValueError, match="overlap_threshold"):
-        nms(p, overlap_threshold=-0.1)
+        nms(p, overlap_threshold=-0.1, overlap="ratio")
     with pytest.raises(ValueError, match="overlap measure"):
-        nms(p, overlap="giou")
-    with pytest.raises(ValueError, match="method"):
-        detect(np.ones((5, 2)), np.ones(2), method="wbf")
+        nms(p, overlap_threshold=0.25, overlap="giou")
+    with pytest.raises(ConfigError, match="detect.fusion"):
+        DetectConfig(fusion="wbf")
 
 
 # ----------------------------------------------------------------------------- parity
@@ -323,9 +390,11 @@ def test_parity_with_reference_outputs(shared_data):
         pytest.skip(f"{path} not found")
     data = np.load(path)
     for v in range(data["cas"].shape[0]):
-        kwargs = {"class_threshold": 0.16, "overlap_threshold": 0.25, "temperature": 0.02}
-        reference = detect(data["cas"][v], data["vid"][v], float32_means=True, **kwargs)
-        exact = detect(data["cas"][v], data["vid"][v], **kwargs)
+        dcfg = DetectConfig(class_threshold=0.16, overlap_threshold=0.25)
+        reference = detect_segments(
+            data["cas"][v], data["vid"][v], replace(dcfg, float32_means=True), temperature=0.02
+        )
+        exact = detect_segments(data["cas"][v], data["vid"][v], dcfg, temperature=0.02)
         for c in range(data["cas"].shape[2]):
             want = data[f"fused_{v}_{c}"].reshape(-1, 3)
             m = reference.labels == c

@@ -16,15 +16,15 @@ import torch
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
+from wtal.configfile import load_config
 from wtal.engine import fit
 from wtal.featmeta import EXTRACTOR_KEYS, FEATURES_META_FILE
+from wtal.feature_file import feature_video
 from wtal.infer import (
     extract_features,
     load_run,
     predict_videos,
     recorded_weights,
-    video_record,
 )
 from wtal.inference import predict
 from wtal.io import InputError
@@ -248,11 +248,15 @@ def test_long_videos_run_in_chunks_only_beyond_the_limit(external, warnings_log)
     trained = load_run(run)
     rng = np.random.default_rng(0)
     features = rng.random((50, FEAT_DIM), dtype=np.float32)
-    video = video_record("long", features, trained.grid, trained.cfg, 3)
+    grid = trained.grid
+    video = feature_video(
+        "long", features, trained.cfg.data, 3, fps=grid.fps, snippet_frames=grid.snippet_frames
+    )
     device = torch.device("cpu")
     whole = predict_videos(trained.model, [video], device, trained.cfg, max_snippets=50)[0]
-    reference = predict(trained.model, [video], device, video_mix=trained.cfg.detect.video_mix,
-                        cas_mix=trained.cfg.detect.cas_mix)[0]  # fmt: skip
+    cfg = trained.cfg.detect
+    reference = predict(trained.model, [video], device, video_mix=cfg.video_mix,
+                        cas_mix=cfg.cas_mix, batch_size=1, max_padding=0.0)[0]  # fmt: skip
     assert np.array_equal(whole.cas, reference.cas)
     assert warnings_log.text == ""
     chunked = predict_videos(trained.model, [video], device, trained.cfg, max_snippets=20)[0]
@@ -400,7 +404,10 @@ def test_cuda_predictions_match_cpu(external, tmp_path):
     data, run = external
     trained = load_run(run)
     features = np.load(sorted((data / "features").glob("*.npy"))[0])
-    video = video_record("v", features, trained.grid, trained.cfg, 3)
+    grid = trained.grid
+    video = feature_video(
+        "v", features, trained.cfg.data, 3, fps=grid.fps, snippet_frames=grid.snippet_frames
+    )
     on = {d: predict_videos(trained.model, [video], torch.device(d), trained.cfg, 16)[0]
           for d in ("cpu", "cuda")}  # fmt: skip
     assert np.allclose(on["cpu"].cas, on["cuda"].cas, atol=1e-5)

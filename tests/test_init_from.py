@@ -13,9 +13,10 @@ import yaml
 
 from wtal.checkpoint import file_sha256, load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
+from wtal.configfile import load_config
+from wtal.data.split import open_datasets
 from wtal.diagnostics import negative_share, parameter_change, parameter_snapshot
-from wtal.engine import fit, open_datasets
+from wtal.engine import fit
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 

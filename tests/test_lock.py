@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from wtal.cli import main
-from wtal.config import load_config, save_config
+from wtal.configfile import load_config, save_config
 from wtal.io import InputError
 from wtal.runlock import LOCK_FILE, RunLock
 from wtal.synth import THUMOS, write_synthetic

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
+from wtal.configfile import load_config
 from wtal.losses import (
     attention_loss,
     base_losses,
+    compute_losses,
     normalized_ce,
     pseudo_label_loss,
     snippet_distillation_loss,
@@ -18,6 +20,14 @@ from wtal.losses import (
 from wtal.model import WTALModel
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
+
+BASE = {
+    "memory_weight": 0.5,
+    "memory_target_weight": 0.2,
+    "spl_temperature": 0.2,
+    "topk_divisor": 8,
+}
+"""The reference's weights of the base losses (method.py:273-300), written out on purpose."""
 
 
 def test_video_targets():
@@ -42,7 +52,7 @@ def test_attention_loss_hand_values_and_padding():
     att[0], att[1, :7] = long, short
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[0], mask[1, :7] = True, True
-    got = attention_loss(att, mask)
+    got = attention_loss(att, mask, topk_divisor=8)
     want = torch.tensor([(0 + 1 / 15) / 2 - (1 + 14 / 15) / 2, 0.1 - 0.9])
     torch.testing.assert_close(got, want)
     # The divisor is a parameter: k = 16 // 4 = 4 for the first video.
@@ -66,7 +76,7 @@ def reference_spl(logits, target, temperature):
 def test_snippet_distillation_hand_values_mask_and_detach():
     # A uniform student gives ln(C+1) whatever the target.
     got = snippet_distillation_loss(
-        torch.zeros(1, 4, 3), torch.randn(1, 4, 3), torch.ones(1, 4, dtype=bool)
+        torch.zeros(1, 4, 3), torch.randn(1, 4, 3), torch.ones(1, 4, dtype=bool), temperature=0.2
     )
     torch.testing.assert_close(got, torch.tensor([LN3]))
 
@@ -89,14 +99,18 @@ def test_pseudo_label_loss_hand_values_negative_and_mask():
     mask = torch.tensor([[True, True, False]])
     zeros = torch.zeros(1, 3, 2)  # log softmax = -ln 2 everywhere
     labels = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [9.0, 9.0]]])  # padded row is garbage
-    torch.testing.assert_close(pseudo_label_loss(zeros, zeros, labels, mask), torch.tensor([LN2]))
+    got = pseudo_label_loss(zeros, zeros, labels, mask, 0.8)
+    torch.testing.assert_close(got, torch.tensor([LN2]))
     # Delta labels can be negative, and so can the loss.
-    torch.testing.assert_close(pseudo_label_loss(zeros, zeros, -labels, mask), torch.tensor([-LN2]))
+    torch.testing.assert_close(
+        pseudo_label_loss(zeros, zeros, -labels, mask, 0.8), torch.tensor([-LN2])
+    )
     # 0.8 / 0.2 mix of the branches: o confident on the labelled class, m uniform.
     o = torch.tensor([[[math.log(3.0), 0.0]] * 3])  # softmax = (3/4, 1/4)
     one_hot = torch.tensor([[[1.0, 0.0]] * 3])
     want = 0.8 * -math.log(0.75) + 0.2 * LN2
-    torch.testing.assert_close(pseudo_label_loss(o, zeros, one_hot, mask), torch.tensor([want]))
+    got = pseudo_label_loss(o, zeros, one_hot, mask, 0.8)
+    torch.testing.assert_close(got, torch.tensor([want]))
     torch.testing.assert_close(
         pseudo_label_loss(o, zeros, one_hot, mask, o_weight=1.0), torch.tensor([-math.log(0.75)])
     )
@@ -122,11 +136,14 @@ def test_base_losses_padded_batch_equals_single_videos(use_memory):
     model, feats, mask, labels = tiny_setup()
     model.eval()
     with torch.no_grad():
-        batched = base_losses(model(feats, mask, labels, use_memory=use_memory), labels, mask)
+        out = model(feats, mask, labels, use_memory=use_memory)
+        batched = base_losses(out, labels, mask, **BASE)
         for i in range(3):
             t = int(mask[i].sum())
             single_out = model(feats[i : i + 1, :t], None, labels[i : i + 1], use_memory=use_memory)
-            single = base_losses(single_out, labels[i : i + 1], torch.ones(1, t, dtype=torch.bool))
+            single = base_losses(
+                single_out, labels[i : i + 1], torch.ones(1, t, dtype=torch.bool), **BASE
+            )
             for name, value in batched.items():
                 assert value.shape == (3,)
                 torch.testing.assert_close(value[i : i + 1], single[name], atol=1e-5, rtol=1e-5)
@@ -136,16 +153,17 @@ def test_base_losses_composition_with_memory_branch():
     model, feats, mask, labels = tiny_setup(1)
     out = model.eval()(feats, mask, labels, use_memory=True)
     fg, bg = video_targets(labels)
-    got = base_losses(out, labels, mask, memory_weight=0.5, memory_target_weight=0.2)
+    got = base_losses(out, labels, mask, **BASE)
     nce = normalized_ce
     want_fore = nce(out.o.video_ca, fg) + nce(out.m.video_ca, fg) + 0.5 * nce(out.r.video_ca, fg)
     want_back = nce(out.o.video_cw, bg) + nce(out.m.video_cw, bg) + 0.5 * nce(out.r.video_cw, bg)
     target = 0.2 * out.r.logits + 0.8 * out.m.logits
     torch.testing.assert_close(got["fore"], want_fore)
     torch.testing.assert_close(got["back"], want_back)
-    torch.testing.assert_close(got["spl"], snippet_distillation_loss(out.o.logits, target, mask))
-    torch.testing.assert_close(got["att"], attention_loss(out.o.attention, mask))
-    without = base_losses(out._replace(r=None), labels, mask)
+    spl = snippet_distillation_loss(out.o.logits, target, mask, 0.2)
+    torch.testing.assert_close(got["spl"], spl)
+    torch.testing.assert_close(got["att"], attention_loss(out.o.attention, mask, 8))
+    without = base_losses(out._replace(r=None), labels, mask, **BASE)
     assert (got["fore"] > without["fore"]).all()
 
 
@@ -157,8 +175,8 @@ def test_gradient_steps_decrease_total_loss():
 
     def total() -> torch.Tensor:
         out = model(feats, mask, labels, use_memory=True)
-        parts = base_losses(out, labels, mask)
-        dist = pseudo_label_loss(out.o.logits, out.m.logits, pseudo, mask)
+        parts = base_losses(out, labels, mask, **BASE)
+        dist = pseudo_label_loss(out.o.logits, out.m.logits, pseudo, mask, 0.8)
         loss = parts["fore"] + 0.2 * parts["back"] + 0.1 * parts["att"] + parts["spl"] + dist
         return loss.sum()
 
@@ -170,3 +188,41 @@ def test_gradient_steps_decrease_total_loss():
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
         optimizer.step()
     assert total().item() < first.item() - 0.1
+
+
+def test_compute_losses_weights_the_terms_as_configured():
+    model, feats, mask, labels = tiny_setup(4)
+    out = model.eval()(feats, mask, labels, use_memory=True)
+    cfg = load_config(
+        None,
+        [
+            "loss.fore_weight=0.7",
+            "loss.back_weight=0.3",
+            "loss.att_weight=0.2",
+            "loss.spl_milestones=[5]",
+            "loss.spl_weights=[1.0, 0.25]",
+            "loss.spl_temperature=0.5",
+            "loss.att_topk_divisor=4",
+            "loss.memory_branch_weight=0.4",
+            "loss.spl_memory_mix=0.3",
+            "pseudo.cas_mix=0.6",
+            "pseudo.regen_epochs=[5]",
+            "pseudo.temperatures=[0.02]",
+            "pseudo.delta=False",
+            "pseudo.dist_weight=2.0",
+            "pseudo.dist_growth=1.5",
+            "pseudo.dist_max=100.0",
+        ],
+    )
+    settings = {"memory_weight": 0.4, "memory_target_weight": 0.3}
+    parts = base_losses(out, labels, mask, **settings, spl_temperature=0.5, topk_divisor=4)
+    weighted = 0.7 * parts["fore"] + 0.3 * parts["back"] + 0.2 * parts["att"]
+    before = compute_losses(out, labels, mask, None, cfg, epoch=4)
+    torch.testing.assert_close(before["total"], weighted + 1.0 * parts["spl"])
+    assert "dist" not in before
+    pseudo = torch.rand(3, feats.shape[1], 4, generator=torch.Generator().manual_seed(5))
+    after = compute_losses(out, labels, mask, pseudo, cfg, epoch=6)
+    dist = pseudo_label_loss(out.o.logits, out.m.logits, pseudo, mask, 0.6)
+    torch.testing.assert_close(after["dist"], dist)
+    # λ_dist(6) = 2.0 * 1.5 ** (6 - 5); λ_spl(6) = 0.25
+    torch.testing.assert_close(after["total"], weighted + 0.25 * parts["spl"] + 3.0 * dist)

@@ -6,13 +6,32 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.config import DetectConfig
 from wtal.proposals import (
-    DEFAULT_THRESHOLDS,
     OUTER_BANDS,
     Segments,
     _pairwise_sum_f32,
     generate_proposals,
 )
+
+THRESHOLDS = np.arange(0.001, 0.04, 0.002)
+"""The reference's CAS thresholds: 0.001, 0.003, ..., 0.039."""
+
+REFERENCE = {
+    "class_threshold": 0.16,
+    "thresholds": THRESHOLDS,
+    "min_length": 2,
+    "outer_scale": 0.0785,
+    "outer_power": 0.9,
+    "inclusive_end": True,
+    "float32_means": False,
+}
+"""The reference's proposal settings (detectionMAP.py), written out here on purpose."""
+
+
+def _propose(cas, video_scores, **settings):
+    """:func:`generate_proposals` with the reference's settings, ``settings`` replacing some."""
+    return generate_proposals(cas, video_scores, **(REFERENCE | settings))
 
 
 def _reference_column(column, thresholds, min_length, scale, power, inclusive_end):
@@ -55,7 +74,7 @@ def _reference_column(column, thresholds, min_length, scale, power, inclusive_en
     return rows
 
 
-def _reference(cas, video_scores, class_threshold=0.16, thresholds=DEFAULT_THRESHOLDS, **kw):
+def _reference(cas, video_scores, class_threshold=0.16, thresholds=THRESHOLDS, **kw):
     kw = {"min_length": 2, "scale": 0.0785, "power": 0.9, "inclusive_end": True} | kw
     out = []
     for c in range(cas.shape[1]):
@@ -95,7 +114,7 @@ def test_matches_loop_reference(seed):
     num_snippets = int(rng.integers(1, 300))
     cas = _random_cas(rng, num_snippets, 4)
     scores = rng.uniform(0, 0.4, size=4)
-    out = generate_proposals(torch.from_numpy(cas), scores)
+    out = _propose(torch.from_numpy(cas), scores)
     _assert_matches(out, _reference(cas, scores), exact=False)
     assert out.segments.dtype == out.scores.dtype == out.inner.dtype == torch.float64
     assert out.labels.dtype == torch.int64
@@ -107,7 +126,7 @@ def test_float32_means_bit_identical_to_numpy(seed):
     cas = _random_cas(rng, int(rng.integers(150, 700)), 3, np.float32)
     cas[:, 0] = np.maximum(cas[:, 0], 0.05)  # one run over the whole video: sums > 128 values
     scores = np.full(3, 0.5)
-    out = generate_proposals(cas, scores, float32_means=True)
+    out = _propose(cas, scores, float32_means=True)
     _assert_matches(out, _reference(cas, scores), exact=True)
 
 
@@ -121,7 +140,7 @@ def test_variants_match_loop_reference(seed, inclusive_end, band):
     scale, power = OUTER_BANDS[band]
     thresholds = np.sort(rng.uniform(0.001, 0.3, size=5))
     min_length = int(rng.integers(1, 4))
-    out = generate_proposals(
+    out = _propose(
         cas,
         scores,
         thresholds=thresholds,
@@ -145,13 +164,13 @@ def test_variants_match_loop_reference(seed, inclusive_end, band):
 def test_hand_computed_case():
     # One run [2, 5) of length 3 at every threshold; delta = 0.0785 * 3**0.9 = 0.21.
     cas = np.array([[0.0], [0.0], [0.5], [0.6], [0.7], [0.1], [0.0], [0.0]])
-    out = generate_proposals(cas, np.ones(1), thresholds=[0.2])
+    out = _propose(cas, np.ones(1), thresholds=[0.2])
     # inner includes snippet 5: mean(0.5, 0.6, 0.7, 0.1) = 0.475; end stored as 6.
     # outer band: [trunc(2 - 0.21) = 1, 2) and [6, min(7, trunc(5.21 + 1) = 6)) -> {1}: 0.
     assert out.segments.tolist() == [[2.0, 6.0]]
     assert out.inner.item() == pytest.approx(0.475)
     assert out.scores.item() == pytest.approx(0.475)
-    half_open = generate_proposals(cas, np.ones(1), thresholds=[0.2], inclusive_end=False)
+    half_open = _propose(cas, np.ones(1), thresholds=[0.2], inclusive_end=False)
     assert half_open.segments.tolist() == [[2.0, 5.0]]
     # inner mean(0.5, 0.6, 0.7) = 0.6; outer {1} (right band [5, trunc(5.21) = 5) is empty).
     assert half_open.scores.item() == pytest.approx(0.6)
@@ -161,17 +180,17 @@ def test_class_filter_and_order():
     rng = np.random.default_rng(7)
     cas = _random_cas(rng, 120, 5)
     scores = np.array([0.16, 0.1599, 0.9, 0.0, 0.2])
-    out = generate_proposals(cas, scores)
+    out = _propose(cas, scores)
     assert set(out.labels.tolist()) <= {0, 2, 4}  # >= threshold passes, equality included
     assert {0, 2, 4} <= set(out.labels.tolist())
     labels = out.labels.numpy()
     assert np.all(np.diff(labels) >= 0)  # classes ascending, then generation order
-    assert len(generate_proposals(cas, scores, class_threshold=0.95).scores) == 0
+    assert len(_propose(cas, scores, class_threshold=0.95).scores) == 0
 
 
 def test_runs_touching_both_ends():
     cas = np.full((10, 1), 0.5)  # one run [0, 10): inner slice stops at T, end stored T + 1
-    out = generate_proposals(cas, np.ones(1), thresholds=[0.1])
+    out = _propose(cas, np.ones(1), thresholds=[0.1])
     assert out.segments.tolist() == [[0.0, 11.0]]
     assert out.scores.item() == pytest.approx(0.5)  # no outer band at all
 
@@ -179,25 +198,25 @@ def test_runs_touching_both_ends():
 @pytest.mark.parametrize(
     "cas, scores, thresholds",
     [
-        (np.zeros((0, 3)), np.ones(3), DEFAULT_THRESHOLDS),  # no snippets
-        (np.ones((5, 3)), np.zeros(3), DEFAULT_THRESHOLDS),  # no class passes
+        (np.zeros((0, 3)), np.ones(3), THRESHOLDS),  # no snippets
+        (np.ones((5, 3)), np.zeros(3), THRESHOLDS),  # no class passes
         (np.ones((5, 3)), np.ones(3), []),  # no thresholds
-        (np.zeros((5, 3)), np.ones(3), DEFAULT_THRESHOLDS),  # CAS never above a threshold
-        (np.ones((1, 3)), np.ones(3), DEFAULT_THRESHOLDS),  # runs shorter than min_length
+        (np.zeros((5, 3)), np.ones(3), THRESHOLDS),  # CAS never above a threshold
+        (np.ones((1, 3)), np.ones(3), THRESHOLDS),  # runs shorter than min_length
     ],
 )
 def test_empty(cas, scores, thresholds):
-    out = generate_proposals(cas, scores, thresholds=thresholds)
+    out = _propose(cas, scores, thresholds=thresholds)
     assert out.segments.shape == (0, 2) and out.scores.shape == out.labels.shape == (0,)
-    out32 = generate_proposals(cas, scores, thresholds=thresholds, float32_means=True)
+    out32 = _propose(cas, scores, thresholds=thresholds, float32_means=True)
     assert out32.segments.shape == (0, 2)
 
 
 def test_bad_shapes():
     with pytest.raises(ValueError, match="cas must be"):
-        generate_proposals(np.zeros(5), np.ones(1))
+        _propose(np.zeros(5), np.ones(1))
     with pytest.raises(ValueError, match="video_scores"):
-        generate_proposals(np.zeros((5, 2)), np.ones(3))
+        _propose(np.zeros((5, 2)), np.ones(3))
 
 
 def test_pairwise_sum_f32_is_numpy_sum():
@@ -216,3 +235,10 @@ def test_pairwise_sum_f32_is_numpy_sum():
             [values[a_start[k] : a_start[k] + a_len[k]], values[b_start[k] :][: n - a_len[k]]]
         )
         assert got[k] == np.sum(listed, dtype=np.float32), n
+
+
+def test_detect_config_defaults_are_the_reference_settings():
+    dcfg = DetectConfig()
+    np.testing.assert_array_equal(np.arange(*dcfg.thresholds), THRESHOLDS)
+    defaults = {k: getattr(dcfg, k) for k in REFERENCE if k != "thresholds"}
+    assert defaults == {k: v for k, v in REFERENCE.items() if k != "thresholds"}

@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-import wtal.engine as engine
 import wtal.inference as inference
-from wtal.config import ConfigError, load_config
-from wtal.engine import build_model, evaluate_model, generate_pseudo_labels, open_datasets
-from wtal.pseudo import constraint_matrix, lp_regions, solve_pseudo_labels
+import wtal.regenerate as regenerate
+from wtal.configcheck import ConfigError
+from wtal.configfile import load_config
+from wtal.data.split import open_datasets
+from wtal.inference import build_model
+from wtal.lp import lp_regions, solve_pseudo_labels
+from wtal.regenerate import generate_pseudo_labels
+from wtal.scoring import evaluate_model
 from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
 from wtal.synth import THUMOS, write_synthetic
 
-_DETECT, _SOLVE = inference.detect_segments, engine.solve_pseudo_labels_batch
+_DETECT, _SOLVE = inference.detect_segments, regenerate.solve_pseudo_labels_batch
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +58,16 @@ def _run_detection_paths(data: Path, monkeypatch, *extra: str) -> dict[str, list
     calls: dict[str, list] = {"detect": [], "lp": []}
     detect, solve = _DETECT, _SOLVE
 
-    def spy_detect(*args, **kwargs):
-        calls["detect"].append((kwargs["method"], kwargs["outer_scale"], kwargs["outer_power"]))
-        return detect(*args, **kwargs)
+    def spy_detect(cas, video_scores, dcfg, **kwargs):
+        calls["detect"].append((dcfg.fusion, dcfg.outer_scale, dcfg.outer_power))
+        return detect(cas, video_scores, dcfg, **kwargs)
 
     def spy_solve(*args, **kwargs):
         calls["lp"].append((kwargs["outer_scale"], kwargs["outer_power"]))
         return solve(*args, **kwargs)
 
     monkeypatch.setattr(inference, "detect_segments", spy_detect)
-    monkeypatch.setattr(engine, "solve_pseudo_labels_batch", spy_solve)
+    monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy_solve)
     torch.manual_seed(0)
     train, train_fixed, test = open_datasets(cfg)
     model = build_model(cfg, train.feat_dim, train.num_classes)
@@ -104,13 +108,12 @@ def test_lp_regions_take_the_detection_outer_band(data, monkeypatch):
 
 def test_a_wider_outer_band_changes_the_lp_rows():
     segments = np.array([[10.0, 30.0], [50.0, 52.0]])
-    default = constraint_matrix(segments, 80).toarray()
-    wider = constraint_matrix(segments, 80, outer_scale=0.25, outer_power=1.0).toarray()
-    assert not np.array_equal(default, wider)
+    default = np.stack(lp_regions(segments, 80), 1)  # (N, 4): outer_start, start, end, outer_end
+    wider = np.stack(lp_regions(segments, 80, outer_scale=0.25, outer_power=1.0), 1)
     # L = 20: delta = 0.0785 * 20**0.9 = 1.16, outer [trunc(8.84), 10) + [30, trunc(32.16));
     # delta = 0.25 * 20 = 5: [5, 10) + [30, 36).
-    assert np.flatnonzero(default[0] == -1).tolist() == [8, 9, 30, 31]
-    assert np.flatnonzero(wider[0] == -1).tolist() == [5, 6, 7, 8, 9, 30, 31, 32, 33, 34, 35]
+    assert default[0].tolist() == [8, 10, 30, 32]
+    assert wider[0].tolist() == [5, 10, 30, 36]
     labels, _ = solve_pseudo_labels(segments, [0.5, 0.5], [0, 0], 80, 2, outer_scale=0.25)
     assert np.isfinite(labels).all()
 

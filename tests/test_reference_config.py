@@ -1,19 +1,21 @@
-"""The reference config, the README's table of differing defaults and the defaults agree."""
+"""The reference config, the table of differing defaults in docs/differences.md and the
+defaults agree."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from wtal.config import Config, config_to_dict, load_config
+from wtal.config import Config, config_to_dict
+from wtal.configfile import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "| field | wtal default | authors' value | why |"
 
 
 def _table() -> dict[str, tuple[object, object]]:
-    """``{field: (wtal default, authors' value)}`` from the README table, values as JSON."""
-    lines = (REPO / "README.md").read_text().splitlines()
+    """``{field: (wtal default, authors' value)}`` from the docs table, values as JSON."""
+    lines = (REPO / "docs" / "differences.md").read_text().splitlines()
     assert lines.count(HEADER) == 1
     rows = {}
     for line in lines[lines.index(HEADER) + 2 :]:

@@ -21,8 +21,9 @@ import torch
 import wtal.engine
 from wtal.cascache import save_predictions
 from wtal.checkpoint import load_checkpoint
-from wtal.cli import _fresh_folder, main
+from wtal.cli import main
 from wtal.data import FeatureDataset, detect_layout
+from wtal.demo import fresh_folder
 from wtal.inference import Prediction
 from wtal.io import InputError
 from wtal.plots import safe_file_names
@@ -214,13 +215,13 @@ def test_path_like_video_ids_in_annotations_are_refused(data, tmp_path, capsys, 
 
 def test_fresh_folder_skips_anything_non_empty(tmp_path):
     base = tmp_path / "run-seed0"
-    assert _fresh_folder(base) == base
+    assert fresh_folder(base) == base
     base.mkdir()
-    assert _fresh_folder(base) == base  # empty: nothing to lose
+    assert fresh_folder(base) == base  # empty: nothing to lose
     (base / "notes.txt").write_text("mine")
-    assert _fresh_folder(base) == tmp_path / "run-seed0-2"
+    assert fresh_folder(base) == tmp_path / "run-seed0-2"
     (tmp_path / "run-seed0-2").write_text("a file, not a folder")
-    assert _fresh_folder(base) == tmp_path / "run-seed0-3"
+    assert fresh_folder(base) == tmp_path / "run-seed0-3"
 
 
 def test_demo_keeps_an_existing_run_folder(tmp_path, monkeypatch, capsys):

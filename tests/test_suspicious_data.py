@@ -16,10 +16,10 @@ import torch
 
 from wtal.cascache import save_predictions
 from wtal.cli import main
-from wtal.config import config_to_dict, load_config
+from wtal.config import config_to_dict
+from wtal.configfile import load_config
 from wtal.data import FeatureDataset
-from wtal.engine import build_model
-from wtal.inference import Prediction
+from wtal.inference import Prediction, build_model
 from wtal.synth import THUMOS, write_synthetic
 
 SPEC = replace(

@@ -13,9 +13,9 @@ import wtal.engine as engine
 from wtal.bench import format_bench, summarize_seeds
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.config import load_config
-from wtal.data.split import held_out_count, validation_split
-from wtal.engine import fit, open_datasets, open_validation
+from wtal.configfile import load_config
+from wtal.data.split import held_out_count, open_datasets, open_validation, validation_split
+from wtal.engine import fit
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 

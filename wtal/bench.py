@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from wtal.config import Config, load_config
-from wtal.io import InputError, atomic_path, read_json, write_json
+from wtal.config import Config
+from wtal.configfile import load_config
+from wtal.io import InputError, atomic_path, check_output_folder, read_json, write_json
+from wtal.tables import format_metrics_table
 
 STAGES = {
     "base": "metrics_base.json",
@@ -30,6 +32,22 @@ STAGES = {
 split (``data.val_fraction`` > 0) and are left out of runs without one."""
 PROTOCOLS = ("official", "wtalc")
 """Evaluation protocols reported (both are always computed by the engine)."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct non-negative integers.
+
+    Raises:
+        InputError: anything else (``1_0``, which ``int()`` takes as 10, included).
+    """
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not all(s.isascii() and s.isdigit() for s in items):
+        what = f"expected non-negative integers like 0,1,2, got {text!r}"
+        raise InputError(None, f"--seeds: {what}")
+    seeds = [int(s) for s in items]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise InputError(None, f"--seeds: expected distinct integers, got {text!r}")
+    return seeds
 
 
 def run_seeds(
@@ -108,6 +126,28 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(x.mean()), "std": std, "values": x.tolist()}
 
 
+def run_bench(
+    cfg: Config,
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    progress: bool = False,
+    say: Callable[[str], None] = print,
+) -> tuple[dict[str, Any], Path, Path]:
+    """Train every seed (:func:`run_seeds`), summarize them and write the bench files.
+
+    Returns:
+        ``(summary, bench.json, bench.md)``.
+
+    Raises:
+        InputError: ``out`` is not a usable folder, or holds runs of another config.
+    """
+    out = check_output_folder(out, "--out")
+    runs = run_seeds(cfg, seeds, out, progress=progress, say=say)
+    summary = summarize_seeds(runs, seeds)
+    return summary, *write_bench(summary, out)
+
+
 def format_bench(summary: dict[str, Any]) -> str:
     """Markdown tables (one per protocol): rows = tIoU and averages, columns = stages."""
     stages = list(summary["stages"])
@@ -122,19 +162,14 @@ def format_bench(summary: dict[str, Any]) -> str:
         "full_val": "full method (val)",
     }
     for protocol in PROTOCOLS:
-        lines += [f"### {protocol} protocol", ""]
-        lines.append("| tIoU | " + " | ".join(titles.get(s, s) for s in stages) + " |")
-        lines.append("|---" * (len(stages) + 1) + "|")
-        first = summary["stages"][stages[0]][protocol]
-        for part in ("mAP", "averages"):
-            for key in first[part]:
-                cells = []
-                for s in stages:
-                    v = summary["stages"][s][protocol][part][key]
-                    cells.append(f"{v['mean']:.2f} +- {v['std']:.2f}")
-                lines.append(f"| {key} | " + " | ".join(cells) + " |")
-        lines.append("")
+        columns = {titles.get(s, s): summary["stages"][s][protocol] for s in stages}
+        table = format_metrics_table(columns, _mean_std, markdown=True)
+        lines += [f"### {protocol} protocol", "", table, ""]
     return "\n".join(lines)
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    return f"{stats['mean']:.2f} +- {stats['std']:.2f}"
 
 
 def write_bench(summary: dict[str, Any], out: str | Path) -> tuple[Path, Path]:

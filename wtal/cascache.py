@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wtal.config import Config, config_from_dict, config_to_dict
+from wtal.config import Config, config_to_dict
+from wtal.configfile import config_from_dict
 from wtal.inference import Prediction
 from wtal.io import InputError, atomic_path, os_error
 

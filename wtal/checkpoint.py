@@ -1,8 +1,9 @@
 """Checkpoints: writing and reading ``.pt`` files, resuming a run and branching a new one.
 
-A checkpoint is a ``torch.save`` dict marked ``format: wtal``, read back with
-``weights_only=True`` only: a file that would run pickled code is refused, naming the global
-it references (:func:`pickled_globals` reads the opcodes without executing them).
+A checkpoint is a ``torch.save`` dict marked ``format: wtal`` and ``version``
+(:data:`CHECKPOINT_VERSION`; a newer one is refused), read back with ``weights_only=True``
+only: a file that would run pickled code is refused, naming the global it references
+(:func:`pickled_globals` reads the opcodes without executing them).
 :func:`resume_state` checks ``last.pt`` of a run folder against the config and the data
 before ``fit(..., resume=True)`` continues it; :func:`branch_state` checks a checkpoint a new
 run starts from (``--init-from``); :func:`restore` loads either into the model and optimizer.
@@ -28,7 +29,8 @@ import torch
 from torch import Tensor
 
 from wtal import distributed
-from wtal.config import Config, config_from_dict, config_to_dict
+from wtal.config import Config, config_to_dict
+from wtal.configfile import config_from_dict
 from wtal.data import FeatureDataset
 from wtal.featmeta import checkpoint_extractor
 from wtal.io import InputError, atomic_path
@@ -37,6 +39,8 @@ from wtal.model import WTALModel
 log = logging.getLogger("wtal")
 
 CHECKPOINT_VERSION = 1
+"""Layout version of the checkpoints written here; readers refuse newer ones (a checkpoint
+without the entry is read as version 1)."""
 
 FAULT_ENV = "WTAL_FAULT"
 """Testing hook: ``WTAL_FAULT=<point>:<epoch>`` makes :func:`fault_point` kill the process."""
@@ -104,7 +108,12 @@ def pickled_globals(path: Path) -> list[str]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no pickled code is ever executed)."""
+    """Read a checkpoint with ``weights_only=True`` (no pickled code is ever executed).
+
+    Raises:
+        InputError: a missing, unreadable or foreign file, pickled code, or a checkpoint
+            version newer than :data:`CHECKPOINT_VERSION`.
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "last.pt"
@@ -128,6 +137,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != "wtal" or "model" not in state:
         raise InputError(path, "not a wtal checkpoint (no 'format: wtal' entry)")
+    version = state.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(path, f"entry 'version' = {version!r}: expected an integer")
+    if version > CHECKPOINT_VERSION:
+        raise InputError(path, f"checkpoint version {version} is newer than {CHECKPOINT_VERSION}")
     return state
 
 

@@ -1,4 +1,5 @@
-"""Data-parallel training across processes (``torchrun``): process group, sharding, gathers.
+"""Devices and data-parallel training across processes (``torchrun``): the device a run
+computes on, process group, sharding, gathers.
 
 The training step under DDP is the single-process step, split across ranks:
 
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from wtal.data import Batch, collate
+from wtal.io import InputError
 
 T = TypeVar("T")
 
@@ -71,6 +73,15 @@ def is_main() -> bool:
 def backend_for(device: torch.device) -> str:
     """NCCL for CUDA devices, gloo otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "train.device = 'cuda' but no CUDA device is available")
+    return torch.device(name)
 
 
 def rank_device(device: torch.device) -> torch.device:
@@ -206,6 +217,23 @@ class ShardedLoader:
             mine = indices[start : start + counts[self.rank]]
             videos = [self.dataset[i] for i in (mine or indices[:1])]
             yield Shard(collate(videos), len(indices), not mine, tuple(counts))
+
+
+def batch_loader(
+    dataset: Dataset, batch_size: int, generator: torch.Generator | None = None
+) -> DataLoader | ShardedLoader:
+    """Collated batches of ``dataset``, shuffled by ``generator`` (None keeps the dataset's
+    order): a plain DataLoader in one process, this rank's :class:`ShardedLoader` under DDP,
+    where every rank draws the same order and takes its slice of each batch."""
+    if world_size() > 1:
+        return ShardedLoader(dataset, batch_size, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=generator is not None,
+        generator=generator,
+        collate_fn=collate,
+    )
 
 
 # ----------------------------------------------------------------------------- gradients

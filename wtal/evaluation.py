@@ -1,4 +1,4 @@
-"""Temporal action detection metrics: tIoU mAP and video classification mAP.
+"""Temporal action detection mAP over tIoU thresholds, with ActivityNet or W-TALC matching.
 
 Numpy only (no torch anywhere in the import chain, so ``wtal score`` starts fast). Two
 matching protocols share one vectorized kernel:
@@ -31,22 +31,22 @@ positives (``unknown_videos_are_false_positives=True``) and crash on the latter.
 intervals (THUMOS14) are never GT; ``ambiguous_filter=True`` drops the predictions that
 overlap one, as the W-TALC code does.
 
-Numbers are percentages. The reported averages (THUMOS14 0.1:0.7, 0.1:0.5, 0.3:0.7;
-ActivityNet 0.5:0.95) are in :data:`REPORTED_AVERAGES`.
+Numbers are percentages; :mod:`wtal.metrics` holds the report and the averages it quotes.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from wtal.annotations import GroundTruth, parse_ground_truth, parse_results, subsets_of
 from wtal.io import InputError, read_json
-from wtal.segments import seconds_to_snippets
+from wtal.metrics import DetectionMetrics, named_averages
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES, seconds_to_snippets, segment_tiou
 
 TIOU_PRESETS: dict[str, tuple[float, ...]] = {
     # Decimal literals, not np.arange/linspace: a tIoU that is a ratio of small integers (the
@@ -56,346 +56,22 @@ TIOU_PRESETS: dict[str, tuple[float, ...]] = {
 }
 """Standard tIoU threshold sets: THUMOS14 0.1:0.1:0.7 and ActivityNet 0.5:0.05:0.95."""
 
-REPORTED_AVERAGES: dict[str, tuple[float, float]] = {
-    "0.1:0.7": (0.1, 0.7),
-    "0.1:0.5": (0.1, 0.5),
-    "0.3:0.7": (0.3, 0.7),
-    "0.5:0.95": (0.5, 0.95),
-}
-"""Averages papers report: name -> inclusive tIoU range. Reported when the evaluated
-thresholds cover both ends of the range."""
-
 PROTOCOLS = ("official", "wtalc")
-
-_NUMBER = (int, float)  # JSON numbers; ``type(x) in _NUMBER`` rejects bool on purpose
-_THRESHOLD_ATOL = 1e-9  # two thresholds closer than this are the same threshold
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-@dataclass(frozen=True)
-class DetectionMetrics:
-    """Result of :func:`evaluate_detections`. All AP / mAP values are percentages.
-
-    Attributes:
-        protocol: ``"official"`` or ``"wtalc"``.
-        subset: the GT subset evaluated.
-        tious: (T,) thresholds.
-        class_names: (C,) the classes averaged, in order of first appearance in the GT.
-        ap_per_class: (C, T) AP of each class at each threshold.
-        map_per_tiou: (T,) mAP at each threshold.
-        average: mean of ``map_per_tiou``.
-        averages: name -> mean mAP over a range of :data:`REPORTED_AVERAGES`.
-        num_videos: videos evaluated.
-        num_ground_truth: GT instances evaluated.
-        num_predictions: predictions in the results.
-        num_evaluated: predictions that took part in the matching.
-        ignored_unknown_video: predictions for videos outside the evaluated subset.
-        ignored_unknown_label: predictions for labels absent from the subset's GT.
-        ignored_ambiguous: predictions dropped by the ambiguous filter.
-        classes_without_predictions: classes that got no prediction (AP 0).
-    """
-
-    protocol: str
-    subset: str
-    tious: tuple[float, ...]
-    class_names: tuple[str, ...]
-    ap_per_class: np.ndarray
-    map_per_tiou: np.ndarray
-    average: float
-    averages: dict[str, float]
-    num_videos: int
-    num_ground_truth: int
-    num_predictions: int
-    num_evaluated: int
-    ignored_unknown_video: int
-    ignored_unknown_label: int
-    ignored_ambiguous: int
-    classes_without_predictions: tuple[str, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-serializable dict (tIoU keys formatted like ``"0.50"``)."""
-        keys = [_tiou_key(t) for t in self.tious]
-        return {
-            "protocol": self.protocol,
-            "subset": self.subset,
-            "tiou_thresholds": list(self.tious),
-            "mAP": dict(zip(keys, map(float, self.map_per_tiou), strict=True)),
-            "average_mAP": float(self.average),
-            "averages": dict(self.averages),
-            "per_class_AP": {
-                name: [float(x) for x in row]
-                for name, row in zip(self.class_names, self.ap_per_class, strict=True)
-            },
-            "counts": {
-                "videos": self.num_videos,
-                "ground_truth": self.num_ground_truth,
-                "predictions": self.num_predictions,
-                "evaluated": self.num_evaluated,
-                "ignored_unknown_video": self.ignored_unknown_video,
-                "ignored_unknown_label": self.ignored_unknown_label,
-                "ignored_ambiguous": self.ignored_ambiguous,
-            },
-            "classes_without_predictions": list(self.classes_without_predictions),
-        }
-
-    def format_table(self, per_class: bool = False) -> str:
-        """Human-readable summary; with ``per_class`` one AP row per class."""
-        name_w = max([len("tIoU")] + ([len(c) for c in self.class_names] if per_class else []))
-        name_w = min(name_w, 32)  # long ActivityNet names are cut, the table stays readable
-
-        def row(name: str, values: Sequence[float]) -> str:
-            return f"{name[:name_w]:<{name_w}} " + " ".join(f"{v:6.2f}" for v in values)
-
-        ignored = self.num_predictions - self.num_evaluated
-        lines = [
-            f"protocol {self.protocol}, subset {self.subset!r}: {self.num_videos} videos, "
-            f"{self.num_ground_truth} ground truth instances, {len(self.class_names)} classes",
-            f"predictions {self.num_predictions}: {self.num_evaluated} evaluated, {ignored} "
-            f"ignored ({self.ignored_unknown_video} unknown video, {self.ignored_unknown_label} "
-            f"unknown label, {self.ignored_ambiguous} ambiguous)",
-            f"{'tIoU':<{name_w}} " + " ".join(f"{t:6.2f}" for t in self.tious) + "    avg",
-            row("mAP", [*self.map_per_tiou, self.average]),
-        ]
-        if self.averages:
-            lines.append(
-                "average mAP: " + ", ".join(f"{k} {v:.2f}" for k, v in self.averages.items())
-            )
-        if self.classes_without_predictions:
-            lines.append(
-                f"{len(self.classes_without_predictions)} classes without predictions (AP 0): "
-                + ", ".join(self.classes_without_predictions)
-            )
-        if per_class:
-            lines.append("")
-            for name, ap in zip(self.class_names, self.ap_per_class, strict=True):
-                lines.append(row(name, [*ap, ap.mean()]))
-        return "\n".join(lines)
-
-
-def _tiou_key(t: float) -> str:
-    return f"{t:.2f}" if abs(round(t, 2) - t) < _THRESHOLD_ATOL else repr(float(t))
-
 
 # ----------------------------------------------------------------------------- input
 
 
-@dataclass(frozen=True)
-class _GroundTruth:
-    """Flattened ActivityNet-format GT. Segments in seconds, file order kept."""
-
-    video_ids: list[str]  # (V,)
-    subsets: list[str]  # (V,) subset of each video
-    ann_video: np.ndarray  # (A,) int index into video_ids
-    ann_labels: list[str]  # (A,)
-    ann_segments: np.ndarray  # (A, 2) float64 [start, end]
-    amb_video: np.ndarray  # (B,) int index into video_ids
-    amb_segments: np.ndarray  # (B, 2) float64 ambiguous (not GT) intervals
-
-
-@dataclass(frozen=True)
-class _Results:
-    """Flattened ActivityNet-format results, file order kept."""
-
-    video_ids: list[str]  # (R,) videos of the results file
-    counts: np.ndarray  # (R,) predictions of each video
-    labels: list[str]  # (P,)
-    scores: np.ndarray  # (P,) float64
-    segments: np.ndarray  # (P, 2) float64 seconds
-
-
-def _short(x: Any, limit: int = 60) -> str:
-    text = repr(x)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _require_dict(obj: Any, key: str, source: str | os.PathLike) -> dict:
-    if not isinstance(obj, dict) or key not in obj:
-        raise InputError(source, f"missing top-level field {key!r}")
-    if not isinstance(obj[key], dict):
-        raise InputError(source, f"field {key!r}: expected an object, got {_short(obj[key])}")
-    return obj[key]
-
-
-def _segment(seg: Any) -> tuple[float, float] | None:
-    """``[start, end]`` of two JSON numbers, else None (range and finiteness checked later)."""
-    if isinstance(seg, list | tuple) and len(seg) == 2:
-        start, end = seg
-        if type(start) in _NUMBER and type(end) in _NUMBER:
-            return start, end
-    return None
-
-
-def _locator(
-    video_ids: list[str], counts: list[int], noun: str
-) -> Callable[[int], tuple[str, str]]:
-    """Flat item index -> (video, "noun k"), for error messages only."""
-
-    def where(i: int) -> tuple[str, str]:
-        ends = np.cumsum(counts)
-        v = int(np.searchsorted(ends, i, side="right"))
-        return video_ids[v], f"{noun} {i - int(ends[v] - counts[v])}"
-
-    return where
-
-
-def _check_segments(
-    starts: list, ends: list, where: Callable[[int], tuple[str, str]], source: str | os.PathLike
-) -> np.ndarray:
-    """(N, 2) float64 segments; raise for the first non-finite or reversed one."""
-    segments = np.stack([np.asarray(starts, np.float64), np.asarray(ends, np.float64)], axis=1)
-    bad = ~np.isfinite(segments).all(axis=1) | (segments[:, 1] < segments[:, 0])
-    if bad.any():
-        i = int(np.argmax(bad))
-        video, item = where(i)
-        what = f"{item}: field 'segment': expected finite [start, end] with end >= start, "
-        raise InputError(source, what + f"got [{starts[i]!r}, {ends[i]!r}]", video=video)
-    return segments
-
-
-def _parse_ground_truth(data: Any, source: str | os.PathLike) -> _GroundTruth:
-    database = _require_dict(data, "database", source)
-    video_ids, subsets, counts, labels, starts, ends = [], [], [], [], [], []
-    amb_video, amb_starts, amb_ends, amb_item = [], [], [], []
-
-    def add_ambiguous(v: int, video_id: str, intervals: Any) -> None:
-        if not isinstance(intervals, list):
-            raise InputError(source, "field 'ambiguous': expected a list", video=video_id)
-        for k, interval in enumerate(intervals):
-            seg = _segment(interval)
-            if seg is None:
-                what = f"ambiguous {k}: expected [start, end] numbers, got {_short(interval)}"
-                raise InputError(source, what, video=video_id)
-            amb_video.append(v)
-            amb_starts.append(seg[0])
-            amb_ends.append(seg[1])
-            amb_item.append((video_id, f"ambiguous {k}"))
-
-    for v, (video_id, video) in enumerate(database.items()):
-        if not isinstance(video, dict):
-            raise InputError(source, f"expected an object, got {_short(video)}", video=video_id)
-        subset, annotations = video.get("subset"), video.get("annotations")
-        if not isinstance(subset, str):
-            what = f"field 'subset': expected a string, got {_short(subset)}"
-            raise InputError(source, what, video=video_id)
-        if not isinstance(annotations, list):
-            what = f"field 'annotations': expected a list, got {_short(annotations)}"
-            raise InputError(source, what, video=video_id)
-        for k, ann in enumerate(annotations):
-            # fast path: a few lookups per instance; the message is built only on failure
-            try:
-                label = ann["label"]
-                start, end = ann["segment"]
-            except (KeyError, TypeError, ValueError):
-                label = start = end = None
-            if type(label) is not str or type(start) not in _NUMBER or type(end) not in _NUMBER:
-                what = (
-                    f"annotation {k}: expected {{'label': str, 'segment': [start, end]}}, "
-                    f"got {_short(ann)}"
-                )
-                raise InputError(source, what, video=video_id)
-            labels.append(label)
-            starts.append(start)
-            ends.append(end)
-        video_ids.append(video_id)
-        subsets.append(subset)
-        counts.append(len(annotations))
-        if "ambiguous" in video:
-            add_ambiguous(v, video_id, video["ambiguous"])
-
-    # Top-level {"ambiguous": {video_id: [[s, e], ...]}} (the fixture layout); intervals of
-    # videos absent from the database cannot affect any prediction and are skipped.
-    top_ambiguous = data.get("ambiguous", {})
-    if not isinstance(top_ambiguous, dict):
-        raise InputError(source, "field 'ambiguous': expected an object {video_id: [[s, e]]}")
-    index = {video_id: v for v, video_id in enumerate(video_ids)}
-    for video_id, intervals in top_ambiguous.items():
-        if video_id in index:
-            add_ambiguous(index[video_id], video_id, intervals)
-
-    return _GroundTruth(
-        video_ids=video_ids,
-        subsets=subsets,
-        ann_video=np.repeat(np.arange(len(video_ids)), counts),
-        ann_labels=labels,
-        ann_segments=_check_segments(
-            starts, ends, _locator(video_ids, counts, "annotation"), source
-        ),
-        amb_video=np.asarray(amb_video, dtype=np.int64),
-        amb_segments=_check_segments(amb_starts, amb_ends, amb_item.__getitem__, source),
-    )
-
-
-def _parse_results(data: Any, source: str | os.PathLike) -> _Results:
-    results = _require_dict(data, "results", source)
-    counts, labels, scores, starts, ends = [], [], [], [], []
-    for video_id, predictions in results.items():
-        if not isinstance(predictions, list):
-            what = f"expected a list of predictions, got {_short(predictions)}"
-            raise InputError(source, what, video=video_id)
-        for k, pred in enumerate(predictions):
-            # fast path: a few lookups per prediction; the message is built only on failure
-            try:
-                label, score = pred["label"], pred["score"]
-                start, end = pred["segment"]
-            except (KeyError, TypeError, ValueError):
-                label = score = start = end = None
-            if (
-                type(label) is not str
-                or type(score) not in _NUMBER
-                or type(start) not in _NUMBER
-                or type(end) not in _NUMBER
-            ):
-                what = (
-                    f"prediction {k}: expected {{'label': str, 'score': number, "
-                    f"'segment': [start, end]}}, got {_short(pred)}"
-                )
-                raise InputError(source, what, video=video_id)
-            labels.append(label)
-            scores.append(score)
-            starts.append(start)
-            ends.append(end)
-        counts.append(len(predictions))
-    video_ids = list(results)
-    where = _locator(video_ids, counts, "prediction")
-    score_array = np.asarray(scores, dtype=np.float64)
-    finite = np.isfinite(score_array)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        video, item = where(i)
-        what = f"{item}: field 'score': expected a finite number, got {scores[i]!r}"
-        raise InputError(source, what, video=video)
-    return _Results(
-        video_ids=video_ids,
-        counts=np.asarray(counts, dtype=np.int64),
-        labels=labels,
-        scores=score_array,
-        segments=_check_segments(starts, ends, where, source),
-    )
-
-
 def load_ground_truth(path: str | os.PathLike) -> dict:
-    """Read and validate an ActivityNet-format GT JSON file.
-
-    Args:
-        path: ``{"database": {video_id: {"subset": str, "annotations": [{"label": str,
-            "segment": [start_s, end_s]}], optional "duration", "fps", "ambiguous":
-            [[start_s, end_s], ...]}}, optional "ambiguous": {video_id: [[s, e], ...]}}``.
-
-    Returns:
-        The parsed JSON object, unchanged.
-
-    Raises:
-        InputError: unreadable or malformed file, missing fields, non-finite numbers or
-            ``end < start``; the message names the file, the video and the field.
-    """
+    """Read a ground-truth JSON file, validated by :func:`wtal.annotations.parse_ground_truth`
+    (an error names the file, the video and the field); returns the parsed JSON object."""
     data = read_json(path)
-    _parse_ground_truth(data, path)
+    parse_ground_truth(data, path)
     return data
 
 
-def ground_truth_problems(ground_truth: dict, subset: str) -> list[tuple[str, str]]:
+def ground_truth_problems(
+    ground_truth: GroundTruth | Mapping[str, Any], subset: str
+) -> list[tuple[str, str]]:
     """Ground truth that scores but misleads: zero-length and duplicate instances.
 
     A zero-length instance can only be matched by a zero-length prediction; a duplicate
@@ -404,7 +80,7 @@ def ground_truth_problems(ground_truth: dict, subset: str) -> list[tuple[str, st
     Returns:
         ``(video_id, what)`` per kind found in ``subset``, naming its first video.
     """
-    gt = _parse_ground_truth(ground_truth, "ground truth")
+    gt = parse_ground_truth(ground_truth, "ground truth")
     in_subset = np.array([s == subset for s in gt.subsets], dtype=bool)[gt.ann_video]
     idx = np.flatnonzero(in_subset)  # (N,) instances of the subset
     problems = []
@@ -430,25 +106,17 @@ def ground_truth_problems(ground_truth: dict, subset: str) -> list[tuple[str, st
 
 
 def load_results(path: str | os.PathLike) -> dict:
-    """Read and validate an ActivityNet-format results JSON file.
-
-    Args:
-        path: ``{"results": {video_id: [{"label": str, "score": number, "segment":
-            [start_s, end_s]}]}}``; ``version`` / ``external_data`` are not required.
-
-    Returns:
-        The parsed JSON object, unchanged.
-
-    Raises:
-        InputError: as :func:`load_ground_truth`, also for a non-finite score.
-    """
+    """Read a results JSON file, validated by :func:`wtal.annotations.parse_results`
+    (``version`` / ``external_data`` are not required); returns the parsed JSON object."""
     data = read_json(path)
-    _parse_results(data, path)
+    parse_results(data, path)
     return data
 
 
 def resolve_subset(
-    ground_truth: dict, subset: str | None = None, source: str | os.PathLike = "ground truth"
+    ground_truth: GroundTruth | Mapping[str, Any],
+    subset: str | None = None,
+    source: str | os.PathLike = "ground truth",
 ) -> str:
     """The GT subset to evaluate.
 
@@ -458,8 +126,7 @@ def resolve_subset(
     Raises:
         InputError: the subset is absent, or the automatic choice is ambiguous.
     """
-    database = _require_dict(ground_truth, "database", source)
-    present = sorted({v.get("subset") for v in database.values() if isinstance(v, dict)}, key=str)
+    present = subsets_of(ground_truth, source)
     if subset is not None:
         if subset not in present:
             raise InputError(source, f"subset {subset!r} not found (present: {present})")
@@ -491,17 +158,6 @@ def _pairs_by_key(key_a: np.ndarray, key_b: np.ndarray) -> tuple[np.ndarray, np.
     shift = np.repeat(lo - (np.cumsum(counts) - counts), counts)
     pair_b = order_b[np.arange(len(pair_a)) + shift]
     return pair_a, pair_b
-
-
-def _paired_tiou(a: np.ndarray, b: np.ndarray, zero_union: float) -> np.ndarray:
-    """tIoU of ``a[k]`` with ``b[k]`` ((K, 2) each), ActivityNet formula and float order.
-
-    ``zero_union`` is the value of a pair whose union is 0 (two zero-length segments).
-    """
-    inter = np.clip(np.minimum(a[:, 1], b[:, 1]) - np.maximum(a[:, 0], b[:, 0]), 0.0, None)
-    union = (b[:, 1] - b[:, 0]) + (a[:, 1] - a[:, 0]) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, zero_union)
 
 
 def _match(
@@ -546,7 +202,8 @@ def _match(
     rank = np.empty(num_pred, dtype=np.int64)
     rank[by_group] = np.arange(num_pred) - first
 
-    pair_tiou = _paired_tiou(pred_segments[pair_p], gt_segments[pair_g], zero_union)
+    a, b = pred_segments[pair_p], gt_segments[pair_g]  # (K, 2) each
+    pair_tiou = segment_tiou(a[:, 0], a[:, 1], b[:, 0], b[:, 1], zero_union)
     useful = pair_tiou >= tious.min()  # a pair below every threshold never matches
     pair_p, pair_g, pair_tiou = pair_p[useful], pair_g[useful], pair_tiou[useful]
     if len(pair_p) == 0:
@@ -579,16 +236,10 @@ def _match(
 
 
 def _interpolated_ap(tp: np.ndarray, num_positives: int) -> np.ndarray:
-    """VOC all-point interpolated AP of ranked hits.
-
-    Args:
-        tp: (T, N) bool, true positives in ranking order.
-        num_positives: GT instances of the class (> 0).
-
-    Returns:
-        (T,) AP in [0, 1]: sum over hits of (1 / num_positives) times the best precision at
-        that rank or below, which is the area under the monotone precision envelope.
-    """
+    """VOC all-point interpolated AP of ranked hits ``tp`` ((T, N) bool, ranking order) of a
+    class with ``num_positives`` > 0 GT instances: (T,) in [0, 1], the sum over hits of
+    ``1 / num_positives`` times the best precision at that rank or below (the area under the
+    monotone precision envelope)."""
     if tp.shape[1] == 0:
         return np.zeros(tp.shape[0])
     precision = np.cumsum(tp, axis=1) / np.arange(1, tp.shape[1] + 1)
@@ -610,42 +261,15 @@ def _resolve_tious(tious: Sequence[float] | str) -> tuple[float, ...]:
     return values
 
 
-def _to_grid(
-    segments: np.ndarray, fps: float | np.ndarray, snippet_frames: float | np.ndarray
-) -> np.ndarray:
-    """Seconds -> snippet indices with Python's ``round`` (half to even), ends exclusive.
-
-    ``fps`` and ``snippet_frames`` are scalars or (N,) per-segment arrays.
-    """
-    if np.ndim(fps) or np.ndim(snippet_frames):
-        rate = np.asarray(fps, dtype=np.float64) / np.asarray(snippet_frames, dtype=np.float64)
-        return np.rint(np.asarray(segments, dtype=np.float64) * rate.reshape(-1, 1))
-    return np.rint(seconds_to_snippets(segments, fps, snippet_frames))
-
-
-def _named_averages(tious: tuple[float, ...], map_per_tiou: np.ndarray) -> dict[str, float]:
-    t = np.asarray(tious)
-    averages = {}
-    for name, (low, high) in REPORTED_AVERAGES.items():
-        has_ends = (
-            np.isclose(t, low, atol=_THRESHOLD_ATOL).any()
-            and np.isclose(t, high, atol=_THRESHOLD_ATOL).any()
-        )
-        inside = (t >= low - _THRESHOLD_ATOL) & (t <= high + _THRESHOLD_ATOL)
-        if has_ends:
-            averages[name] = float(map_per_tiou[inside].mean())
-    return averages
-
-
 def evaluate_detections(
-    ground_truth: dict,
-    results: dict,
+    ground_truth: GroundTruth | Mapping[str, Any],
+    results: Mapping[str, Any],
     tious: Sequence[float] | str = "anet",
     *,
     subset: str | None = None,
     protocol: str = "official",
-    fps: float = 25.0,
-    snippet_frames: float = 16.0,
+    fps: float = DEFAULT_FPS,
+    snippet_frames: float = DEFAULT_SNIPPET_FRAMES,
     grid_by_video: Mapping[str, tuple[float, float]] | None = None,
     ambiguous_filter: bool = False,
     compat: bool = False,
@@ -657,9 +281,9 @@ def evaluate_detections(
     Args:
         ground_truth: ActivityNet GT ``{"database": {video_id: {"subset", "annotations":
             [{"segment": [start_s, end_s], "label"}], optional "ambiguous": [[s, e]]}}}``
-            (see :func:`load_ground_truth`). A per-video ``fps`` field is not used: the
-            snippet grid of ``"wtalc"`` is the feature grid, given by ``fps`` and
-            ``grid_by_video``.
+            (see :func:`load_ground_truth`), or a :class:`wtal.annotations.GroundTruth`
+            parsed already (a dataset's). A per-video ``fps`` field is not used: the snippet
+            grid of ``"wtalc"`` is the feature grid, given by ``fps`` and ``grid_by_video``.
         results: ActivityNet results ``{"results": {video_id: [{"label", "score",
             "segment": [start_s, end_s]}]}}``.
         tious: thresholds in (0, 1], or a :data:`TIOU_PRESETS` name.
@@ -692,9 +316,9 @@ def evaluate_detections(
     if not (fps > 0 and snippet_frames > 0):
         raise ValueError(f"fps and snippet_frames must be > 0, got {fps}, {snippet_frames}")
     thresholds = _resolve_tious(tious)
-    gt = _parse_ground_truth(ground_truth, "ground truth")
-    res = _parse_results(results, "results")
-    subset = resolve_subset(ground_truth, subset)
+    gt = parse_ground_truth(ground_truth, "ground truth")
+    res = parse_results(results, "results")
+    subset = resolve_subset(gt, subset)
     wtalc = protocol == "wtalc"
 
     # Evaluated videos: the subset (wtalc: only videos with at least one GT instance).
@@ -741,9 +365,14 @@ def evaluate_detections(
             pos = gt_video_pos.get(vid, -1)
             if pos >= 0 and video_index[pos] >= 0:
                 grid[video_index[pos]] = (v_fps, v_frames)
-        gt_segments = _to_grid(gt_segments, *grid[gt_video].T)
-        amb_segments = _to_grid(amb_segments, *grid[amb_video].T)
-        pred_segments = _to_grid(pred_segments, *grid[pred_video].T)
+
+        def to_grid(segments: np.ndarray, video: np.ndarray) -> np.ndarray:
+            # seconds -> snippet indices with Python's round (half to even), ends exclusive
+            return np.rint(seconds_to_snippets(segments, grid[video, :1], grid[video, 1:]))
+
+        gt_segments = to_grid(gt_segments, gt_video)
+        amb_segments = to_grid(amb_segments, amb_video)
+        pred_segments = to_grid(pred_segments, pred_video)
         # an empty prediction range would never match: the reference widens it to one snippet
         pred_segments[:, 1] = np.maximum(pred_segments[:, 1], pred_segments[:, 0] + 1)
 
@@ -805,7 +434,7 @@ def evaluate_detections(
         ap_per_class=ap,
         map_per_tiou=map_per_tiou,
         average=float(map_per_tiou.mean()),
-        averages=_named_averages(thresholds, map_per_tiou),
+        averages=named_averages(thresholds, map_per_tiou),
         num_videos=num_videos,
         num_ground_truth=len(gt_class),
         num_predictions=len(res.labels),
@@ -815,35 +444,3 @@ def evaluate_detections(
         ignored_ambiguous=ignored_ambiguous,
         classes_without_predictions=tuple(np.asarray(class_names, dtype=object)[empty]),
     )
-
-
-def classification_map(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Video-level classification mAP (W-TALC ``getClassificationMAP``), percent.
-
-    Per class: rank the videos by descending score (stable: earlier video first on ties)
-    and take the non-interpolated AP, the mean precision at the ranks of the positives.
-
-    Args:
-        scores: (N, C) float video-level class scores.
-        labels: (N, C) multi-hot ground truth (> 0 is positive).
-
-    Returns:
-        Mean AP over the classes with at least one positive video, in percent (the
-        reference divides by zero for a class without positives; we leave it out).
-
-    Raises:
-        ValueError: shapes differ, or no class has a positive video.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels) > 0
-    if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be (N, C)")
-    num_positives = labels.sum(axis=0)  # (C,)
-    if not num_positives.any():
-        raise ValueError("no class has a positive video")
-    order = np.argsort(-scores, axis=0, kind="stable")  # (N, C)
-    hits = np.take_along_axis(labels, order, axis=0)  # (N, C) in ranking order
-    precision = np.cumsum(hits, axis=0) / np.arange(1, len(scores) + 1)[:, None]
-    present = num_positives > 0
-    ap = (precision * hits).sum(axis=0)[present] / num_positives[present]
-    return float(100.0 * ap.mean())

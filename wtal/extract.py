@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from wtal import __version__
-from wtal.data.layouts import ANNOTATION_FILE, FEATURES_DIR, _id_problem
+from wtal.annotations import video_id_problem
+from wtal.data.layouts import ANNOTATION_FILE, FEATURES_DIR
 from wtal.extractors import RANDOM_WARNING, RANDOM_WEIGHTS, Extractor, build_extractor
 from wtal.io import InputError, atomic_path, check_output_folder, read_json, write_json
 from wtal.video import (
@@ -145,7 +146,9 @@ def list_videos(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
     seen: dict[str, Path] = {}
     for path in paths:
         video_id = path.stem
-        if problem := _id_problem(video_id):  # named by repr: a newline must not split the line
+        if problem := video_id_problem(
+            video_id
+        ):  # named by repr: a newline must not split the line
             raise InputError(path.parent, f"video file {path.name!r}: {problem}")
         if video_id in seen:
             raise InputError(path, f"same video id {video_id!r} as {seen[video_id]}")
@@ -361,7 +364,7 @@ def extract_videos(
     spec = spec or FeatureSpec()
     if batch_size < 1:
         raise InputError(None, f"--batch-size: expected an integer >= 1, got {batch_size}")
-    if subset is not None and (not subset.strip() or _id_problem(subset)):
+    if subset is not None and (not subset.strip() or video_id_problem(subset)):
         raise InputError(None, f"--subset: expected a plain name, got {subset!r}")
     videos = list_videos(inputs)
     k, n = parse_shard(shard)

@@ -15,21 +15,19 @@ one component, not the number of proposals. Computing the anchor's overlap with 
 remaining proposals of its component each round costs O(N) per round and needs no
 (N, N) matrix.
 
-:func:`detect` is the one entry point from a CAS to final segments, used both for
-test-time detection and for pseudo-label generation, so the two cannot drift apart.
-Units: snippets throughout; the engine converts to seconds with
-:func:`wtal.segments.snippets_to_seconds`.
+The kernels take every setting as an explicit argument; their values are declared once, in
+:class:`wtal.config.DetectConfig`, and :func:`wtal.inference.detect_segments` (the one path
+from a CAS to final segments, for test-time detection and pseudo labels alike) passes them.
+Units: snippets throughout; :func:`wtal.segments.snippets_to_seconds` converts to seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 from torch import Tensor
 
-from wtal.proposals import DEFAULT_THRESHOLDS, Segments, generate_proposals
+from wtal.proposals import Segments
+from wtal.segments import segment_tiou
 
 OVERLAP_MEASURES: tuple[str, ...] = ("ratio", "iou")
 """``"ratio"``: the reference's ``max(0, min(e) - max(s) + 1) / (e_j - s_j + 1)``, the
@@ -37,11 +35,8 @@ intersection over the length of the LOWER-ranked segment ``j`` with inclusive (+
 arithmetic (asymmetric: a short segment inside the anchor is always absorbed).
 ``"iou"``: the continuous temporal IoU of ``[start, end)`` segments."""
 
-FUSION_METHODS: tuple[str, ...] = ("gaussian", "nms", "soft-nms", "none")
-"""``method`` values of :func:`detect`."""
 
-
-def segment_overlap(anchors: Tensor, others: Tensor, measure: str = "ratio") -> Tensor:
+def segment_overlap(anchors: Tensor, others: Tensor, measure: str) -> Tensor:
     """Overlap of ``others[k]`` with ``anchors[k]``, elementwise.
 
     Args:
@@ -62,9 +57,7 @@ def _overlap(a_s: Tensor, a_e: Tensor, o_s: Tensor, o_e: Tensor, measure: str) -
         inter = torch.clamp(torch.minimum(a_e, o_e) - torch.maximum(a_s, o_s) + 1, min=0)
         return inter / (o_e - o_s + 1)
     if measure == "iou":
-        inter = torch.clamp(torch.minimum(a_e, o_e) - torch.maximum(a_s, o_s), min=0)
-        union = (a_e - a_s) + (o_e - o_s) - inter
-        return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+        return segment_tiou(a_s, a_e, o_s, o_e)
     raise ValueError(f"overlap measure must be one of {OVERLAP_MEASURES}, got {measure!r}")
 
 
@@ -113,9 +106,7 @@ def _components(segments: Tensor, labels: Tensor, measure: str) -> Tensor:
     return component
 
 
-def greedy_clusters(
-    proposals: Segments, *, overlap_threshold: float = 0.25, overlap: str = "ratio"
-) -> Tensor:
+def greedy_clusters(proposals: Segments, *, overlap_threshold: float, overlap: str) -> Tensor:
     """Greedy clustering shared by Gaussian fusion and hard NMS, batched over classes.
 
     Per class: the best remaining proposal (highest score; ties go to the lower index) is
@@ -160,8 +151,9 @@ def greedy_clusters(
     return owner
 
 
-def _sort_output(out: Segments) -> Segments:
-    """Classes ascending, scores descending within a class; ties keep the input order."""
+def sort_segments(out: Segments) -> Segments:
+    """The order of every fusion output: classes ascending, scores descending within a
+    class; ties keep the input order."""
     order = torch.sort(out.scores, descending=True, stable=True).indices
     order = order[torch.sort(out.labels[order], stable=True).indices]
     return Segments(*(x[order] for x in out))
@@ -170,9 +162,9 @@ def _sort_output(out: Segments) -> Segments:
 def gaussian_fuse(
     proposals: Segments,
     *,
-    temperature: float = 0.2,
-    overlap_threshold: float = 0.25,
-    overlap: str = "ratio",
+    temperature: float,
+    overlap_threshold: float,
+    overlap: str,
     sign_denominator: bool = True,
 ) -> Segments:
     """Gaussian weighted fusion of proposals, paper.md §1.5 (replaces NMS).
@@ -254,12 +246,10 @@ def gaussian_fuse(
         inner=cluster_sum(weight * inner) / denom,
         labels=proposals.labels[anchors],
     )
-    return _sort_output(fused)
+    return sort_segments(fused)
 
 
-def nms(
-    proposals: Segments, *, overlap_threshold: float = 0.25, overlap: str = "ratio"
-) -> Segments:
+def nms(proposals: Segments, *, overlap_threshold: float, overlap: str) -> Segments:
     """Hard NMS: keep each cluster's anchor unchanged (reference ``use_new_predictor=False``).
 
     Args:
@@ -273,15 +263,15 @@ def nms(
     """
     owner = greedy_clusters(proposals, overlap_threshold=overlap_threshold, overlap=overlap)
     keep = torch.nonzero(owner == torch.arange(owner.shape[0], device=owner.device)).flatten()
-    return _sort_output(Segments(*(x[keep] for x in proposals)))
+    return sort_segments(Segments(*(x[keep] for x in proposals)))
 
 
 def soft_nms(
     proposals: Segments,
     *,
-    sigma: float = 0.5,
+    sigma: float,
+    overlap: str,
     score_threshold: float | None = None,
-    overlap: str = "ratio",
 ) -> Segments:
     """Gaussian soft-NMS (Bodla et al. 2017) per class, batched over classes.
 
@@ -337,72 +327,4 @@ def soft_nms(
     keep = torch.cat(taken)
     scores = torch.cat(taken_scores)
     out = Segments(proposals.segments[keep], scores, proposals.inner[keep], proposals.labels[keep])
-    return _sort_output(out)
-
-
-def detect(
-    cas: Tensor | np.ndarray,
-    video_scores: Tensor | np.ndarray,
-    *,
-    class_threshold: float = 0.16,
-    thresholds: Sequence[float] | np.ndarray | Tensor = DEFAULT_THRESHOLDS,
-    min_length: int = 2,
-    outer_scale: float = 0.0785,
-    outer_power: float = 0.9,
-    inclusive_end: bool = True,
-    float32_means: bool = False,
-    method: str = "gaussian",
-    temperature: float = 0.2,
-    overlap_threshold: float = 0.25,
-    overlap: str = "ratio",
-    sign_denominator: bool = True,
-    sigma: float = 0.5,
-    score_threshold: float | None = None,
-) -> Segments:
-    """CAS -> proposals -> fusion for one video: the one detection path of wtal.
-
-    Test-time detection and pseudo-label generation both call this (with their own
-    ``temperature``), so they cannot drift apart.
-
-    Args:
-        cas: (T, C) class activation sequence (C may include the background column).
-        video_scores: (C,) video-level class scores for the class filter.
-        class_threshold, thresholds, min_length, outer_scale, outer_power, inclusive_end,
-            float32_means: see :func:`wtal.proposals.generate_proposals`.
-        method: ``"gaussian"`` (:func:`gaussian_fuse`, the method), ``"nms"``
-            (:func:`nms`), ``"soft-nms"`` (:func:`soft_nms`) or ``"none"`` (raw proposals).
-        temperature, sign_denominator: see :func:`gaussian_fuse`.
-        overlap_threshold: for ``"gaussian"`` and ``"nms"``.
-        overlap: overlap measure for every method, see :data:`OVERLAP_MEASURES`.
-        sigma, score_threshold: see :func:`soft_nms`.
-
-    Returns:
-        :class:`Segments` in snippet units ``[start, end)``, classes ascending, scores
-        descending within a class.
-    """
-    if method not in FUSION_METHODS:
-        raise ValueError(f"method must be one of {FUSION_METHODS}, got {method!r}")
-    proposals = generate_proposals(
-        cas,
-        video_scores,
-        class_threshold=class_threshold,
-        thresholds=thresholds,
-        min_length=min_length,
-        outer_scale=outer_scale,
-        outer_power=outer_power,
-        inclusive_end=inclusive_end,
-        float32_means=float32_means,
-    )
-    if method == "gaussian":
-        return gaussian_fuse(
-            proposals,
-            temperature=temperature,
-            overlap_threshold=overlap_threshold,
-            overlap=overlap,
-            sign_denominator=sign_denominator,
-        )
-    if method == "nms":
-        return nms(proposals, overlap_threshold=overlap_threshold, overlap=overlap)
-    if method == "soft-nms":
-        return soft_nms(proposals, sigma=sigma, score_threshold=score_threshold, overlap=overlap)
-    return _sort_output(proposals)
+    return sort_segments(out)

@@ -28,12 +28,18 @@ import numpy as np
 import torch
 
 from wtal.config import Config
-from wtal.data import Video, resample
-from wtal.data.layouts import feature_problem
-from wtal.engine import load_trained_model, resolve_device
+from wtal.data import Video
+from wtal.distributed import resolve_device
 from wtal.extractors import RANDOM_WEIGHTS
 from wtal.featmeta import FEATURES_META_FILE, read_features_meta, recorded_extractor
-from wtal.inference import Prediction, detect, predict, results_from_predictions
+from wtal.feature_file import feature_video, read_feature_array
+from wtal.inference import (
+    Prediction,
+    detect,
+    load_trained_model,
+    predict_as_configured,
+    results_from_predictions,
+)
 from wtal.io import InputError, atomic_path, check_output_folder, write_json
 from wtal.segments import snippets_to_seconds
 
@@ -134,56 +140,13 @@ def load_features(path: Path, run: TrainedRun) -> tuple[np.ndarray, float | None
     """One video's ``(T, D)`` feature file, checked against the run (dimension, and grid when
     a ``features_meta.json`` describes it), and its duration in seconds when that file
     records it."""
-    try:
-        features = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not a numeric .npy array ({exc})") from None
-    if not isinstance(features, np.ndarray):
-        features.close()
-        raise InputError(path, "expected one (T, D) .npy array, got an .npz archive")
-    problem = feature_problem(features, None)
-    if problem:
-        raise InputError(path, problem)
+    features = read_feature_array(path)
     check_dim(run, features.shape[1], path, "features")
     described = features_grid(path)
     if described is None:
         return features.astype(np.float32), None
     check_grid(run, described[0], path, "features extracted")
     return features.astype(np.float32), described[1]
-
-
-def video_record(
-    video_id: str,
-    features: np.ndarray,
-    grid: Grid,
-    cfg: Config,
-    num_classes: int,
-    duration_s: float | None = None,
-) -> Video:
-    """A new video's features as a :class:`wtal.data.Video` without ground truth (duration:
-    ``duration_s``, else its T snippets), resampled to ``data.num_segments`` rows when the
-    run was trained so."""
-    num_snippets = features.shape[0]
-    snippet_frames = grid.snippet_frames
-    if duration_s is None:
-        duration_s = float(snippets_to_seconds(num_snippets, grid.fps, snippet_frames))
-    if cfg.data.num_segments:  # the model was trained on resampled videos: test likewise
-        snippet_frames *= num_snippets / cfg.data.num_segments
-        features = resample(features, cfg.data.num_segments)
-    return Video(
-        video_id=video_id,
-        subset="",
-        features=np.ascontiguousarray(features, dtype=np.float32),
-        labels=np.zeros(num_classes, dtype=np.float32),
-        segments_s=np.zeros((0, 2)),
-        segment_labels=np.zeros(0, dtype=np.int64),
-        ambiguous_s=np.zeros((0, 2)),
-        duration_s=duration_s,
-        fps=grid.fps,
-        snippet_frames=snippet_frames,
-    )
 
 
 def recorded_weights(run: TrainedRun) -> str:
@@ -264,7 +227,12 @@ def extract_features(
     for vid, path in videos.items():  # all decoded before anything is written
         features, info = extract_video(path, extractor, spec)
         duration_s = float(info["duration_s"])
-        found.append(video_record(vid, features, grid, run.cfg, len(run.class_names), duration_s))
+        found.append(
+            feature_video(
+                vid, features, run.cfg.data, len(run.class_names), fps=grid.fps,
+                snippet_frames=grid.snippet_frames, duration_s=duration_s,
+            )
+        )  # fmt: skip
     return found
 
 
@@ -284,15 +252,8 @@ def predict_videos(
     """
 
     def run(batch: Sequence[Video], batch_size: int) -> list[Prediction]:
-        return predict(
-            model.to(device),
-            batch,
-            device,
-            video_mix=cfg.detect.video_mix,
-            cas_mix=cfg.detect.cas_mix,
-            batch_size=batch_size,
-            max_padding=cfg.train.max_padding,
-        )
+        batched = replace(cfg, train=replace(cfg.train, batch_size=batch_size))
+        return predict_as_configured(model.to(device), batch, batched, device)
 
     short = [i for i, v in enumerate(videos) if v.features.shape[0] <= max_snippets]
     found = dict(zip(short, run([videos[i] for i in short], cfg.train.batch_size), strict=True))
@@ -456,6 +417,11 @@ def run_inference(
     for vid, path in inputs.features.items():
         array, duration_s = load_features(path, trained)
         grid, num_classes = trained.grid, len(trained.class_names)
-        records.append(video_record(vid, array, grid, trained.cfg, num_classes, duration_s))
+        records.append(
+            feature_video(
+                vid, array, trained.cfg.data, num_classes, fps=grid.fps,
+                snippet_frames=grid.snippet_frames, duration_s=duration_s,
+            )
+        )  # fmt: skip
     preds = predict_videos(trained.model, records, torch_device, trained.cfg, max_snippets)
     return write_outputs(out_dir, preds, trained.class_names, trained.cfg)

@@ -1,22 +1,76 @@
-"""Inference: the network's per-video outputs (:class:`Prediction`, :func:`predict`) and the
-one detection path from a CAS to segments (:func:`detect`) and to ActivityNet results."""
+"""Inference: the trained network (:func:`build_model`, :func:`load_trained_model`), its
+per-video outputs (:class:`Prediction`, :func:`predict`), and the one detection path from a
+CAS to segments (:func:`detect_segments`, :func:`detect`) and to ActivityNet results."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from wtal import __version__
-from wtal.config import DetectConfig
-from wtal.data import FeatureDataset, collate, split_batch
-from wtal.fusion import detect as detect_segments
+from wtal.checkpoint import checkpoint_config, load_checkpoint
+from wtal.config import Config, DetectConfig
+from wtal.data import FeatureDataset, Video, collate, split_batch
+from wtal.fusion import gaussian_fuse, nms, soft_nms, sort_segments
+from wtal.io import InputError
 from wtal.model import WTALModel
+from wtal.proposals import Segments, generate_proposals
 from wtal.segments import snippets_to_seconds
+
+
+def build_model(cfg: Config, feat_dim: int, num_classes: int) -> WTALModel:
+    """The network with the config's ``model`` section as keyword arguments.
+
+    Raises:
+        InputError: the weights do not fit in memory (a huge ``model.embed_dim``, say); torch
+            reports that as a RuntimeError, which would otherwise end in a traceback.
+    """
+    try:
+        return WTALModel(feat_dim, num_classes, **vars(cfg.model))
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "alloc" not in str(exc):
+            raise
+        mc = cfg.model
+        sizes = f"model.embed_dim = {mc.embed_dim}, num_bases = {mc.num_bases}"
+        what = f"{sizes}, queue_len = {mc.queue_len}: the model does not fit in memory"
+        raise InputError(None, f"{what} (features {feat_dim}-d)") from None
+
+
+def load_trained_model(
+    checkpoint: str | Path, overrides: list[str] | None = None
+) -> tuple[WTALModel, Config, dict[str, Any]]:
+    """The network of a checkpoint, in eval mode on the CPU, built from its stored config.
+
+    Args:
+        checkpoint: a ``.pt`` file or a run folder (its ``last.pt``).
+        overrides: ``section.key=value`` changes to the stored config (e.g. ``detect.*``).
+
+    Returns:
+        ``(model, config, state)``; ``state["class_names"]`` and ``state["feat_dim"]`` say
+        what the model was trained on.
+
+    Raises:
+        InputError: missing or foreign checkpoint, or weights that do not fit the config.
+    """
+    path = Path(checkpoint).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
+    state = load_checkpoint(path)
+    cfg = checkpoint_config(state, path, overrides)
+    model = build_model(cfg, state["feat_dim"], len(state["class_names"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise InputError(path, f"weights do not fit the model config ({first})") from None
+    model.eval()
+    return model, cfg, state
 
 
 @dataclass(frozen=True)
@@ -52,8 +106,8 @@ def predict(
     *,
     video_mix: float,
     cas_mix: float,
-    batch_size: int = 10,
-    max_padding: float = 0.0,
+    batch_size: int,
+    max_padding: float,
     dropout: bool = False,
     progress: bool = False,
 ) -> list[Prediction]:
@@ -95,37 +149,100 @@ def predict(
     return preds
 
 
-def detect(
-    pred: Prediction,
+def predict_as_configured(
+    model: WTALModel,
+    videos: FeatureDataset | Sequence[Video],
+    cfg: Config,
+    device: torch.device,
+    *,
+    teacher: bool = False,
+    progress: bool = False,
+) -> list[Prediction]:
+    """:func:`predict` with the run's settings: the test-time mixing of ``cfg.detect``, or
+    with ``teacher`` the pseudo-label teacher's (``pseudo.cas_mix``, dropout as
+    ``pseudo.teacher_dropout``); batches of ``train.batch_size`` videos split by
+    ``train.max_padding``."""
+    return predict(
+        model,
+        videos,
+        device,
+        video_mix=cfg.detect.video_mix,
+        cas_mix=cfg.pseudo.cas_mix if teacher else cfg.detect.cas_mix,
+        batch_size=cfg.train.batch_size,
+        max_padding=cfg.train.max_padding,
+        dropout=teacher and cfg.pseudo.teacher_dropout,
+        progress=progress,
+    )
+
+
+def detect_segments(
+    cas: Tensor | np.ndarray,
+    video_scores: Tensor | np.ndarray,
     dcfg: DetectConfig,
     *,
     temperature: float | None = None,
-    background: bool = False,
-):
-    """CAS -> proposals -> fusion for one video, in snippet units (the one detection path).
+) -> Segments:
+    """CAS -> proposals -> fusion for one video: the one detection path of wtal.
 
-    Test-time detections and pseudo labels both call this; they differ only in the
-    arguments (pseudo labels keep the background column and use their own temperature).
+    Test-time detection and pseudo-label generation both call this, so they cannot drift
+    apart; every setting comes from ``dcfg`` (its fields are the only place their values are
+    declared), and ``temperature`` replaces ``dcfg.temperature`` for pseudo labels.
+
+    Args:
+        cas: (T, C) class activation sequence (C may include the background column).
+        video_scores: (C,) video-level class scores for the class filter.
+        dcfg: proposal and fusion settings; ``dcfg.fusion`` picks :func:`gaussian_fuse`
+            (the method), :func:`nms`, :func:`soft_nms` or ``none`` (the raw proposals).
+        temperature: Gaussian fusion temperature; None uses ``dcfg.temperature``.
 
     Returns:
-        :class:`wtal.proposals.Segments` with ``segments`` (N, 2) in snippets.
+        :class:`Segments` in snippet units ``[start, end)``, classes ascending, scores
+        descending within a class.
     """
-    columns = pred.cas.shape[1] if background else pred.cas.shape[1] - 1
-    return detect_segments(
-        torch.from_numpy(pred.cas[:, :columns]),
-        torch.from_numpy(pred.video_scores[:columns]),
+    proposals = generate_proposals(
+        cas,
+        video_scores,
         class_threshold=dcfg.class_threshold,
         thresholds=np.arange(*dcfg.thresholds),
         min_length=dcfg.min_length,
         outer_scale=dcfg.outer_scale,
         outer_power=dcfg.outer_power,
         inclusive_end=dcfg.inclusive_end,
-        method=dcfg.fusion,
-        temperature=dcfg.temperature if temperature is None else temperature,
-        overlap_threshold=dcfg.overlap_threshold,
-        overlap=dcfg.overlap,
-        sigma=dcfg.soft_nms_sigma,
         float32_means=dcfg.float32_means,
+    )
+    overlap = dcfg.overlap
+    if dcfg.fusion == "gaussian":
+        return gaussian_fuse(
+            proposals,
+            temperature=dcfg.temperature if temperature is None else temperature,
+            overlap_threshold=dcfg.overlap_threshold,
+            overlap=overlap,
+        )
+    if dcfg.fusion == "nms":
+        return nms(proposals, overlap_threshold=dcfg.overlap_threshold, overlap=overlap)
+    if dcfg.fusion == "soft-nms":
+        return soft_nms(proposals, sigma=dcfg.soft_nms_sigma, overlap=overlap)
+    return sort_segments(proposals)  # "none" (DetectConfig admits no other value)
+
+
+def detect(
+    pred: Prediction,
+    dcfg: DetectConfig,
+    *,
+    temperature: float | None = None,
+    background: bool = False,
+) -> Segments:
+    """:func:`detect_segments` on one video's prediction.
+
+    Test-time detections and pseudo labels differ only in the arguments: pseudo labels keep
+    the background column and use their own temperature.
+    """
+    columns = pred.cas.shape[1] if background else pred.cas.shape[1] - 1
+    return detect_segments(
+        torch.from_numpy(pred.cas[:, :columns]),
+        torch.from_numpy(pred.video_scores[:columns]),
+        dcfg,
+        temperature=temperature,
     )
 
 

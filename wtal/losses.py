@@ -2,7 +2,8 @@
 
 Pure functions on the tensors of :class:`wtal.model.ModelOutput`. Every loss returns one value
 per video, shape (B,), and averages over the *valid* snippets of each video only (``mask``);
-the training loop weights and sums them. Padded positions never contribute.
+:func:`compute_losses` weights and sums them as the run's config and schedule say. Padded
+positions never contribute.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wtal.config import Config
 from wtal.model import ModelOutput
+from wtal.schedule import dist_weight, spl_weight
 
 
 def _log(probs: Tensor) -> Tensor:
@@ -55,7 +58,7 @@ def normalized_ce(probs: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     return -(weights * _log(probs)).sum(1)
 
 
-def attention_loss(attention: Tensor, mask: Tensor, topk_divisor: int = 8) -> Tensor:
+def attention_loss(attention: Tensor, mask: Tensor, topk_divisor: int) -> Tensor:
     """Mean of the k lowest minus mean of the k highest attention values, per video.
 
     ``k = max(T_i // topk_divisor, 1)`` with T_i the video's valid length (losses.py:31-45).
@@ -81,7 +84,7 @@ def attention_loss(attention: Tensor, mask: Tensor, topk_divisor: int = 8) -> Te
 
 
 def snippet_distillation_loss(
-    logits: Tensor, target_logits: Tensor, mask: Tensor, temperature: float = 0.2
+    logits: Tensor, target_logits: Tensor, mask: Tensor, temperature: float
 ) -> Tensor:
     """L_spl: snippet-level cross-entropy to a detached, tempered target distribution.
 
@@ -106,7 +109,7 @@ def pseudo_label_loss(
     m_logits: Tensor,
     pseudo_labels: Tensor,
     mask: Tensor,
-    o_weight: float = 0.8,
+    o_weight: float,
 ) -> Tensor:
     """L_dist: cross-entropy of both branches' snippet softmax to pseudo labels (§1.8).
 
@@ -135,10 +138,10 @@ def base_losses(
     labels: Tensor,
     mask: Tensor,
     *,
-    memory_weight: float = 0.5,
-    memory_target_weight: float = 0.2,
-    spl_temperature: float = 0.2,
-    topk_divisor: int = 8,
+    memory_weight: float,
+    memory_target_weight: float,
+    spl_temperature: float,
+    topk_divisor: int,
 ) -> dict[str, Tensor]:
     """The unweighted RSKP losses of one forward pass (method.py:273-300), each (B,).
 
@@ -172,3 +175,46 @@ def base_losses(
         "att": attention_loss(output.o.attention, mask, topk_divisor),
         "spl": snippet_distillation_loss(output.o.logits, target_logits, mask, spl_temperature),
     }
+
+
+def compute_losses(
+    out: ModelOutput,
+    labels: Tensor,
+    mask: Tensor,
+    pseudo: Tensor | None,
+    cfg: Config,
+    epoch: int,
+) -> dict[str, Tensor]:
+    """Per-video loss terms (each (B,)) and their weighted sum ``total`` (paper.md §1.3, §1.8).
+
+    Args:
+        out: the model output of a training forward pass.
+        labels: (B, C) multi-hot video labels.
+        mask: (B, T) bool, True on real snippets.
+        pseudo: (B, T, C+1) pseudo-label targets (may be negative for delta labels) or None.
+        cfg: the run's config.
+        epoch: 0-based epoch, selects the scheduled weights (:mod:`wtal.schedule`).
+    """
+    lc = cfg.loss
+    terms = base_losses(
+        out,
+        labels,
+        mask,
+        memory_weight=lc.memory_branch_weight,
+        memory_target_weight=lc.spl_memory_mix,
+        spl_temperature=lc.spl_temperature,
+        topk_divisor=lc.att_topk_divisor,
+    )
+    total = (
+        lc.fore_weight * terms["fore"]
+        + lc.back_weight * terms["back"]
+        + lc.att_weight * terms["att"]
+        + spl_weight(epoch, cfg) * terms["spl"]
+    )
+    if pseudo is not None:
+        terms["dist"] = pseudo_label_loss(
+            out.o.logits, out.m.logits, pseudo, mask, o_weight=cfg.pseudo.cas_mix
+        )
+        total = total + dist_weight(epoch, cfg) * terms["dist"]
+    terms["total"] = total
+    return terms

@@ -1,5 +1,6 @@
-"""Headless figures: a detection timeline per video, mAP-vs-tIoU curves, and the evolution of
-pseudo labels over regenerations.
+"""Headless figures: a detection timeline per video (also written for the videos of a CAS
+cache, :func:`write_timelines`), mAP-vs-tIoU curves, and the evolution of pseudo labels over
+regenerations.
 
 Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never through
 ``pyplot``: no display, no global figure state, safe in worker processes and tests. PNGs are
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from wtal.inference import Prediction
+from wtal.cascache import load_predictions
+from wtal.config import Config
+from wtal.evaluation import load_ground_truth, load_results
+from wtal.inference import Prediction, detect, results_from_predictions
 from wtal.io import InputError, atomic_path
 from wtal.segments import snippets_to_seconds
 
@@ -255,6 +260,57 @@ def plot_video(
     ax_seg.set_xlim(0, end_s)
     _save(fig, path)
     return shown
+
+
+def write_timelines(
+    cache_path: str | Path,
+    out: str | Path,
+    *,
+    videos: Sequence[str] | None = None,
+    num: int = 5,
+    results_path: str | Path | None = None,
+    gt_path: str | Path | None = None,
+) -> list[Path]:
+    """One timeline PNG per video of a CAS cache (``OUT/<video_id>.png``, the id made a safe
+    file name by :func:`safe_file_names`); returns the paths.
+
+    ``videos`` picks the videos (default: the first ``num``); detections come from
+    ``results_path`` or are re-run from the cache; ground truth from ``gt_path`` if given.
+    """
+    cache = load_predictions(cache_path)
+    cfg = cache.config or Config()
+    by_id = {p.video_id: p for p in cache.predictions}
+    if videos:
+        ids = list(videos)
+        unknown = [v for v in ids if v not in by_id]
+        if unknown:
+            raise InputError(cache_path, f"no video {unknown[0]!r} in the cache")
+    else:
+        if num < 1:
+            raise InputError(None, f"--num: expected a number >= 1, got {num}")
+        ids = list(by_id)[:num]
+    if results_path:
+        results = load_results(results_path)["results"]
+    else:
+        chosen = [by_id[v] for v in ids]
+        results = results_from_predictions(chosen, cache.class_names, cfg.detect)["results"]
+    database = load_ground_truth(gt_path)["database"] if gt_path else {}
+    files = safe_file_names(out, ids)  # ids come from the cache: never trusted as paths
+    paths = []
+    for vid in ids:
+        pred = by_id[vid]
+        found = detect(pred, replace(cfg.detect, fusion="none"))  # the proposals, unfused
+        segments = snippets_to_seconds(found.segments.numpy(), pred.fps, pred.snippet_frames)
+        paths.append(files[vid])
+        plot_video(
+            paths[-1],
+            pred,
+            cache.class_names,
+            detections=results.get(vid, []),
+            ground_truth=database[vid]["annotations"] if vid in database else None,
+            proposals=(segments, found.labels.numpy()),
+        )
+    return paths
 
 
 def plot_map_vs_tiou(

@@ -28,9 +28,6 @@ from torch import Tensor
 
 from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(np.arange(0.001, 0.04, 0.002).tolist())
-"""The reference's CAS thresholds ``np.arange(0.001, 0.04, 0.002)``: 0.001, 0.003, ..., 0.039."""
-
 OUTER_BANDS: dict[str, tuple[float, float]] = {
     "reference": REFERENCE_OUTER_BAND,
     "textbook": (0.25, 1.0),
@@ -84,15 +81,18 @@ def generate_proposals(
     cas: Tensor | np.ndarray,
     video_scores: Tensor | np.ndarray,
     *,
-    class_threshold: float = 0.16,
-    thresholds: Sequence[float] | np.ndarray | Tensor = DEFAULT_THRESHOLDS,
-    min_length: int = 2,
-    outer_scale: float = REFERENCE_OUTER_BAND[0],
-    outer_power: float = REFERENCE_OUTER_BAND[1],
-    inclusive_end: bool = True,
-    float32_means: bool = False,
+    class_threshold: float,
+    thresholds: Sequence[float] | np.ndarray | Tensor,
+    min_length: int,
+    outer_scale: float,
+    outer_power: float,
+    inclusive_end: bool,
+    float32_means: bool,
 ) -> Segments:
     """Multi-threshold proposals with the outer-inner contrastive (OIC) score, paper.md §1.4.
+
+    Every setting is explicit; :class:`wtal.config.DetectConfig` declares the values the
+    package uses (:func:`wtal.inference.detect_segments` passes them).
 
     For each class ``c`` with ``video_scores[c] >= class_threshold`` and each threshold θ, every
     maximal run ``[s, e)`` of ``cas[:, c] > θ`` with ``L = e - s >= min_length`` gives one

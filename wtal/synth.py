@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 from scipy.signal import lfilter
 
-from wtal.data.layouts import VideoAnnotation, atomic_dir, write_pervideo, write_wtalc
+from wtal.annotations import VideoAnnotation
+from wtal.data.layouts import atomic_dir, write_pervideo, write_wtalc
 from wtal.io import InputError, write_json
 from wtal.segments import snippets_to_seconds
 

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wtal.data.layouts import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES
 from wtal.io import InputError
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES
 
 VIDEO_EXTENSIONS = (
     ".mp4",

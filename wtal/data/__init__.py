@@ -10,11 +10,13 @@ Two on-disk layouts yield the same :class:`Video` records:
                                   "ambiguous"?: [[start_s, end_s], ...]}}}
       ROOT/features/<video_id>.npy   (T, D) numeric array, one row per snippet
 
-  Feature files are opened memory-mapped (``mmap_mode="r"``) with ``allow_pickle=False`` when
-  an item is requested, so the dataset never holds all features in memory. The optional
-  top-level ``"classes"`` fixes the class order (default: sorted union of all labels); the
-  optional per-video ``"labels"`` are the video-level labels (default: the labels of its
-  annotations); a top-level ``"ambiguous": {video_id: [[s, e], ...]}`` is accepted as well.
+  The JSON is parsed by :func:`wtal.annotations.read_pervideo_annotations` (the module that
+  parses ground truth for scoring too). Feature files are opened memory-mapped
+  (``mmap_mode="r"``) with ``allow_pickle=False`` when an item is requested, so the dataset
+  never holds all features in memory. The optional top-level ``"classes"`` fixes the class
+  order (default: sorted union of all labels); the optional per-video ``"labels"`` are the
+  video-level labels (default: the labels of its annotations); a top-level
+  ``"ambiguous": {video_id: [[s, e], ...]}`` is accepted as well.
 * **W-TALC bundle** (``sujoyp/wtalc-pytorch``), read-only::
 
       ROOT/<Name>-I3D-JOINTFeatures.npy  object array of (T_i, D) arrays
@@ -40,33 +42,18 @@ from wtal.data.dataset import (
     resample,
     split_batch,
 )
-from wtal.data.layouts import (
-    DEFAULT_FPS,
-    DEFAULT_SNIPPET_FRAMES,
-    Problem,
-    VideoAnnotation,
-    detect_layout,
-    read_pervideo_annotations,
-    read_wtalc_annotations,
-    write_pervideo,
-    write_wtalc,
-)
+from wtal.data.layouts import detect_layout, read_wtalc_annotations, write_pervideo, write_wtalc
 
 __all__ = [
-    "DEFAULT_FPS",
-    "DEFAULT_SNIPPET_FRAMES",
     "Batch",
     "FeatureDataset",
-    "Problem",
     "Video",
-    "VideoAnnotation",
     "check_dataset",
     "collate",
     "convert_wtalc",
     "detect_layout",
     "format_summary",
     "length_groups",
-    "read_pervideo_annotations",
     "read_wtalc_annotations",
     "resample",
     "split_batch",

@@ -11,14 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from wtal.annotations import Problem, Reporter, is_positive_finite
 from wtal.config import DataConfig
 from wtal.data.layouts import (
     ANNOTATION_FILE,
-    DEFAULT_FPS,
     DatasetSource,
     FeatureWarnings,
-    Problem,
-    Reporter,
     atomic_dir,
     check_labels,
     feature_problem,
@@ -26,6 +24,7 @@ from wtal.data.layouts import (
     write_pervideo,
 )
 from wtal.io import InputError
+from wtal.segments import DEFAULT_FPS
 
 # ----------------------------------------------------------------------------- check
 
@@ -144,7 +143,7 @@ def convert_wtalc(
     Returns:
         Number of videos written.
     """
-    if not 0 < fps < float("inf"):  # NaN fails both comparisons
+    if not is_positive_finite(fps):
         raise InputError(None, f"fps: expected a frame rate > 0, got {fps}")
     rep = Reporter(strict=True)
     source = DatasetSource(src, "wtalc", rep, ANNOTATION_FILE)

@@ -5,25 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from wtal.annotations import GroundTruth, Problem, Reporter, VideoAnnotation
 from wtal.data.layouts import (
     ANNOTATION_FILE,
-    DEFAULT_FPS,
-    DEFAULT_SNIPPET_FRAMES,
     DatasetSource,
     FeatureWarnings,
-    Problem,
-    Reporter,
-    VideoAnnotation,
     check_labels,
     feature_problem,
     resolve_class_names,
 )
 from wtal.io import InputError
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,10 +215,11 @@ class FeatureDataset(torch.utils.data.Dataset):
             ``"test"`` to test); ``None`` serves every video.
         layout: ``"auto"`` (detect), ``"wtalc"`` or ``"pervideo"``.
         fps: frame rate the snippets were cut at, for videos whose annotation has no
-            ``"fps"`` (``None``: :data:`DEFAULT_FPS`). A video's own ``"fps"`` always wins;
-            where it differs from an explicit ``fps``, :attr:`warnings` names the video.
+            ``"fps"`` (``None``: :data:`wtal.segments.DEFAULT_FPS`). A video's own ``"fps"``
+            always wins; where it differs from an explicit ``fps``, :attr:`warnings` names
+            the video.
         snippet_frames: frames per feature snippet, likewise for videos without their own
-            ``"snippet_frames"`` (``None``: :data:`DEFAULT_SNIPPET_FRAMES`).
+            ``"snippet_frames"`` (``None``: :data:`wtal.segments.DEFAULT_SNIPPET_FRAMES`).
         num_segments: resample every video to this many rows (:func:`resample`); ``None``
             keeps whole videos.
         sampling: ``"uniform"`` or ``"random"`` (random-perturbed, needs ``num_segments``).
@@ -377,26 +375,21 @@ class FeatureDataset(torch.utils.data.Dataset):
             for rec in self.records
         }
 
-    def ground_truth(self) -> dict[str, Any]:
-        """Ground truth of this subset in the ActivityNet format (seconds).
-
-        Returns:
-            ``{"version", "classes", "database": {video_id: {"subset", "duration", "fps",
-            "annotations": [{"segment": [s, e], "label"}], "ambiguous": [[s, e], ...]}}}``;
-            ``duration`` is None when unknown.
-        """
-        database = {}
-        for rec in self.records:
-            database[rec.video_id] = {
-                "subset": rec.subset,
-                "duration": None if np.isnan(rec.duration_s) else rec.duration_s,
-                "fps": self._fps(rec),
-                "snippet_frames": self._snippet_frames(rec),
-                "annotations": [
-                    {"segment": seg, "label": name}
-                    for seg, name in zip(rec.segments_s.tolist(), rec.segment_labels, strict=True)
-                ],
-                "ambiguous": rec.ambiguous_s.tolist(),
-            }
-        version = f"{self.source.root.name}:{self.subset}"
-        return {"version": version, "classes": list(self.class_names), "database": database}
+    def ground_truth(self) -> GroundTruth:
+        """Ground truth of this subset (seconds), as :func:`wtal.evaluation.evaluate_detections`
+        takes it: built from the records read already, not re-serialised and parsed again."""
+        records = self.records
+        index = np.arange(len(records))
+        return GroundTruth(
+            video_ids=[r.video_id for r in records],
+            subsets=[r.subset for r in records],
+            ann_video=np.repeat(index, [len(r.segment_labels) for r in records]),
+            ann_labels=[name for r in records for name in r.segment_labels],
+            ann_segments=np.concatenate(
+                [np.zeros((0, 2)), *(r.segments_s.reshape(-1, 2) for r in records)]
+            ),
+            amb_video=np.repeat(index, [len(r.ambiguous_s) for r in records]),
+            amb_segments=np.concatenate(
+                [np.zeros((0, 2)), *(r.ambiguous_s.reshape(-1, 2) for r in records)]
+            ),
+        )

@@ -1,4 +1,5 @@
-"""Reading and writing the two dataset layouts (see :mod:`wtal.data`).
+"""Reading and writing the two dataset layouts (see :mod:`wtal.data`); the annotation
+JSON of the per-video layout is parsed by :mod:`wtal.annotations`.
 
 The W-TALC bundle is pickled: its reader is the only place in the package that passes
 ``allow_pickle=True``, and it runs code stored in those files, so only open bundles from a
@@ -7,8 +8,6 @@ source you trust.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import pickle
 import shutil
@@ -16,18 +15,22 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wtal.annotations import (
+    Problem,
+    Reporter,
+    VideoAnnotation,
+    as_segments,
+    read_pervideo_annotations,
+    valid_segments,
+    video_id_problem,
+)
 from wtal.io import InputError, write_json
 
-DEFAULT_FPS = 25.0
-"""Frame rate of THUMOS14 / ActivityNet I3D feature extraction (W-TALC, ACM-Net)."""
-DEFAULT_SNIPPET_FRAMES = 16.0
-"""Frames per I3D feature snippet (non-overlapping 16-frame chunks)."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 """Largest float32: float64 features beyond it overflow to inf when cast for training."""
 ANNOTATION_FILE = "annotations.json"
@@ -36,254 +39,7 @@ WTALC_FEATURES_SUFFIX = "-I3D-JOINTFeatures.npy"
 WTALC_AMBIGUOUS_FILE = "Ambiguous_test.txt"
 
 
-@dataclass(eq=False)
-class VideoAnnotation:
-    """Layout-independent annotation of one video (class names, seconds)."""
-
-    video_id: str
-    subset: str
-    duration_s: float
-    segments_s: np.ndarray  # (N, 2) float64
-    segment_labels: list[str]
-    labels: list[str]  # video-level label names
-    ambiguous_s: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (M, 2)
-    fps: float | None = None  # the video's own frame rate, when the annotation gives one
-    snippet_frames: float | None = None  # the video's own frames per snippet, likewise
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of :func:`check_dataset` (or a warning of the loader)."""
-
-    level: str  # "error" or "warning"
-    path: str
-    what: str
-    video: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.level}: {InputError(self.path, self.what, self.video)}"
-
-
-class Reporter:
-    """Collects problems; with ``strict`` the first error raises :class:`InputError`."""
-
-    def __init__(self, strict: bool):
-        self.strict = strict
-        self.problems: list[Problem] = []
-
-    def error(self, path: Any, what: str, video: str | None = None) -> None:
-        if self.strict:
-            raise InputError(path, what, video)
-        self.problems.append(Problem("error", str(path), what, video))
-
-    def warning(self, path: Any, what: str, video: str | None = None) -> None:
-        self.problems.append(Problem("warning", str(path), what, video))
-
-
-# ----------------------------------------------------------------------------- annotations
-
-
-def _as_segments(value: Any) -> np.ndarray | None:
-    """``[[s, e], ...]`` -> (N, 2) float64, or None when it is not a list of number pairs."""
-    if not isinstance(value, (list, tuple, np.ndarray)):
-        return None
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    if arr.size == 0:
-        return np.zeros((0, 2))
-    return arr if arr.ndim == 2 and arr.shape[1] == 2 else None
-
-
-def _valid_segments(
-    rep: Reporter, path: Any, video: str, name: str, segments: np.ndarray, duration_s: float
-) -> np.ndarray:
-    """Report bad segments; return the (N,) bool mask of the ones to keep.
-
-    ``end <= start``, a negative start or a non-finite value is an error; an end after the
-    video's duration is a warning (real THUMOS14 annotations have such segments).
-    """
-    start, end = segments[:, 0], segments[:, 1]
-    finite = np.isfinite(segments).all(axis=1)
-    checks = [
-        (~finite, "error", "is not a pair of finite numbers"),
-        (finite & (start < 0), "error", "starts before 0"),
-        (finite & (end <= start), "error", "has end <= start"),
-        (finite & (end > start) & (end > duration_s), "warning", "ends after the video"),
-    ]
-    for bad, level, what in checks:
-        for i in np.flatnonzero(bad):
-            msg = f"{name}[{i}] {segments[i].tolist()} s {what}"
-            if level == "warning":
-                rep.warning(path, f"{msg} (duration {duration_s} s)", video)
-            else:
-                rep.error(path, msg, video)
-    return finite & (start >= 0) & (end > start)
-
-
-def _id_problem(video_id: str) -> str | None:
-    """Why a video id cannot name its feature file ``features/<id>.npy`` (None if it can).
-
-    Ids come from the data, so one like ``../../x`` or ``/tmp/x`` would read (or, converting,
-    write) a file outside the dataset folder.
-    """
-    if not video_id or video_id in (".", "..") or any(c in video_id for c in "/\\\0"):
-        return "video id must be a plain file name (no '/', '\\', NUL, '.' or '..')"
-    if _has_control(video_id):
-        return "video id must not contain control characters (newline, tab, ...)"
-    return None
-
-
-def _has_control(name: str) -> bool:
-    """A newline, tab or other control character: names of videos and classes go into
-    one-line messages, logs and file names, where one would split or hide text."""
-    return any(ord(c) < 32 or ord(c) == 127 for c in name)
-
-
-def _number(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else None
-
-
-def _positive(value: Any) -> bool:
-    """A finite number > 0 (JSON's ``NaN`` and ``Infinity`` are not: an infinite frame rate
-    would put every segment at 0 s)."""
-    number = _number(value)
-    return number is not None and 0 < number < math.inf
-
-
-def _read_annotation_json(path: Path) -> tuple[Any, list[str]]:
-    """Parse JSON and list duplicated object keys (``json`` would silently keep the last)."""
-    duplicates: list[str] = []
-
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        counts = Counter(key for key, _ in pairs)
-        duplicates.extend(key for key, n in counts.items() if n > 1)
-        return dict(pairs)
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read ({exc.__class__.__name__})") from None
-    try:
-        return json.loads(text, object_pairs_hook=pairs_hook), duplicates
-    except json.JSONDecodeError as exc:
-        what = f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        raise InputError(path, what) from None
-
-
-def _str_list(value: Any) -> list[str] | None:
-    if isinstance(value, list) and all(isinstance(x, str) for x in value):
-        return value
-    return None
-
-
-def read_pervideo_annotations(
-    path: str | os.PathLike, rep: Reporter | None = None
-) -> tuple[list[VideoAnnotation], list[str] | None]:
-    """Read a per-video annotation JSON (layout in the module docstring).
-
-    Returns:
-        The annotations in file order and the file's ``"classes"`` list (None if absent).
-
-    Raises:
-        InputError: naming the file, video and field of the first error (unless ``rep``
-            collects them).
-    """
-    path = Path(path)
-    rep = rep or Reporter(strict=True)
-    data, duplicates = _read_annotation_json(path)
-    database = data.get("database") if isinstance(data, dict) else None
-    if not isinstance(database, dict):
-        raise InputError(path, 'expected an object with a "database" object of videos')
-    for key in duplicates:
-        what = "duplicate video id" if key in database else f"duplicate key {key!r}"
-        rep.error(path, what, key if key in database else None)
-    classes = data.get("classes")
-    if classes is not None and _str_list(classes) is None:
-        raise InputError(path, '"classes" must be a list of class-name strings')
-    if classes is not None and len(set(classes)) < len(classes):  # which index would a label get?
-        twice = next(c for i, c in enumerate(classes) if c in classes[:i])
-        raise InputError(path, f'"classes": {twice!r} is listed twice')
-    if classes is not None and any(_has_control(c) for c in classes):
-        bad = next(c for c in classes if _has_control(c))
-        raise InputError(path, f'"classes": {bad!r} contains a control character')
-    extra_ambiguous = data.get("ambiguous", {})  # the THUMOS evaluation fixtures keep it here
-    extra_ambiguous = extra_ambiguous if isinstance(extra_ambiguous, dict) else {}
-    records = []
-    for vid, entry in database.items():
-        if not isinstance(entry, dict):
-            rep.error(path, "entry is not an object", vid)
-            continue
-        if problem := _id_problem(vid):
-            rep.error(path, problem, vid)
-            continue
-        subset, duration, fps = entry.get("subset"), entry.get("duration"), entry.get("fps")
-        if not isinstance(subset, str):
-            rep.error(path, '"subset" must be a string', vid)
-            continue
-        duration_s = np.nan if duration is None else _number(duration)
-        if duration is not None and not _positive(duration):
-            rep.error(
-                path, f'"duration" must be a positive number of seconds, got {duration!r}', vid
-            )
-            duration_s = np.nan
-        if fps is not None and not _positive(fps):
-            rep.error(path, f'"fps" must be a positive number, got {fps!r}', vid)
-            fps = None
-        snippet_frames = entry.get("snippet_frames")
-        if snippet_frames is not None and not _positive(snippet_frames):
-            what = f'"snippet_frames" must be a positive number, got {snippet_frames!r}'
-            rep.error(path, what, vid)
-            snippet_frames = None
-        anns = entry.get("annotations")
-        if not isinstance(anns, list):
-            rep.error(path, '"annotations" must be a list', vid)
-            continue
-        segments, names = np.zeros((len(anns), 2)), []
-        wellformed = np.ones(len(anns), dtype=bool)
-        for i, ann in enumerate(anns):
-            seg = _as_segments([ann.get("segment")]) if isinstance(ann, dict) else None
-            label = ann.get("label") if isinstance(ann, dict) else None
-            if seg is None or not isinstance(label, str):
-                what = f'annotations[{i}]: expected {{"segment": [s, e], "label": str}}'
-                rep.error(path, what, vid)
-                wellformed[i], seg, label = False, np.array([[0.0, 1.0]]), ""  # placeholder
-            elif _has_control(label):
-                rep.error(
-                    path, f"annotations[{i}]: label {label!r} contains a control character", vid
-                )
-                wellformed[i] = False
-            segments[i] = seg[0]
-            names.append(label)
-        keep = _valid_segments(rep, path, vid, "annotations", segments, duration_s) & wellformed
-        ambiguous = _as_segments(entry.get("ambiguous", extra_ambiguous.get(vid, [])))
-        if ambiguous is None:
-            rep.error(path, '"ambiguous" must be a list of [start, end] pairs', vid)
-            ambiguous = np.zeros((0, 2))
-        amb_keep = _valid_segments(rep, path, vid, "ambiguous", ambiguous, duration_s)
-        labels = entry.get("labels")
-        if labels is not None and _str_list(labels) is None:
-            rep.error(path, '"labels" must be a list of class-name strings', vid)
-            labels = None
-        names = [n for n, k in zip(names, keep, strict=True) if k]
-        records.append(
-            VideoAnnotation(
-                video_id=vid,
-                subset=subset,
-                duration_s=float(duration_s),
-                segments_s=segments[keep],
-                segment_labels=names,
-                labels=sorted(set(names)) if labels is None else list(labels),
-                ambiguous_s=ambiguous[amb_keep],
-                fps=None if fps is None else float(fps),
-                snippet_frames=None if snippet_frames is None else float(snippet_frames),
-            )
-        )
-    return records, classes
+# ----------------------------------------------------------------------------- W-TALC
 
 
 def _decode(x: Any) -> str:
@@ -338,19 +94,19 @@ def read_wtalc_annotations(
     ambiguous = _read_wtalc_ambiguous(root / WTALC_AMBIGUOUS_FILE, set(video_ids), rep)
     records = []
     for i, vid in enumerate(video_ids):
-        if problem := _id_problem(vid):
+        if problem := video_id_problem(vid):
             rep.error(root / "videoname.npy", problem, vid)
             continue
         duration_s = float(arrays["duration"][i])
-        segments = _as_segments(arrays["segments"][i])
+        segments = as_segments(arrays["segments"][i])
         names = [_decode(x) for x in arrays["labels"][i]]
         if segments is None or len(segments) != len(names):
             what = f"entry {i}: expected one [start, end] pair per label of labels.npy"
             rep.error(root / "segments.npy", what, vid)
             continue
-        keep = _valid_segments(rep, root / "segments.npy", vid, "segments", segments, duration_s)
+        keep = valid_segments(rep, root / "segments.npy", vid, "segments", segments, duration_s)
         amb = ambiguous.get(vid, np.zeros((0, 2)))
-        amb_keep = _valid_segments(
+        amb_keep = valid_segments(
             rep, root / WTALC_AMBIGUOUS_FILE, vid, "ambiguous", amb, duration_s
         )
         records.append(

@@ -1,0 +1,134 @@
+"""One pseudo-label regeneration (paper.md §1.6): detect on the training videos with the
+test-time path (:func:`wtal.inference.detect`), solve the LP of :mod:`wtal.pseudo` for
+snippet targets, and measure their quality against the training ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wtal import distributed
+from wtal.config import Config
+from wtal.data import FeatureDataset
+from wtal.inference import Prediction, detect, predict_as_configured
+from wtal.lp import solve_pseudo_labels_batch
+from wtal.model import WTALModel
+from wtal.proposals import Segments
+from wtal.pseudo import pseudo_label_quality, summarize_quality
+from wtal.segments import seconds_to_snippets
+
+
+def generate_pseudo_labels(
+    model: WTALModel,
+    dataset: FeatureDataset,
+    cfg: Config,
+    temperature: float,
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Tensor]]:
+    """Snippet pseudo labels (T, C+1) of every training video (paper.md §1.6).
+
+    The teacher is the current model itself: the reference copies the weights into a
+    teacher right before this pass and uses the copy for nothing else. The LPs of all
+    videos are solved in one batch.
+
+    Under DDP each rank labels its slice of the videos (:func:`wtal.distributed.shard_dataset`)
+    and every rank returns the gathered labels of all videos and the summed statistics.
+
+    Returns:
+        ``(labels, stats, fused)``: labels per video; JSON-ready statistics, with a
+        ``quality`` entry (:func:`wtal.pseudo.summarize_quality`) when the training videos
+        carry ground truth; and ``fused = {"segments": {video: (N, 4)}, "timing": {video:
+        (4,)}}``, the segments fed to the LP as float64 rows ``[start, end, score, column]``
+        in snippets and each video's ``[T, fps, snippet_frames, duration_s]`` (enough to
+        recompute the labels and to convert to seconds).
+    """
+    preds = predict_as_configured(
+        model, distributed.shard_dataset(dataset), cfg, device, teacher=True
+    )
+    # pseudo.fusion may swap the fusion method; everything else is the test-time detection.
+    dcfg = cfg.detect
+    if cfg.pseudo.fusion is not None:
+        dcfg = replace(dcfg, fusion=cfg.pseudo.fusion)
+    found_all = []
+    for pred in preds:
+        found = detect(pred, dcfg, temperature=temperature, background=True)
+        if cfg.pseudo.gt_classes_only:
+            allowed = np.append(pred.labels > 0, True)
+            keep = torch.from_numpy(allowed)[found.labels]
+            found = type(found)(*(x[keep] for x in found))
+        found_all.append(found)
+    ys, solved = solve_pseudo_labels_batch(
+        [f.segments.numpy() for f in found_all],
+        [f.scores.numpy() for f in found_all],
+        [f.labels.numpy() for f in found_all],
+        [p.cas.shape[0] for p in preds],
+        preds[0].cas.shape[1] if preds else dataset.num_classes + 1,
+        outer_scale=dcfg.outer_scale,  # the proposals' outer band (one formula, one setting)
+        outer_power=dcfg.outer_power,
+        video_ids=[p.video_id for p in preds],
+    )
+    labels = {
+        p.video_id: torch.from_numpy(np.asarray(y, dtype=np.float32))
+        for p, y in zip(preds, ys, strict=True)
+    }
+    segments = {
+        p.video_id: torch.cat(
+            [f.segments, f.scores[:, None], f.labels[:, None].to(torch.float64)], 1
+        ).to(torch.float64)
+        for p, f in zip(preds, found_all, strict=True)
+    }
+    timing = {
+        p.video_id: torch.tensor(
+            [p.cas.shape[0], p.fps, p.snippet_frames, p.duration_s], dtype=torch.float64
+        )
+        for p in preds
+    }
+    stats: dict[str, Any] = {
+        "segments": sum(len(f.scores) for f in found_all),
+        "lps": solved.n_lps,
+        "infeasible": solved.n_infeasible,
+        "fallback": solved.n_fallback,
+        "solve_s": solved.solve_time_s,
+    }
+    per_video = _pseudo_quality(dataset, preds, ys, found_all)
+    if distributed.world_size() > 1:
+        parts = distributed.all_gather_objects((labels, segments, timing, stats, per_video))
+        labels = {k: v for part in parts for k, v in part[0].items()}
+        segments = {k: v for part in parts for k, v in part[1].items()}
+        timing = {k: v for part in parts for k, v in part[2].items()}
+        stats = {k: sum(part[3][k] for part in parts) for k in stats}
+        per_video = [q for part in parts for q in part[4]]
+    if per_video:
+        stats["quality"] = summarize_quality(per_video)
+    return labels, stats, {"segments": segments, "timing": timing}
+
+
+def _pseudo_quality(
+    dataset: FeatureDataset,
+    preds: list[Prediction],
+    ys: list[np.ndarray],
+    found_all: list[Segments],
+) -> list[dict[str, Any]]:
+    """Pseudo labels ``ys`` (T, C+1) and the detections ``found_all`` they were solved from,
+    against the ground truth of each training video that has some."""
+    truth = dataset.segments_by_video()
+    per_video = []
+    for pred, y, found in zip(preds, ys, found_all, strict=True):
+        gt_s, gt_labels = truth[pred.video_id]
+        if not len(gt_labels):
+            continue
+        per_video.append(
+            pseudo_label_quality(
+                y,
+                seconds_to_snippets(gt_s, pred.fps, pred.snippet_frames),
+                gt_labels,
+                pseudo_segments=found.segments.numpy(),
+                pseudo_segment_labels=found.labels.numpy(),
+            )
+        )
+    return per_video
