@@ -23,6 +23,47 @@ TINY_SPEC = dict(
     max_snippets=40,
 )
 """The synthetic spec of :func:`tiny_run` (``SynthSpec`` fields over the ``thumos`` preset)."""
+TINY_CONFIG: dict[str, object] = {
+    "model.embed_dim": 16,
+    "train.epochs": 2,
+    "train.warmup_epoch": 0,
+    "train.lr_milestones": [1],
+    "train.lr_values": [5.0e-4, 1.0e-4],
+    "train.batch_size": 3,
+    "train.videos_per_step": 6,
+    "train.checkpoint_every": 1,
+    "train.device": "cpu",
+    "loss.spl_milestones": [1, 2],
+    "pseudo.regen_epochs": [1],
+    "pseudo.temperatures": [0.02],
+    "pseudo.delta_start": 2,
+    "pseudo.delta_switch": 3,
+}
+"""The tiny training config of the tests, as ``section.field: value``: seconds on CPU, both
+stages (base epoch 0, pseudo labels regenerated before epoch 1), a checkpoint every epoch.
+Tests state the fields they need different through :func:`tiny_config` /
+:func:`tiny_overrides`."""
+
+
+def _tiny_items(changes: dict[str, object]) -> dict[str, object]:
+    unknown = [key for key in changes if key.count(".") != 1]
+    assert not unknown, f"not a `section.field` key: {unknown}"
+    return {**TINY_CONFIG, **changes}
+
+
+def tiny_config(**changes: object) -> dict[str, dict[str, object]]:
+    """:data:`TINY_CONFIG` with ``changes`` (``tiny_config(**{"train.epochs": 3})``), nested by
+    section as a config file holds it (``json.dumps`` of it is a YAML config file)."""
+    nested: dict[str, dict[str, object]] = {}
+    for key, value in _tiny_items(changes).items():
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def tiny_overrides(**changes: object) -> list[str]:
+    """:data:`TINY_CONFIG` with ``changes`` as ``--set`` items (``"train.epochs=3"``)."""
+    return [f"{key}={value!r}" for key, value in _tiny_items(changes).items()]
 
 
 @pytest.fixture(scope="session")

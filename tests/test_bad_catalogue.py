@@ -25,24 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from wtal.cli import main
 
-TINY = {
-    "model": {"embed_dim": 16},
-    "train": {
-        "epochs": 2,
-        "warmup_epoch": 0,
-        "lr_milestones": [1],
-        "lr_values": [5.0e-4, 1.0e-4],
-        "batch_size": 3,
-        "videos_per_step": 6,
-        "checkpoint_every": 1,
-        "device": "cpu",
-    },
-    "loss": {"spl_milestones": [1, 2]},
-    "pseudo": {"regen_epochs": [1], "temperatures": [0.02], "delta_start": 2, "delta_switch": 3},
-}
+TINY = tiny_config()
 
 
 @dataclass

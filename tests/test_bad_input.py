@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
@@ -30,26 +31,7 @@ from wtal.data.split import open_datasets
 from wtal.engine import fit
 from wtal.io import InputError
 
-TINY = {
-    "model": {"embed_dim": 16},
-    "train": {
-        "epochs": 2,
-        "warmup_epoch": 0,
-        "lr_milestones": [1],
-        "lr_values": [5.0e-4, 1.0e-4],
-        "batch_size": 3,
-        "videos_per_step": 6,
-        "checkpoint_every": 1,
-        "device": "cpu",
-    },
-    "loss": {"spl_milestones": [1, 2]},
-    "pseudo": {
-        "regen_epochs": [1],
-        "temperatures": [0.02],
-        "delta_start": 2,
-        "delta_switch": 3,
-    },
-}
+TINY = tiny_config()
 TRAIN_IDS = [f"video_validation_{i:07d}" for i in range(6)]
 TEST_IDS = [f"video_test_{i:07d}" for i in range(4)]
 

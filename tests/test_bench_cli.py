@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from wtal.bench import format_bench, summarize_seeds
 from wtal.checkpoint import load_checkpoint
@@ -15,22 +16,14 @@ from wtal.cli import main
 from wtal.io import InputError, write_json
 from wtal.synth import THUMOS, write_synthetic
 
-TINY = [
-    "model.embed_dim=16",
-    "train.epochs=2",
-    "train.warmup_epoch=0",
-    "train.lr_milestones=[1]",
-    "train.lr_values=[1e-3, 1e-4]",
-    "train.batch_size=5",
-    "train.videos_per_step=5",
-    "train.checkpoint_every=0",
-    "train.device='cpu'",
-    "loss.spl_milestones=[1, 2]",
-    "pseudo.regen_epochs=[1]",
-    "pseudo.temperatures=[0.02]",
-    "pseudo.delta_start=2",
-    "pseudo.delta_switch=3",
-]
+TINY = tiny_overrides(
+    **{
+        "train.lr_values": [1e-3, 1e-4],
+        "train.batch_size": 5,
+        "train.videos_per_step": 5,
+        "train.checkpoint_every": 0,
+    }
+)
 
 
 def _metrics(values: list[float]) -> dict:

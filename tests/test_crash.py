@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from wtal.checkpoint import FAULT_ENV, load_checkpoint
 from wtal.configfile import load_config
@@ -25,26 +26,15 @@ from wtal.engine import fit
 from wtal.runlog import JsonlLog
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "model": {"embed_dim": 16},
-    "train": {
-        "epochs": 3,
-        "warmup_epoch": 0,
-        "lr_milestones": [2],
-        "lr_values": [5.0e-4, 1.0e-4],
-        "batch_size": 3,
-        "videos_per_step": 6,
-        "checkpoint_every": 2,
-        "device": "cpu",
-    },
-    "loss": {"spl_milestones": [1, 2]},
-    "pseudo": {
-        "regen_epochs": [1, 2],
-        "temperatures": [0.02, 0.002],
-        "delta_start": 2,
-        "delta_switch": 3,
-    },
-}
+TINY = tiny_config(
+    **{
+        "train.epochs": 3,
+        "train.lr_milestones": [2],
+        "train.checkpoint_every": 2,
+        "pseudo.regen_epochs": [1, 2],
+        "pseudo.temperatures": [0.02, 0.002],
+    }
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from wtal.cascache import load_predictions
 from wtal.cascache import save_predictions as save_cache
@@ -19,18 +20,18 @@ from wtal.engine import fit
 from wtal.inference import Prediction, results_from_predictions
 from wtal.synth import THUMOS, write_synthetic
 
-TINY = [
-    "model.embed_dim=32",
-    "train.epochs=1",
-    "train.warmup_epoch=0",
-    "train.lr_milestones=[]",
-    "train.lr_values=[5e-4]",
-    "train.batch_size=5",
-    "train.checkpoint_every=0",
-    "train.device='cpu'",
-    "loss.spl_milestones=[1, 2]",
-    "pseudo.enabled=False",
-]
+TINY = tiny_overrides(
+    **{
+        "model.embed_dim": 32,
+        "train.epochs": 1,
+        "train.lr_milestones": [],
+        "train.lr_values": [5e-4],
+        "train.batch_size": 5,
+        "train.videos_per_step": 10,
+        "train.checkpoint_every": 0,
+        "pseudo.enabled": False,
+    }
+)
 FEAT_DIM = 16
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import tiny_config
 
 from wtal import distributed
 from wtal.checkpoint import load_checkpoint
@@ -28,26 +29,24 @@ REPO = Path(__file__).resolve().parents[1]
 # so only a dropout-free run can match the single process number for number. max_padding 1
 # runs videos of unequal length in passes of their own, so a rank makes several passes per
 # batch and only the last one all-reduces the gradients.
-TINY = """\
-model: {embed_dim: 32, dropout: 0.0}
-train:
-  epochs: 3
-  warmup_epoch: 0
-  lr_milestones: [2]
-  lr_values: [5.0e-4, 1.0e-4]
-  batch_size: 4
-  videos_per_step: 4
-  max_padding: 1.0
-  checkpoint_every: 2
-  device: cpu
-loss: {spl_milestones: [1, 2]}
-pseudo:
-  regen_epochs: [2]
-  temperatures: [0.02]
-  teacher_dropout: false
-  delta_start: 3
-  delta_switch: 4
-"""
+TINY = json.dumps(
+    tiny_config(
+        **{
+            "model.embed_dim": 32,
+            "model.dropout": 0.0,
+            "train.epochs": 3,
+            "train.lr_milestones": [2],
+            "train.batch_size": 4,
+            "train.videos_per_step": 4,
+            "train.max_padding": 1.0,
+            "train.checkpoint_every": 2,
+            "pseudo.regen_epochs": [2],
+            "pseudo.teacher_dropout": False,
+            "pseudo.delta_start": 3,
+            "pseudo.delta_switch": 4,
+        }
+    )
+)  # JSON is YAML
 
 
 @pytest.fixture(scope="module")

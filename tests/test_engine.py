@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from wtal.checkpoint import load_checkpoint
 from wtal.configfile import load_config
@@ -21,22 +22,20 @@ from wtal.inference import load_trained_model, predict
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
-TINY = [
-    "model.embed_dim=32",
-    "train.epochs=4",
-    "train.warmup_epoch=0",
-    "train.lr_milestones=[3]",
-    "train.lr_values=[5e-4, 1e-4]",
-    "train.batch_size=5",
-    "train.videos_per_step=10",
-    "train.checkpoint_every=2",
-    "train.device='cpu'",
-    "loss.spl_milestones=[1, 2]",
-    "pseudo.regen_epochs=[2, 3]",
-    "pseudo.temperatures=[0.02, 0.002]",
-    "pseudo.delta_start=3",
-    "pseudo.delta_switch=4",
-]
+TINY = tiny_overrides(
+    **{
+        "model.embed_dim": 32,
+        "train.epochs": 4,
+        "train.lr_milestones": [3],
+        "train.batch_size": 5,
+        "train.videos_per_step": 10,
+        "train.checkpoint_every": 2,
+        "pseudo.regen_epochs": [2, 3],
+        "pseudo.temperatures": [0.02, 0.002],
+        "pseudo.delta_start": 3,
+        "pseudo.delta_switch": 4,
+    }
+)
 
 
 @pytest.fixture(scope="module")

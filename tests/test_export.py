@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
@@ -19,22 +20,18 @@ from wtal.lp import solve_pseudo_labels
 from wtal.pseudo import pseudo_annotations
 from wtal.synth import THUMOS, write_synthetic
 
-TINY = [
-    "model.embed_dim=16",
-    "train.epochs=3",
-    "train.warmup_epoch=0",
-    "train.lr_milestones=[2]",
-    "train.lr_values=[1e-3, 1e-4]",
-    "train.batch_size=5",
-    "train.videos_per_step=5",
-    "train.checkpoint_every=0",
-    "train.device='cpu'",
-    "loss.spl_milestones=[1, 2]",
-    "pseudo.regen_epochs=[1, 2]",
-    "pseudo.temperatures=[0.02, 0.002]",
-    "pseudo.delta_start=2",
-    "pseudo.delta_switch=3",
-]
+TINY = tiny_overrides(
+    **{
+        "train.epochs": 3,
+        "train.lr_milestones": [2],
+        "train.lr_values": [1e-3, 1e-4],
+        "train.batch_size": 5,
+        "train.videos_per_step": 5,
+        "train.checkpoint_every": 0,
+        "pseudo.regen_epochs": [1, 2],
+        "pseudo.temperatures": [0.02, 0.002],
+    }
+)
 
 
 @pytest.fixture(scope="module")

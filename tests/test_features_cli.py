@@ -12,6 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from wtal.cli import main
 from wtal.extract import extract_video, list_videos, parse_shard, select_shard
@@ -23,21 +24,7 @@ av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
 
 from test_video import write_video  # noqa: E402 (needs av)
 
-TINY_TRAIN = {
-    "model": {"embed_dim": 16},
-    "train": {
-        "epochs": 2,
-        "warmup_epoch": 0,
-        "lr_milestones": [1],
-        "lr_values": [5.0e-4, 1.0e-4],
-        "batch_size": 2,
-        "videos_per_step": 2,
-        "checkpoint_every": 1,
-        "device": "cpu",
-    },
-    "loss": {"spl_milestones": [1, 2]},
-    "pseudo": {"regen_epochs": [1], "temperatures": [0.02], "delta_start": 2, "delta_switch": 3},
-}
+TINY_TRAIN = tiny_config(**{"train.batch_size": 2, "train.videos_per_step": 2})
 
 
 @pytest.mark.filterwarnings("ignore:no prediction matches")  # random features find nothing

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
@@ -30,18 +31,18 @@ from wtal.inference import predict
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
-TINY = [
-    "model.embed_dim=32",
-    "train.epochs=1",
-    "train.warmup_epoch=0",
-    "train.lr_milestones=[]",
-    "train.lr_values=[5e-4]",
-    "train.batch_size=5",
-    "train.checkpoint_every=0",
-    "train.device='cpu'",
-    "loss.spl_milestones=[1, 2]",
-    "pseudo.enabled=False",
-]
+TINY = tiny_overrides(
+    **{
+        "model.embed_dim": 32,
+        "train.epochs": 1,
+        "train.lr_milestones": [],
+        "train.lr_values": [5e-4],
+        "train.batch_size": 5,
+        "train.videos_per_step": 10,
+        "train.checkpoint_every": 0,
+        "pseudo.enabled": False,
+    }
+)
 FEAT_DIM = 8
 META = {
     "format": 1,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_overrides
 
 from wtal.checkpoint import file_sha256, load_checkpoint
 from wtal.cli import main
@@ -22,23 +23,21 @@ from wtal.synth import THUMOS, write_synthetic
 
 # 4 epochs, regenerations before epochs 2 and 3, Δ labels from epoch 3: a branch at epoch 2
 # starts right at the first regeneration, and its epoch 3 reads the pseudo-label history.
-TINY = [
-    "model.embed_dim=32",
-    "train.epochs=4",
-    "train.warmup_epoch=0",
-    "train.lr_milestones=[3]",
-    "train.lr_values=[5e-4, 1e-4]",
-    "train.batch_size=5",
-    "train.videos_per_step=10",
-    "train.checkpoint_every=1",
-    "train.device='cpu'",
-    "train.tensorboard=False",
-    "loss.spl_milestones=[1, 2]",
-    "pseudo.regen_epochs=[2, 3]",
-    "pseudo.temperatures=[0.02, 0.002]",
-    "pseudo.delta_start=3",
-    "pseudo.delta_switch=4",
-]
+TINY = tiny_overrides(
+    **{
+        "model.embed_dim": 32,
+        "train.epochs": 4,
+        "train.lr_milestones": [3],
+        "train.batch_size": 5,
+        "train.videos_per_step": 10,
+        "train.checkpoint_every": 1,
+        "train.tensorboard": False,
+        "pseudo.regen_epochs": [2, 3],
+        "pseudo.temperatures": [0.02, 0.002],
+        "pseudo.delta_start": 3,
+        "pseudo.delta_switch": 4,
+    }
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
 from wtal.cli import main
 from wtal.configfile import load_config, save_config
@@ -35,19 +36,17 @@ SPEC = replace(
     median_snippets=25,
     max_snippets=30,
 )
-TINY = {
-    "model": {"embed_dim": 8},
-    "train": {
-        "epochs": 1,
-        "warmup_epoch": 0,
-        "lr_milestones": [],
-        "lr_values": [1.0e-4],
-        "batch_size": 3,
-        "videos_per_step": 3,
-        "device": "cpu",
-    },
-    "pseudo": {"enabled": False},
-}
+TINY = tiny_config(
+    **{
+        "model.embed_dim": 8,
+        "train.epochs": 1,
+        "train.lr_milestones": [],
+        "train.lr_values": [1e-4],
+        "train.videos_per_step": 3,
+        "train.checkpoint_every": 0,
+        "pseudo.enabled": False,
+    }
+)
 HOLD = (
     "import sys, time\n"
     "from wtal.runlock import RunLock\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from wtal.cascache import save_predictions
 from wtal.cli import main
@@ -32,19 +33,17 @@ SPEC = replace(
     median_snippets=25,
     max_snippets=30,
 )
-TINY = {
-    "model": {"embed_dim": 8},
-    "train": {
-        "epochs": 1,
-        "warmup_epoch": 0,
-        "lr_milestones": [],
-        "lr_values": [1.0e-4],
-        "batch_size": 3,
-        "videos_per_step": 3,
-        "device": "cpu",
-    },
-    "pseudo": {"enabled": False},
-}
+TINY = tiny_config(
+    **{
+        "model.embed_dim": 8,
+        "train.epochs": 1,
+        "train.lr_milestones": [],
+        "train.lr_values": [1e-4],
+        "train.videos_per_step": 3,
+        "train.checkpoint_every": 0,
+        "pseudo.enabled": False,
+    }
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import tiny_overrides
 
 import wtal.engine as engine
 from wtal.bench import format_bench, summarize_seeds
@@ -19,25 +20,21 @@ from wtal.engine import fit
 from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
-TINY = [
-    "model.embed_dim=32",
-    "train.epochs=3",
-    "train.warmup_epoch=0",
-    "train.lr_milestones=[2]",
-    "train.lr_values=[5e-4, 1e-4]",
-    "train.batch_size=5",
-    "train.videos_per_step=10",
-    "train.checkpoint_every=0",
-    "train.eval_every=1",
-    "train.device='cpu'",
-    "train.tensorboard=False",
-    "loss.spl_milestones=[1, 2]",
-    "pseudo.regen_epochs=[1, 2]",
-    "pseudo.temperatures=[0.02, 0.002]",
-    "pseudo.delta_start=2",
-    "pseudo.delta_switch=3",
-    "data.val_fraction=0.3",
-]
+TINY = tiny_overrides(
+    **{
+        "model.embed_dim": 32,
+        "train.epochs": 3,
+        "train.lr_milestones": [2],
+        "train.batch_size": 5,
+        "train.videos_per_step": 10,
+        "train.checkpoint_every": 0,
+        "train.eval_every": 1,
+        "train.tensorboard": False,
+        "pseudo.regen_epochs": [1, 2],
+        "pseudo.temperatures": [0.02, 0.002],
+        "data.val_fraction": 0.3,
+    }
+)
 
 
 @pytest.fixture(scope="module")
