@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import tiny_config
 
 from wtal.cascache import load_predictions
 from wtal.cascache import save_predictions as save_cache
 from wtal.cli import build_parser, main
 from wtal.configfile import load_config
-from wtal.engine import fit
 from wtal.inference import Prediction, results_from_predictions
-from wtal.synth import THUMOS, write_synthetic
 
-TINY = tiny_overrides(
+TINY = tiny_config(
     **{
         "model.embed_dim": 32,
         "train.epochs": 1,
@@ -36,27 +33,28 @@ FEAT_DIM = 16
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    spec = replace(
-        THUMOS,
+def trained(tmp_path_factory, tiny_run) -> tuple[Path, Path]:
+    """(dataset folder, run folder): 1 epoch on 5 + 4 synthetic videos of 4 classes."""
+    spec = dict(
         train_videos=5,
-        test_videos=4,
         feat_dim=FEAT_DIM,
         num_classes=4,
         min_snippets=30,
         median_snippets=50,
         max_snippets=80,
     )
-    out = tmp_path_factory.mktemp("synth") / "data"
-    write_synthetic(out, spec, seed=0)
-    return out
+    data, _, run = tiny_run(tmp_path_factory.mktemp("synth"), TINY, **spec)
+    return data, run
 
 
 @pytest.fixture(scope="module")
-def run(data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "run"
-    fit(load_config(None, [*TINY, f"data.path={str(data)!r}"]), run_dir, progress=False)
-    return run_dir
+def data(trained) -> Path:
+    return trained[0]
+
+
+@pytest.fixture(scope="module")
+def run(trained) -> Path:
+    return trained[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import tiny_config
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
-from wtal.configfile import load_config
-from wtal.engine import fit
 from wtal.lp import solve_pseudo_labels
 from wtal.pseudo import pseudo_annotations
-from wtal.synth import THUMOS, write_synthetic
 
-TINY = tiny_overrides(
+TINY = tiny_config(
     **{
         "train.epochs": 3,
         "train.lr_milestones": [2],
@@ -35,22 +31,9 @@ TINY = tiny_overrides(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    spec = replace(
-        THUMOS,
-        train_videos=6,
-        test_videos=3,
-        feat_dim=8,
-        num_classes=3,
-        min_snippets=30,
-        median_snippets=40,
-        max_snippets=60,
-    )
-    root = tmp_path_factory.mktemp("pl")
-    write_synthetic(root / "data", spec, seed=0)
-    cfg = load_config(None, [*TINY, f"data.path={str(root / 'data')!r}"])
-    fit(cfg, root / "run", progress=False)
-    return root / "run"
+def run(tmp_path_factory, tiny_run) -> Path:
+    spec = dict(test_videos=3, min_snippets=30, median_snippets=40, max_snippets=60)
+    return tiny_run(tmp_path_factory.mktemp("pl"), TINY, **spec)[2]
 
 
 def test_quality_logged_at_every_regeneration(run):
