@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from wtal import __version__
+from wtal.config import FUSIONS
 from wtal.console import show_warnings
 from wtal.io import InputError, check_output_folder, os_error
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES
 
 
 def _given(value: str | None, flag: str) -> str | None:
@@ -283,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="W-TALC bundle folder (pickled files: trusted input only)")
     convert.add_argument("out", help="output folder (must not exist)")
     help = "frame rate of the features (default 25)"
-    convert.add_argument("--fps", type=float, default=25.0, help=help)
+    convert.add_argument("--fps", type=float, default=DEFAULT_FPS, help=help)
     convert.set_defaults(func=cmd_data_convert)
     # wtal score
     score = sub.add_parser(
@@ -307,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     help = "reference W-TALC rule: a class without predictions zeroes every mAP"
     score.add_argument("--compat", action="store_true", help=help)
     help = "feature frame rate for --protocol wtalc"
-    score.add_argument("--fps", type=float, default=25.0, help=help)
+    score.add_argument("--fps", type=float, default=DEFAULT_FPS, help=help)
     help = "frames per feature snippet for --protocol wtalc"
-    score.add_argument("--snippet-frames", type=float, default=16.0, help=help)
+    score.add_argument("--snippet-frames", type=float, default=DEFAULT_SNIPPET_FRAMES, help=help)
     help = "refuse zero-length or duplicate ground truth instead of warning"
     score.add_argument("--strict", action="store_true", help=help)
     score.add_argument("--per-class", action="store_true", help="print per-class AP")
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         "made with, so with no options the detections equal those of `wtal detect`.",
     )
     post.add_argument("cache", help="CAS cache (.npz)")
-    post.add_argument("--fusion", choices=["gaussian", "nms", "soft-nms", "none"])
+    post.add_argument("--fusion", choices=FUSIONS)
     post.add_argument("--temperature", type=float, help="Gaussian fusion temperature")
     post.add_argument("--overlap-threshold", type=float, help="fusion / NMS overlap threshold")
     post.add_argument("--sigma", type=float, help="soft-NMS sigma")

@@ -23,18 +23,9 @@ def _to_numpy(x: Any, dtype: type) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Δ pseudo labels and the target schedule (paper.md §1.7, §1.8; method.py:172-262)
-
-REGEN_EPOCHS = (200, 230, 245, 260, 275, 300)
-"""0-based epochs at whose start the pseudo labels are regenerated."""
-ZERO_TARGET_UNTIL = 200
-"""Up to and including this epoch the pseudo-label target is zero (no distillation)."""
-DELTA_START = 251
-"""First epoch trained on Δ pseudo labels instead of the latest pseudo labels."""
-DELTA_COEFFICIENTS = ((251, 2.0), (301, 2.15))
-"""``(first epoch, alpha)`` pairs: alpha of the Δ pseudo labels from that epoch on."""
-HISTORY_LENGTH = 3
-"""Pseudo-label sets the reference keeps (only the latest two are ever read)."""
+# Δ pseudo labels and the target schedule (paper.md §1.7, §1.8; method.py:172-262). The
+# schedule's numbers are ``pseudo.*`` config fields: callers pass them
+# (:func:`wtal.schedule.target_schedule`).
 
 
 def delta_pseudo_labels(latest: Any, previous: Any, coefficient: float, *, clamp_min=None) -> Any:
@@ -65,7 +56,7 @@ def update_history(
     history: Sequence[tuple[int, Any]],
     epoch: int,
     labels: Any,
-    history_length: int = HISTORY_LENGTH,
+    history_length: int,
 ) -> list[tuple[int, Any]]:
     """Append one regeneration ``(epoch, labels)`` and keep the last ``history_length``."""
     return (list(history) + [(epoch, labels)])[-history_length:]
@@ -75,11 +66,11 @@ def pseudo_target(
     epoch: int,
     history: Mapping[int, Any] | Sequence[tuple[int, Any]],
     *,
-    regen_epochs: Sequence[int] = REGEN_EPOCHS,
-    zero_target_until: int = ZERO_TARGET_UNTIL,
-    delta_start: int = DELTA_START,
-    delta_coefficients: Sequence[tuple[int, float]] = DELTA_COEFFICIENTS,
-    clamp_min: float | None = None,
+    regen_epochs: Sequence[int],
+    zero_target_until: int,
+    delta_start: int,
+    delta_coefficients: Sequence[tuple[int, float]],
+    clamp_min: float | None,
 ) -> Any | None:
     """Pseudo-label target of the distillation loss at ``epoch`` (the §1.8 table).
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wtal.io import InputError, check_output_file
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES
 from wtal.tables import format_detection_metrics
 
 if TYPE_CHECKING:
@@ -276,8 +277,8 @@ def score_file(
     *,
     subset: str | None = None,
     protocol: str = "official",
-    fps: float = 25.0,
-    snippet_frames: float = 16.0,
+    fps: float = DEFAULT_FPS,
+    snippet_frames: float = DEFAULT_SNIPPET_FRAMES,
     ambiguous_filter: bool = False,
     compat: bool = False,
     strict: bool = False,
