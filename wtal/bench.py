@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from wtal.config import Config
+from wtal.config import PROTOCOLS, Config
 from wtal.configfile import load_config
 from wtal.io import InputError, atomic_path, check_output_folder, read_json, write_json
 from wtal.tables import format_metrics_table
@@ -30,8 +30,6 @@ STAGES = {
 }
 """Stage name -> metrics file of a run folder; the ``*_val`` stages score the validation
 split (``data.val_fraction`` > 0) and are left out of runs without one."""
-PROTOCOLS = ("official", "wtalc")
-"""Evaluation protocols reported (both are always computed by the engine)."""
 
 
 def parse_seeds(text: str) -> list[int]:

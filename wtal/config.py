@@ -26,6 +26,12 @@ _UNIT_OPEN = Range(0, 1, high_open=True)
 _ANY = Range()
 FUSIONS = ("gaussian", "nms", "soft-nms", "none")
 """Ways to merge overlapping proposals (``detect.fusion``, ``pseudo.fusion``)."""
+LAYOUTS = ("auto", "pervideo", "wtalc")
+"""Dataset layouts (``data.layout``, ``wtal data check --layout``)."""
+DEVICES = ("auto", "cpu", "cuda")
+"""Devices a run or a command can ask for (``train.device``, ``--device``)."""
+PROTOCOLS = ("official", "wtalc")
+"""Evaluation protocols (``eval.protocol``); both are always computed and saved."""
 RANDOM_WALK_METHODS = ("woodbury", "dense")
 """Ways to solve the random walk's linear system (``model.walk_method``, :mod:`wtal.memory`)."""
 
@@ -34,7 +40,7 @@ RANDOM_WALK_METHODS = ("woodbury", "dense")
 class DataConfig:
     path: str = ""
     """Dataset root: a per-video layout folder (annotations JSON + features/) or a W-TALC bundle."""
-    layout: str = allowed("auto", ("auto", "pervideo", "wtalc"))
+    layout: str = allowed("auto", LAYOUTS)
     """``auto``, ``pervideo`` or ``wtalc`` (the latter unpickles the bundle: trusted files only)."""
     train_subset: str = "validation"
     """Subset used for training. W-TALC THUMOS14 trains on ``validation`` (paper.md §5.1)."""
@@ -174,7 +180,7 @@ class TrainConfig:
     eval_test: bool = False
     """With a validation split, ``eval_every`` also scores the test subset (the final
     ``metrics.json`` always does)."""
-    device: str = allowed("auto", ("auto", "cpu", "cuda"))
+    device: str = allowed("auto", DEVICES)
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     tensorboard: bool = True
     """Also write TensorBoard event files to ``RUN_DIR/tensorboard`` when the ``tensorboard``
@@ -306,7 +312,7 @@ class EvalConfig:
 
     preset: str = allowed("thumos", ("thumos", "anet"))
     """tIoU thresholds: ``thumos`` (0.1:0.1:0.7) or ``anet`` (0.5:0.05:0.95)."""
-    protocol: str = allowed("official", ("official", "wtalc"))
+    protocol: str = allowed("official", PROTOCOLS)
     """Headline protocol: ``official`` ActivityNet semantics or the legacy ``wtalc`` one.
     Both are always computed and saved."""
     ambiguous_filter: bool = False

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from wtal.activitynet import GroundTruth, parse_ground_truth, parse_results, subsets_of
+from wtal.config import PROTOCOLS
 from wtal.io import InputError, read_json
 from wtal.metrics import DetectionMetrics, named_averages
 from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES, seconds_to_snippets, segment_tiou
@@ -55,8 +56,6 @@ TIOU_PRESETS: dict[str, tuple[float, ...]] = {
     "anet": (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),
 }
 """Standard tIoU threshold sets: THUMOS14 0.1:0.1:0.7 and ActivityNet 0.5:0.05:0.95."""
-
-PROTOCOLS = ("official", "wtalc")
 
 # ----------------------------------------------------------------------------- input
 

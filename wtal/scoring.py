@@ -15,7 +15,7 @@ import torch
 
 from wtal import distributed
 from wtal.cascache import save_predictions
-from wtal.config import Config
+from wtal.config import PROTOCOLS, Config
 from wtal.data import FeatureDataset
 from wtal.evaluation import TIOU_PRESETS, evaluate_detections
 from wtal.inference import Prediction, detections_to_results, predict_as_configured
@@ -61,7 +61,7 @@ def score_results(
     """
     tious = TIOU_PRESETS[cfg.eval.preset]
     metrics: dict[str, Any] = {}
-    for protocol in ("official", "wtalc"):
+    for protocol in PROTOCOLS:
         m = evaluate_detections(
             ground_truth,
             results,
