@@ -41,7 +41,7 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from wtal.io import InputError
-from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
+from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width, to_numpy
 
 VIOLATION_WEIGHT = 100.0
 """Price of one unit of violation, in label mass. Above the LP's dual multipliers (small
@@ -77,12 +77,6 @@ class PseudoStats:
     max_violation: float  # largest |sum_in y - sum_out y - phi| over all constraints
     max_gap: float  # largest relative duality gap of a certified group (0 when none)
     solve_time_s: float  # wall time of the whole call, seconds
-
-
-def _to_numpy(x: Any, dtype: type) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor: no torch import needed here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
 
 
 def lp_regions(
@@ -222,9 +216,9 @@ def solve_pseudo_labels_batch(
         raise ValueError(f"violation_weight must be > 1, got {violation_weight}")
     ids = list(video_ids) if video_ids is not None else [None] * n_videos
     T_v = np.asarray([int(t) for t in num_snippets], np.int64)
-    segs = [_to_numpy(x, np.float64).reshape(-1, 2) for x in [np.zeros((0, 2)), *segments]]
-    phis = [_to_numpy(x, np.float64).reshape(-1) for x in [[], *scores]]
-    labs = [_to_numpy(x, np.int64).reshape(-1) for x in [[], *labels]]
+    segs = [to_numpy(x, np.float64).reshape(-1, 2) for x in [np.zeros((0, 2)), *segments]]
+    phis = [to_numpy(x, np.float64).reshape(-1) for x in [[], *scores]]
+    labs = [to_numpy(x, np.int64).reshape(-1) for x in [[], *labels]]
     for v in range(n_videos):  # everything first, so that bad input fails before any work
         _validate(segs[v + 1], phis[v + 1], labs[v + 1], T_v[v], num_columns, ids[v])
     seg, phi, lab = np.concatenate(segs), np.concatenate(phis), np.concatenate(labs)

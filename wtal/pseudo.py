@@ -13,14 +13,7 @@ from typing import Any
 import numpy as np
 
 from wtal.io import InputError
-from wtal.segments import pairwise_tiou, snippets_to_seconds
-
-
-def _to_numpy(x: Any, dtype: type) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor: no torch import needed here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
+from wtal.segments import pairwise_tiou, snippets_to_seconds, to_numpy
 
 # --------------------------------------------------------------------------------------------
 # Δ pseudo labels and the target schedule (paper.md §1.7, §1.8; method.py:172-262). The
@@ -151,10 +144,10 @@ def pseudo_label_quality(
         ``mean_gt_best_tiou``, plus the counts ``n_pseudo``, ``n_hits``, ``n_gt``,
         ``n_found`` and the sums ``sum_best_tiou``, ``sum_gt_best_tiou``.
     """
-    pseudo = _to_numpy(pseudo, np.float64)
+    pseudo = to_numpy(pseudo, np.float64)
     T, ncol = pseudo.shape
-    gts = _to_numpy(gt_segments, np.float64).reshape(-1, 2)
-    gtl = _to_numpy(gt_labels, np.int64).reshape(-1)
+    gts = to_numpy(gt_segments, np.float64).reshape(-1, 2)
+    gtl = to_numpy(gt_labels, np.int64).reshape(-1)
     centre = np.arange(T) + 0.5
     in_gt = (centre[None, :] >= gts[:, :1]) & (centre[None, :] < gts[:, 1:])  # (M, T)
     right = np.zeros((ncol, T), bool)
@@ -169,8 +162,8 @@ def pseudo_label_quality(
         "background_outside_fraction": _ratio(mass_in[-1], mass_in[-1] + mass_out[-1]),
     }
     if pseudo_segments is not None:
-        ps = _to_numpy(pseudo_segments, np.float64).reshape(-1, 2)
-        pl = _to_numpy(pseudo_segment_labels, np.int64).reshape(-1)
+        ps = to_numpy(pseudo_segments, np.float64).reshape(-1, 2)
+        pl = to_numpy(pseudo_segment_labels, np.int64).reshape(-1)
         action = pl < ncol - 1
         ps, pl = ps[action], pl[action]
         tiou = pairwise_tiou(ps, gts) * (pl[:, None] == gtl[None, :])  # (N, M) same class only
@@ -264,12 +257,12 @@ def pseudo_annotations(
     for video_id, rows in segments.items():
         if video_id not in timing:
             raise InputError(None, "no timing stored for this video", video=video_id)
-        rows = _to_numpy(rows, np.float64)
+        rows = to_numpy(rows, np.float64)
         if rows.ndim != 2 or rows.shape[1] != 4 or not np.isfinite(rows).all():
             raise InputError(
                 None, f"expected finite (N, 4) segment rows, got {rows.shape}", video_id
             )
-        T, fps, snippet_frames, duration = (float(x) for x in _to_numpy(timing[video_id], float))
+        T, fps, snippet_frames, duration = (float(x) for x in to_numpy(timing[video_id], float))
         if not duration > 0:  # unknown (NaN): the features' extent
             duration = float(snippets_to_seconds(T, fps, snippet_frames))
         rows = rows[rows[:, 3] < num_classes]  # background column: no action
