@@ -10,17 +10,15 @@ ActivityNet file to *score* is read by :mod:`wtal.activitynet`, less strictly.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wtal.io import InputError
+from wtal.io import InputError, read_json_with_duplicates
 
 
 def is_positive_finite(value: Any) -> bool:
@@ -137,28 +135,6 @@ def _has_control(name: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
-def _read_annotation_json(path: Path) -> tuple[Any, list[str]]:
-    """Parse JSON and list duplicated object keys (``json`` would silently keep the last)."""
-    duplicates: list[str] = []
-
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        counts = Counter(key for key, _ in pairs)
-        duplicates.extend(key for key, n in counts.items() if n > 1)
-        return dict(pairs)
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read ({exc.__class__.__name__})") from None
-    try:
-        return json.loads(text, object_pairs_hook=pairs_hook), duplicates
-    except json.JSONDecodeError as exc:
-        what = f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        raise InputError(path, what) from None
-
-
 def _str_list(value: Any) -> list[str] | None:
     if isinstance(value, list) and all(isinstance(x, str) for x in value):
         return value
@@ -179,7 +155,7 @@ def read_pervideo_annotations(
     """
     path = Path(path)
     rep = rep or Reporter(strict=True)
-    data, duplicates = _read_annotation_json(path)
+    data, duplicates = read_json_with_duplicates(path)
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise InputError(path, 'expected an object with a "database" object of videos')
