@@ -114,7 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg, run_dir, resume=bool(args.resume), init_from=args.init_from, progress=not args.quiet
     )
     if metrics is not None:  # the main process
-        print(json.dumps({"average_map": metrics["headline"]}, indent=None))
+        floors = {"floors": metrics["floors"]} if "floors" in metrics else {}
+        print(json.dumps({"average_map": metrics["headline"], **floors}, indent=None))
     return 0
 
 
