@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linprog
 
-from wtal.lp import OUTER_POWER, OUTER_SCALE, solve_pseudo_labels, solve_pseudo_labels_batch
+from wtal.lp import solve_pseudo_labels, solve_pseudo_labels_batch
+from wtal.segments import REFERENCE_OUTER_BAND
 
 NUM_COLUMNS = 21  # THUMOS14: 20 classes + background
 PARITY = (
@@ -51,7 +52,7 @@ def reference_loop(segments, scores, labels, T, num_columns):
         A = np.zeros((len(idx), T))
         for row, k in enumerate(idx):
             s, e = int(segments[k, 0]), int(segments[k, 1])
-            delta = OUTER_SCALE * (e - s) ** OUTER_POWER
+            delta = REFERENCE_OUTER_BAND[0] * (e - s) ** REFERENCE_OUTER_BAND[1]
             A[row, s:e] = 1.0
             A[row, max(0, int(s - delta)) : s] = -1.0
             A[row, e : min(T - 1, int(e + delta + 1))] = -1.0

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from wtal.annotations import VideoAnnotation, is_positive_finite, parse_ground_truth
+from wtal.activitynet import parse_ground_truth
+from wtal.annotations import VideoAnnotation, is_positive_finite
 from wtal.data import (
     FeatureDataset,
     Video,

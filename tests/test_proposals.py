@@ -8,11 +8,11 @@ import torch
 
 from wtal.config import DetectConfig
 from wtal.proposals import (
-    OUTER_BANDS,
     Segments,
     _pairwise_sum_f32,
     generate_proposals,
 )
+from wtal.segments import REFERENCE_OUTER_BAND
 
 THRESHOLDS = np.arange(0.001, 0.04, 0.002)
 """The reference's CAS thresholds: 0.001, 0.003, ..., 0.039."""
@@ -137,7 +137,7 @@ def test_variants_match_loop_reference(seed, inclusive_end, band):
     rng = np.random.default_rng(200 + seed)
     cas = _random_cas(rng, int(rng.integers(20, 200)), 3)
     scores = np.ones(3)
-    scale, power = OUTER_BANDS[band]
+    scale, power = {"reference": REFERENCE_OUTER_BAND, "textbook": (0.25, 1.0)}[band]
     thresholds = np.sort(rng.uniform(0.001, 0.3, size=5))
     min_length = int(rng.integers(1, 4))
     out = _propose(

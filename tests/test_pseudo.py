@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from wtal.config import Config
 from wtal.pseudo import (
     delta_pseudo_labels,
     pseudo_label_quality,
@@ -13,6 +14,7 @@ from wtal.pseudo import (
     summarize_quality,
     update_history,
 )
+from wtal.schedule import target_schedule
 
 
 def test_delta_pseudo_labels():
@@ -46,9 +48,9 @@ def test_schedule_reproduces_table():
     }
     for epoch in range(350):
         if epoch in Y:
-            history = update_history(history, epoch, Y[epoch])
+            history = update_history(history, epoch, Y[epoch], Config().pseudo.history_length)
             assert len(history) <= 3
-        got = pseudo_target(epoch, history)
+        got = pseudo_target(epoch, history, **target_schedule(Config()))
         if epoch not in expected:
             continue
         want = expected[epoch]
@@ -59,7 +61,7 @@ def test_schedule_reproduces_table():
         else:
             np.testing.assert_allclose(got, want[0] * (Y[want[1]] - Y[want[2]]), err_msg=str(epoch))
     with pytest.raises(KeyError):
-        pseudo_target(260, {245: Y[245]})
+        pseudo_target(260, {245: Y[245]}, **target_schedule(Config()))
 
 
 def test_pseudo_label_quality_hand_case():

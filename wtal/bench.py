@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from wtal.config import Config
+from wtal.config import PROTOCOLS, Config
 from wtal.configfile import load_config
+from wtal.floors import FLOORS
 from wtal.io import InputError, atomic_path, check_output_folder, read_json, write_json
 from wtal.tables import format_metrics_table
 
@@ -30,8 +31,6 @@ STAGES = {
 }
 """Stage name -> metrics file of a run folder; the ``*_val`` stages score the validation
 split (``data.val_fraction`` > 0) and are left out of runs without one."""
-PROTOCOLS = ("official", "wtalc")
-"""Evaluation protocols reported (both are always computed by the engine)."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -117,6 +116,11 @@ def summarize_seeds(runs: Sequence[str | Path], seeds: Sequence[int]) -> dict[st
                         raise InputError(path, f"{protocol} {part}: keys differ from {paths[0]}")
                 table[part] = {k: _stats([m[protocol][part][k] for m in metrics]) for k in keys}
             summary["stages"][stage][protocol] = table
+        if all(isinstance(m.get("floors"), dict) for m in metrics):
+            floors = {f: [m["floors"].get(f) for m in metrics] for f in FLOORS}
+            summary.setdefault("floors", {})[stage] = {
+                f: _stats(v) for f, v in floors.items() if None not in v
+            }
     return summary
 
 
@@ -165,7 +169,21 @@ def format_bench(summary: dict[str, Any]) -> str:
         columns = {titles.get(s, s): summary["stages"][s][protocol] for s in stages}
         table = format_metrics_table(columns, _mean_std, markdown=True)
         lines += [f"### {protocol} protocol", "", table, ""]
+    if summary.get("floors"):
+        lines += ["### floors (headline average mAP; see wtal/floors.py)", ""]
+        lines += _floors_table(summary["floors"], titles)
     return "\n".join(lines)
+
+
+def _floors_table(floors: dict[str, dict[str, Any]], titles: dict[str, str]) -> list[str]:
+    """Markdown rows: one per floor, a column per stage that reports it."""
+    stages = list(floors)
+    lines = ["| floor | " + " | ".join(titles.get(s, s) for s in stages) + " |"]
+    lines.append("|---" * (len(stages) + 1) + "|")
+    for floor in FLOORS:
+        cells = [_mean_std(floors[s][floor]) if floor in floors[s] else "" for s in stages]
+        lines.append(f"| {floor.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _mean_std(stats: dict[str, Any]) -> str:

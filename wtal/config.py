@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wtal.configcheck import Range, allowed, check, check_fields, check_increasing
-from wtal.segments import REFERENCE_OUTER_BAND
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES, REFERENCE_OUTER_BAND
 
 _COUNT = Range(1)
 _NON_NEGATIVE = Range(0)
@@ -26,22 +26,30 @@ _UNIT_OPEN = Range(0, 1, high_open=True)
 _ANY = Range()
 FUSIONS = ("gaussian", "nms", "soft-nms", "none")
 """Ways to merge overlapping proposals (``detect.fusion``, ``pseudo.fusion``)."""
+LAYOUTS = ("auto", "pervideo", "wtalc")
+"""Dataset layouts (``data.layout``, ``wtal data check --layout``)."""
+DEVICES = ("auto", "cpu", "cuda")
+"""Devices a run or a command can ask for (``train.device``, ``--device``)."""
+PROTOCOLS = ("official", "wtalc")
+"""Evaluation protocols (``eval.protocol``); both are always computed and saved."""
+RANDOM_WALK_METHODS = ("woodbury", "dense")
+"""Ways to solve the random walk's linear system (``model.walk_method``, :mod:`wtal.memory`)."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
     path: str = ""
     """Dataset root: a per-video layout folder (annotations JSON + features/) or a W-TALC bundle."""
-    layout: str = allowed("auto", ("auto", "pervideo", "wtalc"))
+    layout: str = allowed("auto", LAYOUTS)
     """``auto``, ``pervideo`` or ``wtalc`` (the latter unpickles the bundle: trusted files only)."""
     train_subset: str = "validation"
     """Subset used for training. W-TALC THUMOS14 trains on ``validation`` (paper.md §5.1)."""
     test_subset: str = "test"
     """Subset used for evaluation."""
-    fps: float = allowed(25.0, _POSITIVE)
+    fps: float = allowed(DEFAULT_FPS, _POSITIVE)
     """Frame rate the features were extracted at (THUMOS14 I3D: 25, paper.md §5.1); a video's
     own ``"fps"`` in the annotations wins (a different one is warned about)."""
-    snippet_frames: float = allowed(16.0, _POSITIVE)
+    snippet_frames: float = allowed(DEFAULT_SNIPPET_FRAMES, _POSITIVE)
     """Frames per feature snippet (THUMOS14 I3D: 16 non-overlapping frames); a video's own
     ``"snippet_frames"`` in the annotations wins, likewise."""
     num_segments: int = allowed(0, _NON_NEGATIVE)
@@ -84,7 +92,7 @@ class ModelConfig:
     """Softmax sharpness of the random-walk affinities (main_branch.py:29)."""
     walk_weight: float = allowed(0.5, _UNIT_OPEN)  # (I - w^2 P) is singular at w = 1
     """Random-walk propagation weight w (``--w``)."""
-    walk_method: str = allowed("woodbury", ("woodbury", "dense"))
+    walk_method: str = allowed("woodbury", RANDOM_WALK_METHODS)
     """``woodbury`` solves the random walk's (I - w^2 P) system through a K x K system (exact,
     O(T K^2)); ``dense`` solves the T x T system literally."""
     queue_len: int = allowed(5, _COUNT)
@@ -172,7 +180,7 @@ class TrainConfig:
     eval_test: bool = False
     """With a validation split, ``eval_every`` also scores the test subset (the final
     ``metrics.json`` always does)."""
-    device: str = allowed("auto", ("auto", "cpu", "cuda"))
+    device: str = allowed("auto", DEVICES)
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     tensorboard: bool = True
     """Also write TensorBoard event files to ``RUN_DIR/tensorboard`` when the ``tensorboard``
@@ -304,7 +312,7 @@ class EvalConfig:
 
     preset: str = allowed("thumos", ("thumos", "anet"))
     """tIoU thresholds: ``thumos`` (0.1:0.1:0.7) or ``anet`` (0.5:0.05:0.95)."""
-    protocol: str = allowed("official", ("official", "wtalc"))
+    protocol: str = allowed("official", PROTOCOLS)
     """Headline protocol: ``official`` ActivityNet semantics or the legacy ``wtalc`` one.
     Both are always computed and saved."""
     ambiguous_filter: bool = False

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from wtal.annotations import GroundTruth, parse_ground_truth, parse_results, subsets_of
+from wtal.activitynet import GroundTruth, parse_ground_truth, parse_results, subsets_of
+from wtal.config import PROTOCOLS
 from wtal.io import InputError, read_json
 from wtal.metrics import DetectionMetrics, named_averages
 from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES, seconds_to_snippets, segment_tiou
@@ -56,13 +57,11 @@ TIOU_PRESETS: dict[str, tuple[float, ...]] = {
 }
 """Standard tIoU threshold sets: THUMOS14 0.1:0.1:0.7 and ActivityNet 0.5:0.05:0.95."""
 
-PROTOCOLS = ("official", "wtalc")
-
 # ----------------------------------------------------------------------------- input
 
 
 def load_ground_truth(path: str | os.PathLike) -> dict:
-    """Read a ground-truth JSON file, validated by :func:`wtal.annotations.parse_ground_truth`
+    """Read a ground-truth JSON file, validated by :func:`wtal.activitynet.parse_ground_truth`
     (an error names the file, the video and the field); returns the parsed JSON object."""
     data = read_json(path)
     parse_ground_truth(data, path)
@@ -106,7 +105,7 @@ def ground_truth_problems(
 
 
 def load_results(path: str | os.PathLike) -> dict:
-    """Read a results JSON file, validated by :func:`wtal.annotations.parse_results`
+    """Read a results JSON file, validated by :func:`wtal.activitynet.parse_results`
     (``version`` / ``external_data`` are not required); returns the parsed JSON object."""
     data = read_json(path)
     parse_results(data, path)
@@ -281,7 +280,7 @@ def evaluate_detections(
     Args:
         ground_truth: ActivityNet GT ``{"database": {video_id: {"subset", "annotations":
             [{"segment": [start_s, end_s], "label"}], optional "ambiguous": [[s, e]]}}}``
-            (see :func:`load_ground_truth`), or a :class:`wtal.annotations.GroundTruth`
+            (see :func:`load_ground_truth`), or a :class:`wtal.activitynet.GroundTruth`
             parsed already (a dataset's). A per-video ``fps`` field is not used: the snippet
             grid of ``"wtalc"`` is the feature grid, given by ``fps`` and ``grid_by_video``.
         results: ActivityNet results ``{"results": {video_id: [{"label", "score",

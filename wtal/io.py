@@ -164,6 +164,16 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Non
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, turning a missing file, bad syntax or a key given twice in one object
     into an :class:`InputError`."""
+    data, duplicates = read_json_with_duplicates(path)
+    if duplicates:
+        raise InputError(path, f"key {duplicates[0]!r} appears twice in one object")
+    return data
+
+
+def read_json_with_duplicates(path: str | os.PathLike) -> tuple[Any, list[str]]:
+    """Read a JSON file and list the keys given twice in one object (``json`` keeps the last
+    silently: a video's entry would vanish), each once per object, in the order their repeats
+    come; a missing file or bad syntax is an :class:`InputError`."""
     path = Path(path).expanduser()
     try:
         text = path.read_text()
@@ -177,16 +187,14 @@ def read_json(path: str | os.PathLike) -> Any:
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
-        if len(obj) < len(pairs):  # json keeps the last silently: a video's entry would vanish
+        if len(obj) < len(pairs):
             seen: set[str] = set()
-            duplicates.extend(k for k, _ in pairs if k in seen or seen.add(k))
+            repeats = [k for k, _ in pairs if k in seen or seen.add(k)]
+            duplicates.extend(dict.fromkeys(repeats))
         return obj
 
     try:
-        data = json.loads(text, object_pairs_hook=pairs_hook)
+        return json.loads(text, object_pairs_hook=pairs_hook), duplicates
     except json.JSONDecodeError as exc:
         what = f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         raise InputError(path, what) from None
-    if duplicates:
-        raise InputError(path, f"key {duplicates[0]!r} appears twice in one object")
-    return data

@@ -41,11 +41,8 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from wtal.io import InputError
-from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
+from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width, to_numpy
 
-OUTER_SCALE, OUTER_POWER = REFERENCE_OUTER_BAND
-"""Default outer band of the LP regions: the proposals' band
-(:func:`wtal.segments.outer_band_width`); the engine passes ``detect.outer_scale/outer_power``."""
 VIOLATION_WEIGHT = 100.0
 """Price of one unit of violation, in label mass. Above the LP's dual multipliers (small
 integers for these +-1 matrices) for "least violation first"; much larger values cost float64
@@ -82,18 +79,12 @@ class PseudoStats:
     solve_time_s: float  # wall time of the whole call, seconds
 
 
-def _to_numpy(x: Any, dtype: type) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor: no torch import needed here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
-
 def lp_regions(
     segments: np.ndarray,
     num_snippets: int | np.ndarray,
     *,
-    outer_scale: float = OUTER_SCALE,
-    outer_power: float = OUTER_POWER,
+    outer_scale: float = REFERENCE_OUTER_BAND[0],
+    outer_power: float = REFERENCE_OUTER_BAND[1],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Inner and outer snippet ranges of each fused instance's LP constraint (paper.md §1.6.4).
 
@@ -154,16 +145,8 @@ def solve_pseudo_labels(
     num_snippets: int,
     num_columns: int,
     *,
-    outer_scale: float = OUTER_SCALE,
-    outer_power: float = OUTER_POWER,
-    violation_weight: float = VIOLATION_WEIGHT,
-    reg_schedule: Sequence[float] = REG_SCHEDULE,
-    residual_tol: float = RESIDUAL_TOL,
-    gap_tol: float = GAP_TOL,
-    feasibility_tol: float = FEASIBILITY_TOL,
-    max_newton_iter: int = MAX_NEWTON_ITER,
-    closed_form: bool = True,
     video: str | None = None,
+    **options: Any,
 ) -> tuple[np.ndarray, PseudoStats]:
     """Snippet pseudo labels of one video: the least-norm optimum of the §1.6 LP per column.
 
@@ -174,7 +157,8 @@ def solve_pseudo_labels(
         num_snippets: T.
         num_columns: C + 1 (classes + background).
         video: video id, only for error messages.
-        (others): see :func:`solve_pseudo_labels_batch`.
+        **options: the keywords of :func:`solve_pseudo_labels_batch` (outer band, solver
+            tolerances, ``closed_form``), with its defaults.
 
     Returns:
         ``(pseudo, stats)``: pseudo is a (T, num_columns) float64 numpy array in [0, 1],
@@ -184,12 +168,8 @@ def solve_pseudo_labels(
         InputError: malformed shapes, non-finite values, ``end < start`` or a bad label.
     """
     out, stats = solve_pseudo_labels_batch(
-        [segments], [scores], [labels], [num_snippets], num_columns,
-        outer_scale=outer_scale, outer_power=outer_power, violation_weight=violation_weight,
-        reg_schedule=reg_schedule, residual_tol=residual_tol, gap_tol=gap_tol,
-        feasibility_tol=feasibility_tol, max_newton_iter=max_newton_iter,
-        closed_form=closed_form, video_ids=[video],
-    )  # fmt: skip
+        [segments], [scores], [labels], [num_snippets], num_columns, video_ids=[video], **options
+    )
     return out[0], stats
 
 
@@ -200,8 +180,8 @@ def solve_pseudo_labels_batch(
     num_snippets: Sequence[int],
     num_columns: int,
     *,
-    outer_scale: float = OUTER_SCALE,
-    outer_power: float = OUTER_POWER,
+    outer_scale: float = REFERENCE_OUTER_BAND[0],
+    outer_power: float = REFERENCE_OUTER_BAND[1],
     violation_weight: float = VIOLATION_WEIGHT,
     reg_schedule: Sequence[float] = REG_SCHEDULE,
     residual_tol: float = RESIDUAL_TOL,
@@ -236,9 +216,9 @@ def solve_pseudo_labels_batch(
         raise ValueError(f"violation_weight must be > 1, got {violation_weight}")
     ids = list(video_ids) if video_ids is not None else [None] * n_videos
     T_v = np.asarray([int(t) for t in num_snippets], np.int64)
-    segs = [_to_numpy(x, np.float64).reshape(-1, 2) for x in [np.zeros((0, 2)), *segments]]
-    phis = [_to_numpy(x, np.float64).reshape(-1) for x in [[], *scores]]
-    labs = [_to_numpy(x, np.int64).reshape(-1) for x in [[], *labels]]
+    segs = [to_numpy(x, np.float64).reshape(-1, 2) for x in [np.zeros((0, 2)), *segments]]
+    phis = [to_numpy(x, np.float64).reshape(-1) for x in [[], *scores]]
+    labs = [to_numpy(x, np.int64).reshape(-1) for x in [[], *labels]]
     for v in range(n_videos):  # everything first, so that bad input fails before any work
         _validate(segs[v + 1], phis[v + 1], labs[v + 1], T_v[v], num_columns, ids[v])
     seg, phi, lab = np.concatenate(segs), np.concatenate(phis), np.concatenate(labs)

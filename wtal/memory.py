@@ -17,8 +17,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-RANDOM_WALK_METHODS = ("woodbury", "dense")
-"""Ways to solve the random walk's linear system (``model.walk_method``)."""
+from wtal.config import RANDOM_WALK_METHODS, ModelConfig
+
+_DEFAULT = ModelConfig()
+"""Where the keyword defaults below come from (``model.*``): each value is declared once."""
+
 NORM_EPS = 1e-9
 """Added to every L2 norm before dividing by it."""
 ASSIGN_EPS = 1e-9
@@ -44,8 +47,8 @@ def em_bases(
     mask: Tensor,
     init: Tensor,
     *,
-    iters: int = 2,
-    sharpness: float = 5.0,
+    iters: int,
+    sharpness: float,
     x_inv_norm: Tensor | None = None,
 ) -> Tensor:
     """Video-specific bases by EM over the valid snippets (main_branch.py:107-118).
@@ -81,9 +84,9 @@ def random_walk(
     mask: Tensor,
     prototype_mask: Tensor | None = None,
     *,
-    weight: float = 0.5,
-    sharpness: float = 5.0,
-    method: str = "woodbury",
+    weight: float = _DEFAULT.walk_weight,
+    sharpness: float = _DEFAULT.walk_sharpness,
+    method: str = _DEFAULT.walk_method,
     x_inv_norm: Tensor | None = None,
 ) -> Tensor:
     """Propagate prototypes into snippets: ``(1-w) (I - w^2 P)^-1 (w z^T y + x)``.
@@ -161,8 +164,8 @@ class ClassMemory(nn.Module):
         queue_len: int,
         embed_dim: int,
         *,
-        index_bug: bool = False,
-        mask_empty: bool = False,
+        index_bug: bool = _DEFAULT.memory_index_bug,
+        mask_empty: bool = _DEFAULT.memory_mask_empty,
     ) -> None:
         super().__init__()
         self.index_bug = index_bug

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wtal.config import RANDOM_WALK_METHODS, ModelConfig
 from wtal.memory import (
-    RANDOM_WALK_METHODS,
     ClassMemory,
     em_bases,
     inverse_norm,
@@ -34,6 +34,8 @@ from wtal.memory import (
     random_walk,
 )
 
+_DEFAULT = ModelConfig()
+"""Where :class:`WTALModel`'s keyword defaults come from (``model.*``, declared once)."""
 ATTENTION_EPS = 1e-5
 """Added to the attention (class-wise weight) sums over time before pooling by them."""
 
@@ -78,6 +80,9 @@ def _xavier_uniform(shape: tuple[int, int], generator: torch.Generator | None) -
 class WTALModel(nn.Module):
     """RSKP base network with o / m / r branches (paper.md §1.2).
 
+    The keyword arguments are the fields of :class:`wtal.config.ModelConfig`, with its
+    defaults (``WTALModel(feat_dim, num_classes, **vars(cfg.model))``).
+
     Args:
         feat_dim: D, input feature size (THUMOS14 I3D: 2048).
         num_classes: C, action classes without background; outputs have C + 1 columns.
@@ -101,18 +106,18 @@ class WTALModel(nn.Module):
         feat_dim: int,
         num_classes: int,
         *,
-        embed_dim: int = 2048,
-        dropout: float = 0.6,
-        scale: float = 20.0,
-        num_bases: int = 8,
-        em_iters: int = 2,
-        em_sharpness: float = 5.0,
-        walk_sharpness: float = 5.0,
-        walk_weight: float = 0.5,
-        walk_method: str = "woodbury",
-        queue_len: int = 5,
-        memory_index_bug: bool = False,
-        memory_mask_empty: bool = False,
+        embed_dim: int = _DEFAULT.embed_dim,
+        dropout: float = _DEFAULT.dropout,
+        scale: float = _DEFAULT.scale,
+        num_bases: int = _DEFAULT.num_bases,
+        em_iters: int = _DEFAULT.em_iters,
+        em_sharpness: float = _DEFAULT.em_sharpness,
+        walk_sharpness: float = _DEFAULT.walk_sharpness,
+        walk_weight: float = _DEFAULT.walk_weight,
+        walk_method: str = _DEFAULT.walk_method,
+        queue_len: int = _DEFAULT.queue_len,
+        memory_index_bug: bool = _DEFAULT.memory_index_bug,
+        memory_mask_empty: bool = _DEFAULT.memory_mask_empty,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()

@@ -26,18 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
-
-OUTER_BANDS: dict[str, tuple[float, float]] = {
-    "reference": REFERENCE_OUTER_BAND,
-    "textbook": (0.25, 1.0),
-}
-"""``(outer_scale, outer_power)`` of the outer band half-width ``delta = scale * L**power``.
-
-``"reference"`` is what the reference code uses (``0.0785 * L**0.9``); ``"textbook"`` is
-the ``0.25 * L`` band of the original outer-inner contrast (AutoLoc, RSKP's own code).
-Select one with ``outer_scale, outer_power = OUTER_BANDS[name]``.
-"""
+from wtal.segments import outer_band_width
 
 _PAIRWISE_BLOCK = 128
 """numpy's pairwise-summation leaf size (``PW_BLOCKSIZE`` in its loops)."""
@@ -116,8 +105,9 @@ def generate_proposals(
         thresholds: CAS thresholds θ (reference: ``np.arange(0.001, 0.04, 0.002)``); a run
             needs ``cas > θ`` strictly.
         min_length: minimum run length ``e - s`` in snippets (reference: 2).
-        outer_scale: scale of the outer band half-width (reference: 0.0785; see
-            :data:`OUTER_BANDS` for the textbook 0.25).
+        outer_scale: scale of the outer band half-width (reference: 0.0785; the textbook
+            ``0.25 * L`` band of the original outer-inner contrast, AutoLoc and RSKP's own
+            code, is 0.25 with power 1).
         outer_power: power of the run length in the band half-width (reference: 0.9).
         inclusive_end: reproduce the reference's run-plus-one-snippet segments (see above).
         float32_means: compute the inner and outer means exactly as the reference's numpy

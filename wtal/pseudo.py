@@ -13,28 +13,12 @@ from typing import Any
 import numpy as np
 
 from wtal.io import InputError
-from wtal.segments import pairwise_tiou, snippets_to_seconds
-
-
-def _to_numpy(x: Any, dtype: type) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor: no torch import needed here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
+from wtal.segments import pairwise_tiou, snippets_to_seconds, to_numpy
 
 # --------------------------------------------------------------------------------------------
-# Δ pseudo labels and the target schedule (paper.md §1.7, §1.8; method.py:172-262)
-
-REGEN_EPOCHS = (200, 230, 245, 260, 275, 300)
-"""0-based epochs at whose start the pseudo labels are regenerated."""
-ZERO_TARGET_UNTIL = 200
-"""Up to and including this epoch the pseudo-label target is zero (no distillation)."""
-DELTA_START = 251
-"""First epoch trained on Δ pseudo labels instead of the latest pseudo labels."""
-DELTA_COEFFICIENTS = ((251, 2.0), (301, 2.15))
-"""``(first epoch, alpha)`` pairs: alpha of the Δ pseudo labels from that epoch on."""
-HISTORY_LENGTH = 3
-"""Pseudo-label sets the reference keeps (only the latest two are ever read)."""
+# Δ pseudo labels and the target schedule (paper.md §1.7, §1.8; method.py:172-262). The
+# schedule's numbers are ``pseudo.*`` config fields: callers pass them
+# (:func:`wtal.schedule.target_schedule`).
 
 
 def delta_pseudo_labels(latest: Any, previous: Any, coefficient: float, *, clamp_min=None) -> Any:
@@ -65,7 +49,7 @@ def update_history(
     history: Sequence[tuple[int, Any]],
     epoch: int,
     labels: Any,
-    history_length: int = HISTORY_LENGTH,
+    history_length: int,
 ) -> list[tuple[int, Any]]:
     """Append one regeneration ``(epoch, labels)`` and keep the last ``history_length``."""
     return (list(history) + [(epoch, labels)])[-history_length:]
@@ -75,11 +59,11 @@ def pseudo_target(
     epoch: int,
     history: Mapping[int, Any] | Sequence[tuple[int, Any]],
     *,
-    regen_epochs: Sequence[int] = REGEN_EPOCHS,
-    zero_target_until: int = ZERO_TARGET_UNTIL,
-    delta_start: int = DELTA_START,
-    delta_coefficients: Sequence[tuple[int, float]] = DELTA_COEFFICIENTS,
-    clamp_min: float | None = None,
+    regen_epochs: Sequence[int],
+    zero_target_until: int,
+    delta_start: int,
+    delta_coefficients: Sequence[tuple[int, float]],
+    clamp_min: float | None,
 ) -> Any | None:
     """Pseudo-label target of the distillation loss at ``epoch`` (the §1.8 table).
 
@@ -160,10 +144,10 @@ def pseudo_label_quality(
         ``mean_gt_best_tiou``, plus the counts ``n_pseudo``, ``n_hits``, ``n_gt``,
         ``n_found`` and the sums ``sum_best_tiou``, ``sum_gt_best_tiou``.
     """
-    pseudo = _to_numpy(pseudo, np.float64)
+    pseudo = to_numpy(pseudo, np.float64)
     T, ncol = pseudo.shape
-    gts = _to_numpy(gt_segments, np.float64).reshape(-1, 2)
-    gtl = _to_numpy(gt_labels, np.int64).reshape(-1)
+    gts = to_numpy(gt_segments, np.float64).reshape(-1, 2)
+    gtl = to_numpy(gt_labels, np.int64).reshape(-1)
     centre = np.arange(T) + 0.5
     in_gt = (centre[None, :] >= gts[:, :1]) & (centre[None, :] < gts[:, 1:])  # (M, T)
     right = np.zeros((ncol, T), bool)
@@ -178,8 +162,8 @@ def pseudo_label_quality(
         "background_outside_fraction": _ratio(mass_in[-1], mass_in[-1] + mass_out[-1]),
     }
     if pseudo_segments is not None:
-        ps = _to_numpy(pseudo_segments, np.float64).reshape(-1, 2)
-        pl = _to_numpy(pseudo_segment_labels, np.int64).reshape(-1)
+        ps = to_numpy(pseudo_segments, np.float64).reshape(-1, 2)
+        pl = to_numpy(pseudo_segment_labels, np.int64).reshape(-1)
         action = pl < ncol - 1
         ps, pl = ps[action], pl[action]
         tiou = pairwise_tiou(ps, gts) * (pl[:, None] == gtl[None, :])  # (N, M) same class only
@@ -273,12 +257,12 @@ def pseudo_annotations(
     for video_id, rows in segments.items():
         if video_id not in timing:
             raise InputError(None, "no timing stored for this video", video=video_id)
-        rows = _to_numpy(rows, np.float64)
+        rows = to_numpy(rows, np.float64)
         if rows.ndim != 2 or rows.shape[1] != 4 or not np.isfinite(rows).all():
             raise InputError(
                 None, f"expected finite (N, 4) segment rows, got {rows.shape}", video_id
             )
-        T, fps, snippet_frames, duration = (float(x) for x in _to_numpy(timing[video_id], float))
+        T, fps, snippet_frames, duration = (float(x) for x in to_numpy(timing[video_id], float))
         if not duration > 0:  # unknown (NaN): the features' extent
             duration = float(snippets_to_seconds(T, fps, snippet_frames))
         rows = rows[rows[:, 3] < num_classes]  # background column: no action

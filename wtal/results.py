@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wtal.io import InputError, check_output_file
+from wtal.segments import DEFAULT_FPS, DEFAULT_SNIPPET_FRAMES
 from wtal.tables import format_detection_metrics
 
 if TYPE_CHECKING:
@@ -93,6 +94,35 @@ def _logged_warnings() -> Iterator[None]:
         log.warning("%s", warning.message)
 
 
+def _write_results(
+    out: Path,
+    results: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    metrics_path: Path,
+    detect: DetectConfig,
+    split: str | None,
+    *,
+    cache: Path | None = None,
+) -> WrittenResults:
+    """Write the results JSON and, when anything was scored, its metrics beside it; say what
+    was written (the inputs are all checked by then)."""
+    from wtal.io import write_json
+
+    write_json(out, results)
+    if metrics is not None:
+        write_json(metrics_path, metrics)
+    return WrittenResults(
+        path=out,
+        num_detections=sum(len(v) for v in results["results"].values()),
+        num_videos=len(results["results"]),
+        detect=detect,
+        split=split,
+        metrics=metrics,
+        metrics_path=metrics_path if metrics is not None else None,
+        cache=cache,
+    )
+
+
 def check_dataset_fits(
     dataset: FeatureDataset, class_names: list[str], feat_dim: int, where: str | Path
 ) -> None:
@@ -146,7 +176,6 @@ def detect_to_file(
     from wtal.distributed import resolve_device
     from wtal.feature_file import load_feature_file
     from wtal.inference import load_trained_model, predict_as_configured, results_from_predictions
-    from wtal.io import write_json
     from wtal.scoring import evaluate_predictions
 
     if (data is None) == (features is None):
@@ -183,19 +212,8 @@ def detect_to_file(
     else:
         results = results_from_predictions(preds, class_names, cfg.detect)
     save_predictions(cache, preds, class_names, cfg, split)
-    write_json(out, results)
-    if metrics is not None:
-        write_json(metrics_path, metrics)
-    return WrittenResults(
-        path=out,
-        num_detections=sum(len(v) for v in results["results"].values()),
-        num_videos=len(preds),
-        detect=cfg.detect,
-        split=split if dataset is not None else None,
-        metrics=metrics,
-        metrics_path=metrics_path if metrics is not None else None,
-        cache=cache,
-    )
+    split = split if dataset is not None else None
+    return _write_results(out, results, metrics, metrics_path, cfg.detect, split, cache=cache)
 
 
 def postprocess_cache(
@@ -223,7 +241,6 @@ def postprocess_cache(
     from wtal.configfile import config_from_dict
     from wtal.evaluation import load_ground_truth, resolve_subset
     from wtal.inference import results_from_predictions
-    from wtal.io import write_json
     from wtal.scoring import score_results
 
     cache = load_predictions(cache_path)
@@ -255,18 +272,8 @@ def postprocess_cache(
         }
         with _logged_warnings():
             metrics = score_results(results, ground_truth, subset, cfg, grid_by_video=grid)
-    write_json(out, results)
-    if metrics is not None:
-        write_json(metrics_path, metrics)
-    return WrittenResults(
-        path=out,
-        num_detections=sum(len(v) for v in results["results"].values()),
-        num_videos=len(cache.predictions),
-        detect=cfg.detect,
-        split=subset if ground_truth is not None else None,
-        metrics=metrics,
-        metrics_path=metrics_path if metrics is not None else None,
-    )
+    subset = subset if ground_truth is not None else None
+    return _write_results(out, results, metrics, metrics_path, cfg.detect, subset)
 
 
 def score_file(
@@ -276,8 +283,8 @@ def score_file(
     *,
     subset: str | None = None,
     protocol: str = "official",
-    fps: float = 25.0,
-    snippet_frames: float = 16.0,
+    fps: float = DEFAULT_FPS,
+    snippet_frames: float = DEFAULT_SNIPPET_FRAMES,
     ambiguous_filter: bool = False,
     compat: bool = False,
     strict: bool = False,

@@ -52,6 +52,22 @@ def regeneration_temperature(epoch: int, cfg: Config) -> float | None:
     return p.temperatures[p.regen_epochs.index(epoch)]
 
 
+def target_schedule(cfg: Config) -> dict[str, Any]:
+    """The schedule keywords of :func:`wtal.pseudo.pseudo_target` from ``pseudo.*`` (no Δ
+    labels within ``train.epochs`` when ``pseudo.delta`` is off)."""
+    p = cfg.pseudo
+    return dict(
+        regen_epochs=p.regen_epochs,
+        zero_target_until=p.regen_epochs[0],
+        delta_start=p.delta_start if p.delta else cfg.train.epochs,
+        delta_coefficients=(
+            (p.delta_start, p.delta_coefficients[0]),
+            (p.delta_switch, p.delta_coefficients[1]),
+        ),
+        clamp_min=p.delta_clamp_min,
+    )
+
+
 def select_pseudo_target(
     epoch: int, history: list[tuple[int, dict[str, Tensor]]], cfg: Config
 ) -> dict[str, Tensor] | None:
@@ -65,17 +81,7 @@ def select_pseudo_target(
     """
     if not history:
         return None
-    p = cfg.pseudo
-    schedule = dict(
-        regen_epochs=p.regen_epochs,
-        zero_target_until=p.regen_epochs[0],
-        delta_start=p.delta_start if p.delta else cfg.train.epochs,
-        delta_coefficients=(
-            (p.delta_start, p.delta_coefficients[0]),
-            (p.delta_switch, p.delta_coefficients[1]),
-        ),
-        clamp_min=p.delta_clamp_min,
-    )
+    schedule = target_schedule(cfg)
     targets = {}
     for vid in history[-1][1]:
         target = pseudo_target(epoch, [(e, labels[vid]) for e, labels in history], **schedule)

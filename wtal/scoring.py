@@ -15,9 +15,10 @@ import torch
 
 from wtal import distributed
 from wtal.cascache import save_predictions
-from wtal.config import Config
+from wtal.config import PROTOCOLS, Config
 from wtal.data import FeatureDataset
 from wtal.evaluation import TIOU_PRESETS, evaluate_detections
+from wtal.floors import FLOORS, floor_results
 from wtal.inference import Prediction, detections_to_results, predict_as_configured
 from wtal.metrics import classification_map
 from wtal.model import WTALModel
@@ -30,15 +31,22 @@ def evaluate_predictions(
 
     Returns:
         ``(results, metrics)``: detections in the ActivityNet results format, and a JSON-ready
-        dict with the official and legacy metrics and the video classification mAP.
+        dict with the official and legacy metrics, the video classification mAP and the
+        headline mAP of each floor of :mod:`wtal.floors` (``metrics["floors"]``).
     """
     results = detections_to_results(preds, dataset, cfg.detect)
-    metrics = score_results(
-        results, dataset.ground_truth(), dataset.subset, cfg, grid_by_video=dataset.grids()
-    )
+    ground_truth, grids = dataset.ground_truth(), dataset.grids()
+    metrics = score_results(results, ground_truth, dataset.subset, cfg, grid_by_video=grids)
     scores = np.stack([p.video_scores[:-1] for p in preds])
     labels = np.stack([p.labels for p in preds])
     metrics["classification_map"] = classification_map(scores, labels)
+    metrics["floors"] = {
+        floor: score_results(
+            floor_results(preds, dataset.class_names, floor), ground_truth, dataset.subset, cfg,
+            grid_by_video=grids,
+        )["headline"]
+        for floor in FLOORS
+    }  # fmt: skip
     return results, metrics
 
 
@@ -61,7 +69,7 @@ def score_results(
     """
     tious = TIOU_PRESETS[cfg.eval.preset]
     metrics: dict[str, Any] = {}
-    for protocol in ("official", "wtalc"):
+    for protocol in PROTOCOLS:
         m = evaluate_detections(
             ground_truth,
             results,

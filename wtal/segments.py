@@ -25,6 +25,13 @@ REFERENCE_OUTER_BAND: tuple[float, float] = (0.0785, 0.9)
 (detectionMAP.py:130, utils.py:197); the defaults of ``detect.outer_scale/outer_power``."""
 
 
+def to_numpy(x: Any, dtype: type) -> np.ndarray:
+    """``x`` (numpy, a list or a torch tensor on any device) as a numpy array of ``dtype``."""
+    if hasattr(x, "detach"):  # torch tensor: no torch import needed here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
 def outer_band_width(lengths: np.ndarray, scale: float, power: float) -> np.ndarray:
     """Half-width of the outer band on each side of a segment: ``scale * L ** power`` snippets.
 

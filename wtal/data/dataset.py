@@ -10,7 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from wtal.annotations import GroundTruth, Problem, Reporter, VideoAnnotation
+from wtal.activitynet import GroundTruth
+from wtal.annotations import Problem, Reporter, VideoAnnotation
 from wtal.data.layouts import (
     ANNOTATION_FILE,
     DatasetSource,
