@@ -143,6 +143,8 @@ def write_pseudo_plots(
             [r[:, 3].astype(np.int64) for r in rows],
             [int(T)] * len(rows),
             ncol,
+            outer_scale=state["cfg"].detect.outer_scale,  # the band the run trained with
+            outer_power=state["cfg"].detect.outer_power,
             video_ids=[vid] * len(rows),
         )
         seg_s, seg_labels = gt.get(vid, (None, None))
