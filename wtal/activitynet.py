@@ -1,8 +1,8 @@
 """ActivityNet ground truth and results files to score, parsed and validated in one place.
 
 Numpy only (``wtal score`` stays torch-free). Ground truth is the ActivityNet ``database``
-format (:mod:`wtal.annotations` reads the same schema more strictly for a dataset to train
-on); results are ``{"results": {video_id: [{"label": str, "score": number, "segment":
+format, walked by :func:`wtal.annotations.walk_database` (the dataset reader walks it too,
+then checks more); results are ``{"results": {video_id: [{"label": str, "score": number, "segment":
 [start_s, end_s]}]}}``. :func:`parse_ground_truth` / :func:`parse_results` flatten any such
 file into a :class:`GroundTruth` / :class:`Results`; a zero-length instance is allowed (it
 scores; ``wtal score`` warns); the first problem raises.
@@ -17,14 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from wtal.annotations import Reporter, database_of, read_items, short_repr, walk_database
 from wtal.io import InputError
 
-_NUMBER = (int, float)  # JSON numbers; ``type(x) in _NUMBER`` rejects bool on purpose
-
-
-def _short(x: Any, limit: int = 60) -> str:
-    text = repr(x)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_GT_WORDS = {
+    "no_database": "missing top-level field 'database'",
+    "database": "field 'database': expected an object, got {value}",
+    "entry": "expected an object, got {value}",
+    "subset": "field 'subset': expected a string, got {value}",
+    "annotations": "field 'annotations': expected a list, got {value}",
+    "annotation": "annotation {k}: expected {{'label': str, 'segment': [start, end]}}, got {value}",
+    "ambiguous": "field 'ambiguous': expected a list",
+    "ambiguous_item": "ambiguous {k}: expected [start, end] numbers, got {value}",
+    "ambiguous_top": "field 'ambiguous': expected an object {{video_id: [[s, e]]}}",
+}
+"""How :func:`wtal.annotations.walk_database` words each problem of ground truth to score."""
 
 
 @dataclass(frozen=True)
@@ -56,17 +63,8 @@ def _require_object(obj: Any, key: str, source: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or key not in obj:
         raise InputError(source, f"missing top-level field {key!r}")
     if not isinstance(obj[key], dict):
-        raise InputError(source, f"field {key!r}: expected an object, got {_short(obj[key])}")
+        raise InputError(source, f"field {key!r}: expected an object, got {short_repr(obj[key])}")
     return obj[key]
-
-
-def _segment(seg: Any) -> tuple[float, float] | None:
-    """``[start, end]`` of two JSON numbers, else None (range and finiteness checked later)."""
-    if isinstance(seg, list | tuple) and len(seg) == 2:
-        start, end = seg
-        if type(start) in _NUMBER and type(end) in _NUMBER:
-            return start, end
-    return None
 
 
 def _locator(
@@ -96,37 +94,6 @@ def _check_segments(
     return segments
 
 
-def _read_items(
-    items: list,
-    video_id: str,
-    source: str | os.PathLike,
-    labels: list,
-    starts: list,
-    ends: list,
-    scores: list | None = None,
-) -> None:
-    """Append the label, start and end (and, given ``scores``, the score: predictions) of
-    each item of one video; raise for the first malformed item, naming it."""
-    scored = scores is not None
-    for k, item in enumerate(items):
-        # fast path: a few lookups per item; the message is built only on failure
-        try:
-            label, score = item["label"], item["score"] if scored else 0.0
-            start, end = item["segment"]
-        except (KeyError, TypeError, ValueError):
-            label = score = start = end = None
-        ok = type(label) is str and type(score) in _NUMBER
-        if not ok or type(start) not in _NUMBER or type(end) not in _NUMBER:
-            noun, extra = ("prediction", "'score': number, ") if scored else ("annotation", "")
-            what = f"{noun} {k}: expected {{'label': str, {extra}'segment': [start, end]}}"
-            raise InputError(source, f"{what}, got {_short(item)}", video=video_id)
-        labels.append(label)
-        starts.append(start)
-        ends.append(end)
-        if scores is not None:
-            scores.append(score)
-
-
 def parse_ground_truth(data: Any, source: str | os.PathLike) -> GroundTruth:
     """Validate and flatten ActivityNet ground truth (``{"database": ...}``, parsed JSON);
     a :class:`GroundTruth` (a dataset's, parsed already) is returned as it is.
@@ -137,50 +104,20 @@ def parse_ground_truth(data: Any, source: str | os.PathLike) -> GroundTruth:
     """
     if isinstance(data, GroundTruth):
         return data
-    database = _require_object(data, "database", source)
     video_ids, subsets, counts, labels, starts, ends = [], [], [], [], [], []
     amb_video, amb_starts, amb_ends, amb_item = [], [], [], []
-
-    def add_ambiguous(v: int, video_id: str, intervals: Any) -> None:
-        if not isinstance(intervals, list):
-            raise InputError(source, "field 'ambiguous': expected a list", video=video_id)
-        for k, interval in enumerate(intervals):
-            seg = _segment(interval)
-            if seg is None:
-                what = f"ambiguous {k}: expected [start, end] numbers, got {_short(interval)}"
-                raise InputError(source, what, video=video_id)
+    for v, video in enumerate(walk_database(data, source, Reporter(strict=True), _GT_WORDS)):
+        video_ids.append(video.video_id)
+        subsets.append(video.subset)
+        counts.append(len(video.labels))
+        labels += video.labels
+        starts += video.starts
+        ends += video.ends
+        for k, start, end in video.ambiguous:
             amb_video.append(v)
-            amb_starts.append(seg[0])
-            amb_ends.append(seg[1])
-            amb_item.append((video_id, f"ambiguous {k}"))
-
-    for v, (video_id, video) in enumerate(database.items()):
-        if not isinstance(video, dict):
-            raise InputError(source, f"expected an object, got {_short(video)}", video=video_id)
-        subset, annotations = video.get("subset"), video.get("annotations")
-        if not isinstance(subset, str):
-            what = f"field 'subset': expected a string, got {_short(subset)}"
-            raise InputError(source, what, video=video_id)
-        if not isinstance(annotations, list):
-            what = f"field 'annotations': expected a list, got {_short(annotations)}"
-            raise InputError(source, what, video=video_id)
-        _read_items(annotations, video_id, source, labels, starts, ends)
-        video_ids.append(video_id)
-        subsets.append(subset)
-        counts.append(len(annotations))
-        if "ambiguous" in video:
-            add_ambiguous(v, video_id, video["ambiguous"])
-
-    # Top-level {"ambiguous": {video_id: [[s, e], ...]}} (the fixture layout); intervals of
-    # videos absent from the database cannot affect any prediction and are skipped.
-    top_ambiguous = data.get("ambiguous", {})
-    if not isinstance(top_ambiguous, dict):
-        raise InputError(source, "field 'ambiguous': expected an object {video_id: [[s, e]]}")
-    index = {video_id: v for v, video_id in enumerate(video_ids)}
-    for video_id, intervals in top_ambiguous.items():
-        if video_id in index:
-            add_ambiguous(index[video_id], video_id, intervals)
-
+            amb_starts.append(start)
+            amb_ends.append(end)
+            amb_item.append((video.video_id, f"ambiguous {k}"))
     return GroundTruth(
         video_ids=video_ids,
         subsets=subsets,
@@ -204,9 +141,13 @@ def parse_results(data: Any, source: str | os.PathLike) -> Results:
     counts, labels, scores, starts, ends = [], [], [], [], []
     for video_id, predictions in results.items():
         if not isinstance(predictions, list):
-            what = f"expected a list of predictions, got {_short(predictions)}"
+            what = f"expected a list of predictions, got {short_repr(predictions)}"
             raise InputError(source, what, video=video_id)
-        _read_items(predictions, video_id, source, labels, starts, ends, scores)
+        if malformed := read_items(predictions, labels, starts, ends, scores):
+            item = f"prediction {malformed[0]}"
+            what = f"{item}: expected {{'label': str, 'score': number, 'segment': [start, end]}}"
+            got = short_repr(predictions[malformed[0]])
+            raise InputError(source, f"{what}, got {got}", video=video_id)
         counts.append(len(predictions))
     video_ids = list(results)
     where = _locator(video_ids, counts, "prediction")
@@ -230,5 +171,5 @@ def subsets_of(ground_truth: GroundTruth | Mapping[str, Any], source: Any) -> li
     """The subsets present in ground truth (parsed, or the JSON object), sorted."""
     if isinstance(ground_truth, GroundTruth):
         return sorted(set(ground_truth.subsets), key=str)
-    database = _require_object(ground_truth, "database", source)
+    database = database_of(ground_truth, source, _GT_WORDS)
     return sorted({v.get("subset") for v in database.values() if isinstance(v, dict)}, key=str)
