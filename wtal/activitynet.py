@@ -59,7 +59,7 @@ class Results:
 
 
 def _require_object(obj: Any, key: str, source: str | os.PathLike) -> dict:
-    """``obj[key]``, which must be a JSON object (top-level ``database`` / ``results``)."""
+    """``obj[key]``, which must be a JSON object (the top-level ``results``)."""
     if not isinstance(obj, dict) or key not in obj:
         raise InputError(source, f"missing top-level field {key!r}")
     if not isinstance(obj[key], dict):
