@@ -89,3 +89,24 @@ def test_bench_prints_the_floors_per_stage():
     text = format_bench(summary)
     assert "| whole video | 4.34 +- 0.00 |" in text
     assert "| uniform attention | 4.34 +- 0.00 |" in text
+
+
+def test_localization_signal_of_a_flat_and_a_peaked_video():
+    from wtal.floors import localization_signal
+
+    flat = _pred("flat", [1, 0, 0], [0.6, 0.2, 0.1])
+    flat.attention = np.full(8, 0.3)
+    flat.cas = np.full((8, 4), 0.1)
+    peaked = _pred("peak", [0, 1, 0], [0.1, 0.7, 0.2])
+    peaked.attention = np.array([0.0, 0.0, 0.9, 1.0, 0.2, 0.0, 0.0, 0.0])
+    peaked.cas = np.zeros((8, 4))
+    peaked.cas[:, 1] = [0.0, 0.0, 0.5, 0.8, 0.1, 0.0, 0.0, 0.0]  # the top class (run)
+    peaked.cas[:, 3] = 0.9  # background: never counted
+    assert localization_signal([flat]) == pytest.approx(
+        {"attention_mean": 0.3, "attention_range": 0.0, "cas_peak": 0.1, "cas_contrast": 0.0}
+    )
+    both = localization_signal([flat, peaked])
+    assert both["attention_range"] == pytest.approx(0.5)  # (0 + 1) / 2
+    assert both["cas_peak"] == pytest.approx(0.45)  # (0.1 + 0.8) / 2
+    assert both["cas_contrast"] == pytest.approx(0.4)  # (0 + (0.8 - median 0)) / 2
+    assert both["attention_mean"] == pytest.approx((0.3 + 2.1 / 8) / 2)

@@ -172,7 +172,8 @@ def test_validation_map_is_logged_and_reported(data, val_run):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     evals = [r["eval"] for r in log if "eval" in r]
     assert len(evals) == 2  # after epochs 0 and 1 (the final one is metrics.json)
-    assert all(set(e) == {"val"} for e in evals)  # no test mAP unless asked
+    assert all(set(e) == {"val", "val_detail"} for e in evals)  # no test mAP unless asked
+    assert set(evals[0]["val_detail"]) == {"classification_map", "floors", "signal"}
     files = {}
     for name in ("metrics.json", "metrics_base.json", "metrics_val.json", "metrics_val_base.json"):
         files[name] = metrics = json.loads((run / name).read_text())
@@ -180,6 +181,8 @@ def test_validation_map_is_logged_and_reported(data, val_run):
     # Epoch 0 is the last of the base stage: its validation mAP is the base stage's.
     val_base = files["metrics_val_base.json"]["headline"]
     assert evals[0]["val"] == val_base
+    for key in ("classification_map", "floors", "signal"):  # the same evaluation, logged
+        assert evals[0]["val_detail"][key] == files["metrics_val_base.json"][key]
     assert log[1]["eval_base"] == {
         "average_mAP": files["metrics_base.json"]["headline"],
         "val": val_base,
@@ -197,7 +200,7 @@ def test_eval_test_adds_the_test_map(data, tmp_path):
     run = tmp_path / "run"
     fit(_cfg(data, "train.eval_test=True", "train.epochs=2"), run, progress=False)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert set(log[0]["eval"]) == {"val", "average_mAP"}
+    assert set(log[0]["eval"]) == {"val", "val_detail", "average_mAP", "detail"}
 
 
 def test_without_a_split_eval_every_scores_the_test_split(data, tmp_path):
@@ -205,5 +208,5 @@ def test_without_a_split_eval_every_scores_the_test_split(data, tmp_path):
     cfg = _cfg(data, "data.val_fraction=0.0", "train.epochs=2", "pseudo.enabled=False")
     fit(cfg, run, progress=False)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert set(log[0]["eval"]) == {"average_mAP"}
+    assert set(log[0]["eval"]) == {"average_mAP", "detail"}
     assert not (run / "metrics_val.json").exists()

@@ -60,6 +60,10 @@ from wtal.scoring import evaluate_model
 
 log = logging.getLogger("wtal")
 
+_EVAL_DETAIL = ("classification_map", "floors", "signal")
+"""What a periodic evaluation logs beside the headline mAP: whether the model classifies, the
+floors it must beat, and whether its attention and CAS vary in time (:mod:`wtal.floors`)."""
+
 
 def _pad_pseudo(targets: dict[str, Tensor], batch: Batch, device: torch.device) -> Tensor:
     """Stack per-video pseudo labels (T_i, C+1) into (B, T_max, C+1), zero on padding."""
@@ -346,10 +350,13 @@ def _fit(
         if tc.eval_every and (epoch + 1) % tc.eval_every == 0 and epoch + 1 < tc.epochs:
             record["eval"] = {}
             if val_set is not None:
-                record["eval"]["val"] = evaluate_model(model, val_set, cfg, device)[1]["headline"]
+                m = evaluate_model(model, val_set, cfg, device)[1]
+                record["eval"]["val"] = m["headline"]
+                record["eval"]["val_detail"] = {k: m[k] for k in _EVAL_DETAIL}
             if val_set is None or tc.eval_test:
-                test_map = evaluate_model(model, test_set, cfg, device)[1]["headline"]
-                record["eval"]["average_mAP"] = test_map
+                m = evaluate_model(model, test_set, cfg, device)[1]
+                record["eval"]["average_mAP"] = m["headline"]
+                record["eval"]["detail"] = {k: m[k] for k in _EVAL_DETAIL}
 
         state = {
             "format": "wtal",

@@ -1,4 +1,5 @@
-"""Floors: what a detector that knows nothing about time scores on a split.
+"""Floors: what a detector that knows nothing about time scores on a split; and how much the
+model's attention and CAS vary in time at all (:func:`localization_signal`).
 
 A localization recipe is only useful when it beats these; every evaluation reports them beside
 the model's mAP (``metrics["floors"]``, and ``wtal bench`` prints their mean over seeds), so a
@@ -67,3 +68,34 @@ def floor_results(
             for c, s in zip(classes.tolist(), scores.tolist(), strict=True)
         ]
     return {"version": f"wtal {__version__}", "results": results, "external_data": {}}
+
+
+def localization_signal(preds: Sequence[Prediction]) -> dict[str, float]:
+    """How much the model's outputs vary in time, averaged over videos (all in [0, 1]).
+
+    A model that classifies videos but does not localize has a flat, low attention and a CAS
+    whose top class never rises far above its median: these numbers show it before any mAP.
+
+    Returns:
+        ``attention_mean``: mean attention over all snippets; ``attention_range``: mean over
+        videos of max - min attention; ``cas_peak``: mean over videos of the largest CAS value
+        (background excluded); ``cas_contrast``: mean over videos of max - median in time of
+        the CAS column of the video's top-scored class.
+    """
+    if not preds:
+        return {"attention_mean": 0.0, "attention_range": 0.0, "cas_peak": 0.0, "cas_contrast": 0.0}
+    att_mean, att_range, peak, contrast = [], [], [], []
+    for pred in preds:
+        att = np.asarray(pred.attention, np.float64)
+        cas = np.asarray(pred.cas, np.float64)[:, :-1]
+        top = cas[:, int(np.argmax(np.asarray(pred.video_scores)[:-1]))]
+        att_mean.append(att.mean())
+        att_range.append(att.max() - att.min())
+        peak.append(cas.max())
+        contrast.append(top.max() - np.median(top))
+    return {
+        "attention_mean": float(np.mean(att_mean)),
+        "attention_range": float(np.mean(att_range)),
+        "cas_peak": float(np.mean(peak)),
+        "cas_contrast": float(np.mean(contrast)),
+    }

@@ -18,7 +18,7 @@ from wtal.cascache import save_predictions
 from wtal.config import PROTOCOLS, Config
 from wtal.data import FeatureDataset
 from wtal.evaluation import TIOU_PRESETS, evaluate_detections
-from wtal.floors import FLOORS, floor_results
+from wtal.floors import FLOORS, floor_results, localization_signal
 from wtal.inference import Prediction, detections_to_results, predict_as_configured
 from wtal.metrics import classification_map
 from wtal.model import WTALModel
@@ -32,7 +32,8 @@ def evaluate_predictions(
     Returns:
         ``(results, metrics)``: detections in the ActivityNet results format, and a JSON-ready
         dict with the official and legacy metrics, the video classification mAP and the
-        headline mAP of each floor of :mod:`wtal.floors` (``metrics["floors"]``).
+        headline mAP of each floor of :mod:`wtal.floors` (``metrics["floors"]``) and the
+        model's :func:`~wtal.floors.localization_signal` (``metrics["signal"]``).
     """
     results = detections_to_results(preds, dataset, cfg.detect)
     ground_truth, grids = dataset.ground_truth(), dataset.grids()
@@ -47,6 +48,7 @@ def evaluate_predictions(
         )["headline"]
         for floor in FLOORS
     }  # fmt: skip
+    metrics["signal"] = localization_signal(preds)
     return results, metrics
 
 
