@@ -110,3 +110,30 @@ def test_localization_signal_of_a_flat_and_a_peaked_video():
     assert both["cas_peak"] == pytest.approx(0.45)  # (0.1 + 0.8) / 2
     assert both["cas_contrast"] == pytest.approx(0.4)  # (0 + (0.8 - median 0)) / 2
     assert both["attention_mean"] == pytest.approx((0.3 + 2.1 / 8) / 2)
+
+
+def test_a_test_split_without_video_labels_trains_and_reports_no_classification_map(tmp_path):
+    """Segments whose videos say ``"labels": []``: detection mAP is scored, the video
+    classification mAP is ``None`` (no class has a positive video) instead of a traceback."""
+    import json
+    from dataclasses import replace
+
+    from conftest import TINY_SPEC, tiny_config
+
+    from wtal.configfile import config_from_dict
+    from wtal.engine import fit
+    from wtal.synth import THUMOS, write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(data, replace(THUMOS, **TINY_SPEC), seed=0)
+    ann_path = data / "annotations.json"
+    ann = json.loads(ann_path.read_text())
+    db = ann.get("database", ann)
+    for entry in db.values():
+        if entry["subset"] == "test":
+            entry["labels"] = []
+    ann_path.write_text(json.dumps(ann))
+    cfg = tiny_config(**{"pseudo.enabled": False, "data.path": str(data)})
+    metrics = fit(config_from_dict(cfg), tmp_path / "run", progress=False)
+    assert metrics["classification_map"] is None
+    assert set(metrics["floors"]) == set(FLOORS)

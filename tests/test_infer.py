@@ -347,8 +347,13 @@ def test_videos_features_train_infer_score(video_run, tmp_path, capsys):
     same = tmp_path / "same"
     features = data / "features" / "clip4.npy"
     assert main(["infer", "--features", str(features), "--run", str(run), "--out", str(same)]) == 0
-    by_video = json.loads((out / "clip4.json").read_text())["results"]
-    assert by_video == json.loads((same / "clip4.json").read_text())["results"]
+    by_video = json.loads((out / "clip4.json").read_text())["results"]["clip4"]
+    by_file = json.loads((same / "clip4.json").read_text())["results"]["clip4"]
+    # equal up to float32 rounding: I3D's threaded convolutions may sum in another order
+    assert [(d["label"], d["segment"]) for d in by_video] == [
+        (d["label"], d["segment"]) for d in by_file
+    ]
+    assert [d["score"] for d in by_video] == pytest.approx([d["score"] for d in by_file], rel=1e-5)
     truth = [{"label": "dark", "segment": [0.0, 0.6]}]
     gt = {"database": {"clip4": {"subset": "test", "duration": 0.8, "annotations": truth}}}
     (tmp_path / "gt.json").write_text(json.dumps(gt))

@@ -40,7 +40,8 @@ def evaluate_predictions(
     metrics = score_results(results, ground_truth, dataset.subset, cfg, grid_by_video=grids)
     scores = np.stack([p.video_scores[:-1] for p in preds])
     labels = np.stack([p.labels for p in preds])
-    metrics["classification_map"] = classification_map(scores, labels)
+    # None when no video of the split has a label (segments with "labels": [] say so)
+    metrics["classification_map"] = classification_map(scores, labels) if labels.any() else None
     metrics["floors"] = {
         floor: score_results(
             floor_results(preds, dataset.class_names, floor), ground_truth, dataset.subset, cfg,

@@ -60,6 +60,6 @@ def format_detection_metrics(metrics: Mapping[str, Any]) -> str:
     headline numbers."""
     columns = {"official": metrics["official"], "legacy wtalc": metrics["wtalc"]}
     line = f"average mAP (headline): {metrics['headline']:.2f}"
-    if "classification_map" in metrics:
+    if metrics.get("classification_map") is not None:
         line += f"; video classification mAP: {metrics['classification_map']:.2f}"
     return format_metrics_table(columns) + "\n" + line
