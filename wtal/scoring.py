@@ -45,7 +45,7 @@ def evaluate_predictions(
     metrics["floors"] = {
         floor: score_results(
             floor_results(preds, dataset.class_names, floor), ground_truth, dataset.subset, cfg,
-            grid_by_video=grids,
+            grid_by_video=grids, headline_only=True,
         )["headline"]
         for floor in FLOORS
     }  # fmt: skip
@@ -60,8 +60,10 @@ def score_results(
     cfg: Config,
     *,
     grid_by_video: dict[str, tuple[float, float]] | None = None,
+    headline_only: bool = False,
 ) -> dict[str, Any]:
-    """Detection mAP of ``results`` under both protocols (``official`` and ``wtalc``).
+    """Detection mAP of ``results`` under both protocols (``official`` and ``wtalc``), or
+    with ``headline_only`` under ``cfg.eval.protocol`` alone.
 
     The ``wtalc`` snippet grid is ``cfg.data``'s, or ``grid_by_video[video]`` =
     ``(fps, snippet_frames)`` for videos with their own.
@@ -72,7 +74,7 @@ def score_results(
     """
     tious = TIOU_PRESETS[cfg.eval.preset]
     metrics: dict[str, Any] = {}
-    for protocol in PROTOCOLS:
+    for protocol in (cfg.eval.protocol,) if headline_only else PROTOCOLS:
         m = evaluate_detections(
             ground_truth,
             results,
