@@ -45,6 +45,16 @@ Tests state the fields they need different through :func:`tiny_config` /
 :func:`tiny_overrides`."""
 
 
+BASE_ONLY: dict[str, object] = {
+    "train.epochs": 1,
+    "train.lr_milestones": [],
+    "train.checkpoint_every": 0,
+    "pseudo.enabled": False,
+}
+"""The changes to :data:`TINY_CONFIG` of a run that only needs a trained model: one epoch of
+the base stage, no pseudo labels, no periodic checkpoints."""
+
+
 def _tiny_items(changes: dict[str, object]) -> dict[str, object]:
     unknown = [key for key in changes if key.count(".") != 1]
     assert not unknown, f"not a `section.field` key: {unknown}"

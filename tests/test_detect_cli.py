@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import BASE_ONLY, tiny_config
 
 from wtal.cascache import load_predictions
 from wtal.cascache import save_predictions as save_cache
@@ -18,16 +18,13 @@ from wtal.configfile import load_config
 from wtal.inference import Prediction, results_from_predictions
 
 TINY = tiny_config(
+    **BASE_ONLY,
     **{
         "model.embed_dim": 32,
-        "train.epochs": 1,
-        "train.lr_milestones": [],
         "train.lr_values": [5e-4],
         "train.batch_size": 5,
         "train.videos_per_step": 10,
-        "train.checkpoint_every": 0,
-        "pseudo.enabled": False,
-    }
+    },
 )
 FEAT_DIM = 16
 

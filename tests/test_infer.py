@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import BASE_ONLY, tiny_overrides
 
 from wtal.checkpoint import load_checkpoint
 from wtal.cli import main
@@ -32,16 +32,13 @@ from wtal.io import InputError
 from wtal.synth import THUMOS, write_synthetic
 
 TINY = tiny_overrides(
+    **BASE_ONLY,
     **{
         "model.embed_dim": 32,
-        "train.epochs": 1,
-        "train.lr_milestones": [],
         "train.lr_values": [5e-4],
         "train.batch_size": 5,
         "train.videos_per_step": 10,
-        "train.checkpoint_every": 0,
-        "pseudo.enabled": False,
-    }
+    },
 )
 FEAT_DIM = 8
 META = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import BASE_ONLY, tiny_config
 
 from wtal.cli import main
 from wtal.configfile import load_config, save_config
@@ -37,15 +37,12 @@ SPEC = replace(
     max_snippets=30,
 )
 TINY = tiny_config(
+    **BASE_ONLY,
     **{
         "model.embed_dim": 8,
-        "train.epochs": 1,
-        "train.lr_milestones": [],
         "train.lr_values": [1e-4],
         "train.videos_per_step": 3,
-        "train.checkpoint_every": 0,
-        "pseudo.enabled": False,
-    }
+    },
 )
 HOLD = (
     "import sys, time\n"

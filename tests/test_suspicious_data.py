@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import BASE_ONLY, tiny_config
 
 from wtal.cascache import save_predictions
 from wtal.cli import main
@@ -34,15 +34,12 @@ SPEC = replace(
     max_snippets=30,
 )
 TINY = tiny_config(
+    **BASE_ONLY,
     **{
         "model.embed_dim": 8,
-        "train.epochs": 1,
-        "train.lr_milestones": [],
         "train.lr_values": [1e-4],
         "train.videos_per_step": 3,
-        "train.checkpoint_every": 0,
-        "pseudo.enabled": False,
-    }
+    },
 )
 
 
