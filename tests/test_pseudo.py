@@ -27,8 +27,28 @@ def test_delta_pseudo_labels():
     np.testing.assert_allclose(clamped, np.maximum(2.0 * (y - prev), 0.0))
     t = delta_pseudo_labels(torch.tensor(y), torch.tensor(prev), 2.0, clamp_min=-0.1)
     np.testing.assert_allclose(t.numpy(), np.maximum(2.0 * (y - prev), -0.1))
+    anchored = delta_pseudo_labels(y, prev, 2.0, clamp_min=0.0, anchor=True)
+    np.testing.assert_allclose(anchored, y + np.maximum(2.0 * (y - prev), 0.0))
     with pytest.raises(ValueError):
         delta_pseudo_labels(y, prev[:3], 2.0)
+
+
+def test_anchored_delta_target_through_the_schedule():
+    """``pseudo.delta_anchor`` reaches the Δ phase's targets and nothing before it."""
+    from wtal.config import Config, PseudoConfig
+    from wtal.schedule import select_pseudo_target
+
+    rng = np.random.default_rng(1)
+    history = [(e, {"v": torch.tensor(rng.random((5, 3)))}) for e in (230, 245)]
+    plain = Config()
+    anchored = Config(pseudo=PseudoConfig(delta_anchor=True))
+    for epoch in (246, 251):
+        a = select_pseudo_target(epoch, history, plain)["v"]
+        b = select_pseudo_target(epoch, history, anchored)["v"]
+        if epoch < 251:  # plain-label phase: the latest labels either way
+            torch.testing.assert_close(a, b)
+        else:
+            torch.testing.assert_close(b, history[-1][1]["v"] + a)
 
 
 def test_schedule_reproduces_table():

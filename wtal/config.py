@@ -268,6 +268,10 @@ class PseudoConfig:
     delta_clamp_min: float | None = allowed(None, _ANY)
     """Clamp delta labels from below (e.g. 0.0); None keeps the reference's negative targets,
     which push a class whose label fell down (paper.md §7 Q6)."""
+    delta_anchor: bool = False
+    """Add the latest labels to the delta labels, ``Y(latest) + alpha (Y(latest) - Y(previous))``:
+    the change between regenerations extrapolates the latest labels instead of replacing them
+    as the distillation target. False keeps the reference's delta labels alone."""
     history_length: int = allowed(3, _COUNT)
     """Pseudo-label sets kept (method.py:178-181); delta labels need at least 2."""
     dist_weight: float = allowed(10.0, _NON_NEGATIVE)

@@ -21,7 +21,9 @@ from wtal.segments import pairwise_tiou, snippets_to_seconds, to_numpy
 # (:func:`wtal.schedule.target_schedule`).
 
 
-def delta_pseudo_labels(latest: Any, previous: Any, coefficient: float, *, clamp_min=None) -> Any:
+def delta_pseudo_labels(
+    latest: Any, previous: Any, coefficient: float, *, clamp_min=None, anchor: bool = False
+) -> Any:
     """Δ pseudo labels ``coefficient * (latest - previous)`` (paper.md §1.7).
 
     Entries can be negative: a class whose label fell between two regenerations is pushed
@@ -33,6 +35,9 @@ def delta_pseudo_labels(latest: Any, previous: Any, coefficient: float, *, clamp
         coefficient: alpha (2.0, then 2.15 in the reference schedule).
         clamp_min: if given, entries below it are raised to it (e.g. 0 forbids unlearning);
             None (default) reproduces the reference.
+        anchor: add ``latest`` to the (clamped) Δ labels, ``latest + coefficient * (latest -
+            previous)``: the change between regenerations extrapolates the latest labels
+            instead of replacing them. False (default) reproduces the reference.
 
     Returns:
         Same type and shape as ``latest``.
@@ -40,9 +45,10 @@ def delta_pseudo_labels(latest: Any, previous: Any, coefficient: float, *, clamp
     if tuple(latest.shape) != tuple(previous.shape):
         raise ValueError(f"shape mismatch: {tuple(latest.shape)} vs {tuple(previous.shape)}")
     delta = coefficient * (latest - previous)
-    if clamp_min is None:
-        return delta
-    return delta.clamp(min=clamp_min) if hasattr(delta, "clamp") else np.maximum(delta, clamp_min)
+    if clamp_min is not None:
+        torch_like = hasattr(delta, "clamp")
+        delta = delta.clamp(min=clamp_min) if torch_like else np.maximum(delta, clamp_min)
+    return latest + delta if anchor else delta
 
 
 def update_history(
@@ -64,6 +70,7 @@ def pseudo_target(
     delta_start: int,
     delta_coefficients: Sequence[tuple[int, float]],
     clamp_min: float | None,
+    anchor: bool = False,
 ) -> Any | None:
     """Pseudo-label target of the distillation loss at ``epoch`` (the §1.8 table).
 
@@ -78,7 +85,7 @@ def pseudo_target(
         zero_target_until: last epoch with a zero target.
         delta_start: first epoch with Δ pseudo labels.
         delta_coefficients: ``(first epoch, alpha)`` pairs, sorted by epoch.
-        clamp_min: passed to :func:`delta_pseudo_labels`.
+        clamp_min, anchor: passed to :func:`delta_pseudo_labels`.
 
     Returns:
         The target labels (type of the stored labels), or None for a zero target.
@@ -100,7 +107,9 @@ def pseudo_target(
     if not use_delta:
         return store[done[-1]]
     alpha = [a for first, a in delta_coefficients if first <= epoch][-1]
-    return delta_pseudo_labels(store[done[-1]], store[done[-2]], alpha, clamp_min=clamp_min)
+    return delta_pseudo_labels(
+        store[done[-1]], store[done[-2]], alpha, clamp_min=clamp_min, anchor=anchor
+    )
 
 
 # --------------------------------------------------------------------------------------------

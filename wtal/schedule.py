@@ -65,6 +65,7 @@ def target_schedule(cfg: Config) -> dict[str, Any]:
             (p.delta_switch, p.delta_coefficients[1]),
         ),
         clamp_min=p.delta_clamp_min,
+        anchor=p.delta_anchor,
     )
 
 
