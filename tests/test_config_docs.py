@@ -44,7 +44,7 @@ def test_rows_carry_the_docstring_and_the_default():
         "`soft-nms` or `none`. |"
     ) in text
     assert "| `train.lr_milestones` | `tuple[int, ...]` | `[80, 200, 245, 260]` |" in text
-    assert "| `pseudo.delta_clamp_min` | `float \\| None` | `null` |" in text  # escaped pipe
+    assert "| `pseudo.fusion` | `str \\| None` | `null` |" in text  # escaped pipe, None as null
     assert "\n### `model`\n\nKeyword arguments of `wtal.model.WTALModel`" in text
     assert "(`wtal.config`)" in text  # names the module that defines the dataclasses
 
