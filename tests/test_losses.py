@@ -116,6 +116,49 @@ def test_pseudo_label_loss_hand_values_negative_and_mask():
     )
 
 
+def test_pseudo_label_loss_complement_negatives_against_loops():
+    # Slow reference: per video, snippet and class, -y log p for y >= 0 and |y| * -log(1 - p)
+    # for y < 0, time mean over valid snippets, o/m mix.
+    gen = torch.Generator().manual_seed(3)
+    o, m = torch.randn(2, 5, 4, generator=gen) * 3, torch.randn(2, 5, 4, generator=gen) * 3
+    labels = torch.randn(2, 5, 4, generator=gen)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    got = pseudo_label_loss(o, m, labels, mask, 0.8, negative="complement")
+    want = []
+    for b in range(2):
+        per_branch = []
+        for logits in (o, m):
+            p = torch.softmax(logits[b].double(), -1)
+            rows = []
+            for t in range(int(mask[b].sum())):
+                s = 0.0
+                for c in range(4):
+                    y = float(labels[b, t, c])
+                    s += -y * math.log(p[t, c]) if y >= 0 else -y * -math.log(1 - p[t, c])
+                rows.append(s)
+            per_branch.append(sum(rows) / len(rows))
+        want.append(0.8 * per_branch[0] + 0.2 * per_branch[1])
+    torch.testing.assert_close(got, torch.tensor(want, dtype=got.dtype), rtol=1e-5, atol=1e-5)
+    # Without negative entries the two forms are the same loss.
+    pos = labels.abs()
+    torch.testing.assert_close(
+        pseudo_label_loss(o, m, pos, mask, 0.8, negative="complement"),
+        pseudo_label_loss(o, m, pos, mask, 0.8),
+    )
+    # The push on a negative label fades as its class becomes unlikely: gradient |y| p, not
+    # |y| (1 - p) as with the reference's -y log p.
+    logits = torch.tensor([[[-12.0, 0.0]]], requires_grad=True)  # p(class 0) ~ 6e-6
+    neg = torch.tensor([[[-1.0, 0.0]]])
+    one = torch.tensor([[True]])
+    pseudo_label_loss(logits, logits.detach(), neg, one, 1.0, negative="complement").backward()
+    assert 0 < logits.grad[0, 0, 0] < 1e-5
+    logits.grad = None
+    pseudo_label_loss(logits, logits.detach(), neg, one, 1.0).backward()
+    assert logits.grad[0, 0, 0] > 0.99
+    with pytest.raises(ValueError, match="negative"):
+        pseudo_label_loss(o, m, labels, mask, 0.8, negative="hinge")
+
+
 def tiny_setup(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     model = WTALModel(8, 3, embed_dim=12, num_bases=3, dropout=0.0, generator=gen)
@@ -226,3 +269,17 @@ def test_compute_losses_weights_the_terms_as_configured():
     torch.testing.assert_close(after["dist"], dist)
     # λ_dist(6) = 2.0 * 1.5 ** (6 - 5); λ_spl(6) = 0.25
     torch.testing.assert_close(after["total"], weighted + 0.25 * parts["spl"] + 3.0 * dist)
+    # Negative (delta) targets follow pseudo.delta_negative: the reference's -Y log p by
+    # default, or the bounded form.
+    signed = pseudo - 0.5
+    default = compute_losses(out, labels, mask, signed, cfg, epoch=6)["dist"]
+    torch.testing.assert_close(
+        default, pseudo_label_loss(out.o.logits, out.m.logits, signed, mask, 0.6)
+    )
+    comp_cfg = load_config(None, ["pseudo.delta_negative=complement"])
+    comp = compute_losses(out, labels, mask, signed, comp_cfg, epoch=300)["dist"]
+    want = pseudo_label_loss(out.o.logits, out.m.logits, signed, mask, 0.8, negative="complement")
+    torch.testing.assert_close(comp, want)
+    assert not torch.allclose(
+        comp, pseudo_label_loss(out.o.logits, out.m.logits, signed, mask, 0.8)
+    )

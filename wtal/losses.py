@@ -110,12 +110,20 @@ def pseudo_label_loss(
     pseudo_labels: Tensor,
     mask: Tensor,
     o_weight: float,
+    negative: str = "reference",
 ) -> Tensor:
     """L_dist: cross-entropy of both branches' snippet softmax to pseudo labels (§1.8).
 
     ``o_weight * mean_t -sum_c Y log softmax(S_o) + (1 - o_weight) * (same for S_m)``, with no
     temperature and Y not normalised (utils.py:397-403). Delta pseudo labels may be negative,
     and so may the loss.
+
+    A negative entry ``Y < 0`` enters as ``-Y log p`` with ``negative="reference"``: it pushes
+    ``log p`` down without bound, with a gradient that stays at ``|Y|`` as ``p -> 0`` (§7 Q6).
+    With ``negative="complement"`` it enters as ``|Y| * -log(1 - p)`` (a negative-learning
+    term): its gradient on the class's own logit is ``|Y| p`` instead of ``|Y| (1 - p)``, so it
+    pushes a confident class down and fades once the class is unlikely. Positive entries are
+    the reference's in both.
 
     Args:
         o_logits: (B, T, C+1) snippet logits of the o branch.
@@ -128,9 +136,20 @@ def pseudo_label_loss(
         (B,) loss per video.
     """
     target = pseudo_labels.detach()
-    ce_o = -(target * F.log_softmax(o_logits, -1)).sum(-1)  # (B, T)
-    ce_m = -(target * F.log_softmax(m_logits, -1)).sum(-1)
+    ce_o = _label_ce(target, F.log_softmax(o_logits, -1), negative)  # (B, T)
+    ce_m = _label_ce(target, F.log_softmax(m_logits, -1), negative)
     return o_weight * _masked_time_mean(ce_o, mask) + (1 - o_weight) * _masked_time_mean(ce_m, mask)
+
+
+def _label_ce(target: Tensor, log_probs: Tensor, negative: str) -> Tensor:
+    """(B, T) ``-sum_c Y log p``, negative entries per :func:`pseudo_label_loss`."""
+    if negative == "reference":
+        return -(target * log_probs).sum(-1)
+    if negative != "complement":
+        raise ValueError(f"negative must be 'reference' or 'complement', got {negative!r}")
+    pos, neg = target.clamp_min(0), (-target).clamp_min(0)
+    log_not = _log(-torch.expm1(log_probs))  # log(1 - p), stable for p near 0 and 1
+    return -(pos * log_probs).sum(-1) - (neg * log_not).sum(-1)
 
 
 def base_losses(
@@ -213,7 +232,12 @@ def compute_losses(
     )
     if pseudo is not None:
         terms["dist"] = pseudo_label_loss(
-            out.o.logits, out.m.logits, pseudo, mask, o_weight=cfg.pseudo.cas_mix
+            out.o.logits,
+            out.m.logits,
+            pseudo,
+            mask,
+            o_weight=cfg.pseudo.cas_mix,
+            negative=cfg.pseudo.delta_negative,
         )
         total = total + dist_weight(epoch, cfg) * terms["dist"]
     terms["total"] = total
