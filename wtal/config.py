@@ -30,6 +30,8 @@ LAYOUTS = ("auto", "pervideo", "wtalc")
 """Dataset layouts (``data.layout``, ``wtal data check --layout``)."""
 DEVICES = ("auto", "cpu", "cuda")
 """Devices a run or a command can ask for (``train.device``, ``--device``)."""
+DELTA_NEGATIVES = ("reference", "complement")
+"""Ways a negative delta label enters L_dist (``pseudo.delta_negative``)."""
 PROTOCOLS = ("official", "wtalc")
 """Evaluation protocols (``eval.protocol``); both are always computed and saved."""
 RANDOM_WALK_METHODS = ("woodbury", "dense")
@@ -274,7 +276,7 @@ class PseudoConfig:
     """Add the latest labels to the delta labels, ``Y(latest) + alpha (Y(latest) - Y(previous))``:
     the change between regenerations extrapolates the latest labels instead of replacing them
     as the distillation target. False keeps the reference's delta labels alone."""
-    delta_negative: str = allowed("reference", ("reference", "complement"))
+    delta_negative: str = allowed("reference", DELTA_NEGATIVES)
     """How a negative delta label Y < 0 enters L_dist (only while ``delta_clamp_min`` lets
     negative labels through): ``reference`` as ``-Y log p``, a push on log p that never fades
     (§7 Q6); ``complement`` as ``|Y| * -log(1 - p)``, a push that fades as p -> 0

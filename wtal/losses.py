@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wtal.config import Config
+from wtal.config import DELTA_NEGATIVES, Config
 from wtal.model import ModelOutput
 from wtal.schedule import dist_weight, spl_weight
 
@@ -143,10 +143,10 @@ def pseudo_label_loss(
 
 def _label_ce(target: Tensor, log_probs: Tensor, negative: str) -> Tensor:
     """(B, T) ``-sum_c Y log p``, negative entries per :func:`pseudo_label_loss`."""
+    if negative not in DELTA_NEGATIVES:
+        raise ValueError(f"negative must be one of {', '.join(DELTA_NEGATIVES)}, got {negative!r}")
     if negative == "reference":
         return -(target * log_probs).sum(-1)
-    if negative != "complement":
-        raise ValueError(f"negative must be 'reference' or 'complement', got {negative!r}")
     pos, neg = target.clamp_min(0), (-target).clamp_min(0)
     log_not = _log(-torch.expm1(log_probs))  # log(1 - p), stable for p near 0 and 1
     return -(pos * log_probs).sum(-1) - (neg * log_not).sum(-1)
