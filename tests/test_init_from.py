@@ -12,6 +12,8 @@ import torch
 import yaml
 from conftest import tiny_overrides
 
+from tools.reference_checkpoint import REFERENCE_KEYS
+from tools.reference_checkpoint import main as reference_main
 from wtal.checkpoint import file_sha256, load_checkpoint
 from wtal.cli import main
 from wtal.configfile import load_config
@@ -221,6 +223,37 @@ def test_resume_and_init_from_together_are_refused(straight, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- diagnostics
+
+
+def test_branch_from_the_authors_weights(straight, data, tmp_path, capsys):
+    """The authors' ``N.pkl`` as a wtal checkpoint at epoch N (tools.reference_checkpoint):
+    their weights, an empty memory, a fresh optimizer, no pseudo labels; --init-from runs it."""
+    like = straight / "epoch_002.pt"
+    ours = load_checkpoint(like)["model"]
+    theirs = {ref: ours[name] + 0.25 for ref, name in REFERENCE_KEYS.items()}
+    pkl, out = tmp_path / "2.pkl", tmp_path / "theirs_2.pt"
+    torch.save(theirs, pkl)
+    assert reference_main([str(pkl), "--like", str(like), "--out", str(out)]) == 0
+    state = load_checkpoint(out)
+    assert state["epoch"] == 2 and state["pseudo"] == [] and state["optimizer"]["state"] == {}
+    for ref, name in REFERENCE_KEYS.items():
+        assert torch.equal(state["model"][name], theirs[ref]), name
+    memory = [k for k in state["model"] if k.startswith("memory.")]
+    assert memory and not any(state["model"][k].any() for k in memory)
+
+    branch = tmp_path / "branch"
+    fit(_cfg(data), branch, init_from=out, progress=False)
+    assert [r["epoch"] for r in _log(branch)] == [2, 3]
+    assert load_checkpoint(branch / "last.pt")["pseudo_epochs"] == [2, 3]
+
+    capsys.readouterr()
+    assert reference_main([str(pkl), "--like", str(like), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    torch.save({**theirs, "extra": torch.zeros(1)}, pkl)
+    assert reference_main([str(pkl), "--like", str(like), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected key 'extra'" in err
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_pseudo_stage_epochs_log_their_diagnostics(straight):

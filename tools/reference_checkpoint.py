@@ -1,17 +1,33 @@
 """The authors' checkpoints (class ``WSTAL``) as :class:`wtal.model.WTALModel` weights.
 
-Used by the parity tests, which load the reference network's weights into ours.
+Used by the parity tests, which load the reference network's weights into ours, and to start
+wtal's pseudo-label stage from the authors' own base-stage weights (docs/results.md, "The
+authors' code beside wtal")::
+
+    python -m tools.reference_checkpoint THEIRS/200.pkl --like RUN/epoch_200.pt --out theirs_200.pt
+    wtal train CONFIG --data DATA --init-from theirs_200.pt ...
+
+``--like`` is any wtal checkpoint trained on the same data (same classes and feature width): it
+supplies the config, class names and random state; the weights are the authors', the memory is
+empty (their code empties it at every regeneration and saves none), the optimizer state is fresh
+(their checkpoints hold none) and there is no pseudo-label history.
 """
 
 from __future__ import annotations
 
+import argparse
+import pickle
+import sys
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from wtal.io import InputError
+from wtal.checkpoint import load_checkpoint
+from wtal.io import InputError, atomic_path
 from wtal.model import WTALModel
 
 # Names in the authors' checkpoints (class ``WSTAL``) -> ours.
@@ -67,3 +83,108 @@ def load_reference_state_dict(
             what = f"reference state dict: {name} has shape {tuple(value.shape)}"
             raise InputError(None, f"{what}, the model expects {tuple(own[name].shape)}")
     model.load_state_dict(converted, strict=False)
+
+
+def read_reference_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The authors' ``.pkl`` checkpoint (a plain state dict), read with ``weights_only=True``.
+
+    Raises:
+        InputError: a missing file, one that is not a state dict of tensors, or pickled code.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(path, "reference checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(path, "refused: not a plain state dict of tensors") from None
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        what = f"not a readable reference checkpoint ({exc.__class__.__name__})"
+        raise InputError(path, what) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise InputError(path, "expected a state dict of tensors (the authors' WSTAL)")
+    return dict(state)
+
+
+def reference_branch_state(
+    reference: Mapping[str, Tensor | np.ndarray], like: dict[str, Any], epoch: int
+) -> dict[str, Any]:
+    """A wtal checkpoint at ``epoch`` holding the authors' weights, to branch a run from.
+
+    Args:
+        reference: the authors' ``WSTAL`` state dict.
+        like: a wtal checkpoint (:func:`wtal.checkpoint.load_checkpoint`) of the same data:
+            its config, class names, feature width and random state are kept.
+        epoch: the number of epochs the authors' weights were trained for (>= 0).
+
+    Returns:
+        the checkpoint dict: every ``memory.*`` buffer zeroed, an optimizer with the same
+        parameter groups and no state, empty pseudo-label history.
+
+    Raises:
+        InputError: unknown / missing keys, shapes that do not fit ``like``'s model, or a
+            negative epoch.
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise InputError(None, f"epoch {epoch!r}: expected an integer >= 0")
+    converted = convert_reference_state_dict(reference)
+    model = {k: v.clone() for k, v in like["model"].items()}
+    for name, value in converted.items():
+        if name not in model or model[name].shape != value.shape:
+            own = tuple(model[name].shape) if name in model else "no such tensor"
+            what = f"reference state dict: {name} has shape {tuple(value.shape)}"
+            raise InputError(None, f"{what}, the --like checkpoint has {own}")
+        model[name] = value.to(model[name].dtype)
+    for name in model:
+        if name.startswith("memory."):
+            model[name] = torch.zeros_like(model[name])
+    groups = like["optimizer"]["param_groups"]
+    state = {k: v for k, v in like.items() if k != "init_from"}
+    state.update(
+        model=model,
+        optimizer={"state": {}, "param_groups": groups},
+        epoch=epoch,
+        pseudo_epochs=[],
+        pseudo=[],
+        pseudo_segment_epochs=[],
+        pseudo_segments=[],
+    )
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.reference_checkpoint",
+        description="The authors' N.pkl as a wtal checkpoint at epoch N, for --init-from.",
+    )
+    parser.add_argument("reference", help="the authors' checkpoint, e.g. ckpt/.../200.pkl")
+    parser.add_argument("--like", required=True, help="a wtal checkpoint of the same data")
+    parser.add_argument("--epoch", type=int, help="epochs trained (default: the .pkl's stem)")
+    parser.add_argument("--out", required=True, help="the wtal checkpoint to write (new file)")
+    args = parser.parse_args(argv)
+    try:
+        out = Path(args.out).expanduser()
+        if out.exists():
+            raise InputError(out, "exists; choose a new file")
+        epoch = args.epoch
+        if epoch is None:
+            stem = Path(args.reference).stem
+            if not stem.isdigit():
+                raise InputError(args.reference, "name is not '<epoch>.pkl': give --epoch")
+            epoch = int(stem)
+        like = load_checkpoint(args.like)
+        missing = [k for k in ("config", "model", "optimizer", "rng") if k not in like]
+        if missing:
+            raise InputError(args.like, f"no {', '.join(missing)} entries to branch with")
+        state = reference_branch_state(read_reference_state_dict(args.reference), like, epoch)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (epoch {epoch})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
