@@ -33,9 +33,18 @@ def test_anet13_has_the_activitynet_settings():
     assert cfg.data.num_segments == 75
     # Ours, chosen on the anet preset's validation split: lr 1e-4, a 60-epoch base stage, then
     # the pseudo-label rounds in THUMOS14's proportions, lambda_spl's last change one epoch
-    # after the first regeneration as in the reference (201 after 200).
-    assert cfg.train.lr_values == (1e-4,) and cfg.train.epochs == 100
+    # after the first regeneration as in the reference (201 after 200); in the pseudo-label
+    # stage THUMOS14's lr shape (its ratios, its first drop at the first regeneration), the
+    # fusion temperature kept at 0.02, lambda_dist 500 from the first round.
+    assert cfg.train.lr_values[0] == 1e-4 and cfg.train.epochs == 100
     first = cfg.pseudo.regen_epochs[0]
+    ref = load_config(None).train
+    assert cfg.train.lr_milestones[0] == first and len(cfg.train.lr_values) == 4
+    ratios = [v / cfg.train.lr_values[0] for v in cfg.train.lr_values[1:]]
+    ref_ratios = [v / ref.lr_values[1] for v in ref.lr_values[2:]]
+    assert ratios == pytest.approx(ref_ratios)
+    assert set(cfg.pseudo.temperatures) == {0.02}
+    assert cfg.pseudo.dist_weight == cfg.pseudo.dist_max == 500.0
     assert first == 60 and cfg.loss.spl_milestones[-1] == first + 1
     assert cfg.train.warmup_epoch == first // 2
     assert first < cfg.pseudo.delta_start < cfg.pseudo.delta_switch < cfg.train.epochs
