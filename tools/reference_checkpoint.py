@@ -76,13 +76,25 @@ def load_reference_state_dict(
     Raises:
         InputError: on unknown / missing keys or shapes that do not match the model.
     """
-    converted = convert_reference_state_dict(state_dict)
-    own = model.state_dict()
-    for name, value in converted.items():
-        if own[name].shape != value.shape:
-            what = f"reference state dict: {name} has shape {tuple(value.shape)}"
-            raise InputError(None, f"{what}, the model expects {tuple(own[name].shape)}")
+    converted = _fitting(state_dict, model.state_dict(), "the model expects")
     model.load_state_dict(converted, strict=False)
+
+
+def _fitting(
+    state_dict: Mapping[str, Tensor | np.ndarray], own: Mapping[str, Tensor], expects: str
+) -> dict[str, Tensor]:
+    """:func:`convert_reference_state_dict`, each tensor checked against ``own``'s shape.
+
+    Raises:
+        InputError: ``reference state dict: <name> has shape (..), <expects> (..)``.
+    """
+    converted = convert_reference_state_dict(state_dict)
+    for name, value in converted.items():
+        shape = tuple(own[name].shape) if name in own else "no such tensor"
+        if shape != tuple(value.shape):
+            what = f"reference state dict: {name} has shape {tuple(value.shape)}"
+            raise InputError(None, f"{what}, {expects} {shape}")
+    return converted
 
 
 def read_reference_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -127,13 +139,9 @@ def reference_branch_state(
     """
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise InputError(None, f"epoch {epoch!r}: expected an integer >= 0")
-    converted = convert_reference_state_dict(reference)
+    converted = _fitting(reference, like["model"], "the --like checkpoint has")
     model = {k: v.clone() for k, v in like["model"].items()}
     for name, value in converted.items():
-        if name not in model or model[name].shape != value.shape:
-            own = tuple(model[name].shape) if name in model else "no such tensor"
-            what = f"reference state dict: {name} has shape {tuple(value.shape)}"
-            raise InputError(None, f"{what}, the --like checkpoint has {own}")
         model[name] = value.to(model[name].dtype)
     for name in model:
         if name.startswith("memory."):
@@ -166,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out).expanduser()
         if out.exists():
             raise InputError(out, "exists; choose a new file")
+        reference = read_reference_state_dict(args.reference)
         epoch = args.epoch
         if epoch is None:
             stem = Path(args.reference).stem
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [k for k in ("config", "model", "optimizer", "rng") if k not in like]
         if missing:
             raise InputError(args.like, f"no {', '.join(missing)} entries to branch with")
-        state = reference_branch_state(read_reference_state_dict(args.reference), like, epoch)
+        state = reference_branch_state(reference, like, epoch)
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
     except InputError as exc:
