@@ -125,3 +125,64 @@ def test_one_outer_band_formula():
     outer_s, s, e, outer_e = lp_regions(np.array([[100.0, 200.0]]), 400)
     delta = outer_band_width(np.array([100]), *REFERENCE_OUTER_BAND)[0]
     assert (outer_s[0], outer_e[0]) == (int(100 - delta), int(200 + delta + 1))
+
+
+def _prediction(background_score: float) -> inference.Prediction:
+    """Three classes + background; class 0 and the background column each have one bump."""
+    cas = np.full((40, 4), 1e-4)
+    cas[5:15, 0] = 0.03
+    cas[20:35, 3] = 0.03
+    return inference.Prediction(
+        video_id="v",
+        video_scores=np.array([0.9, 0.01, 0.01, background_score]),
+        cas=cas,
+        attention=np.full(40, 0.5),
+        labels=np.array([1, 0, 0], dtype=np.float32),
+        fps=25.0,
+        snippet_frames=16.0,
+        duration_s=float("nan"),
+    )
+
+
+@pytest.mark.parametrize("background_score", [0.05, 0.5])
+def test_keep_background_lets_only_the_background_column_past_the_filter(background_score):
+    dcfg = load_config(None, []).detect  # class_threshold 0.16
+    pred = _prediction(background_score)
+    filtered = inference.detect(pred, dcfg, background=True)
+    kept = inference.detect(pred, dcfg, background=True, keep_background=True)
+    assert set(filtered.labels.tolist()) == ({0, 3} if background_score >= 0.16 else {0})
+    assert set(kept.labels.tolist()) == {0, 3}
+    same = kept.labels == 0  # the class columns do not change
+    assert torch.equal(kept.segments[same], filtered.segments[filtered.labels == 0])
+    # test-time detections never have the background column, whatever the switch
+    test_time = inference.detect(pred, dcfg, keep_background=True)
+    assert set(test_time.labels.tolist()) == {0}
+    assert pred.video_scores[3] == background_score  # the prediction is not modified
+
+
+def test_keep_background_reaches_the_pseudo_labels(data, monkeypatch):
+    seen: dict[str, list] = {"pseudo": []}
+    detect = _DETECT
+
+    def spy(cas, video_scores, dcfg, **kwargs):
+        seen["pseudo"].append(float(video_scores[-1]))  # the background column's score
+        return detect(cas, video_scores, dcfg, **kwargs)
+
+    monkeypatch.setattr(inference, "detect_segments", spy)
+    for flag, expect_one in (("False", False), ("True", True)):
+        seen["pseudo"].clear()
+        cfg = load_config(
+            None,
+            [
+                f"data.path={str(data)!r}",
+                "model.embed_dim=16",
+                "train.device='cpu'",
+                f"pseudo.keep_background={flag}",
+            ],
+        )
+        torch.manual_seed(0)
+        train, train_fixed, test = open_datasets(cfg)
+        model = build_model(cfg, train.feat_dim, train.num_classes)
+        generate_pseudo_labels(model, train_fixed, cfg, 0.02, torch.device("cpu"))
+        assert len(seen["pseudo"]) == 4
+        assert all(s == 1.0 for s in seen["pseudo"]) == expect_one

@@ -259,6 +259,11 @@ class PseudoConfig:
     gt_classes_only: bool = False
     """Restrict pseudo labels to the GT video classes plus background (reference: predicted
     classes, §7 Q4)."""
+    keep_background: bool = False
+    """Give every training video background pseudo labels, whatever its background video score
+    (every untrimmed video has background). False filters the background column by
+    ``detect.class_threshold`` like the classes, as the reference does (§1.6 step 3): a model
+    sure of its foreground then gets pseudo labels that only raise the classes."""
     delta: bool = True
     """Use delta pseudo labels alpha * (Y_latest - Y_previous) in the last phase (§1.7)."""
     delta_start: int = allowed(251, _NON_NEGATIVE)

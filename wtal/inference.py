@@ -231,16 +231,24 @@ def detect(
     *,
     temperature: float | None = None,
     background: bool = False,
+    keep_background: bool = False,
 ) -> Segments:
     """:func:`detect_segments` on one video's prediction.
 
     Test-time detections and pseudo labels differ only in the arguments: pseudo labels keep
-    the background column and use their own temperature.
+    the background column and use their own temperature. ``keep_background`` lets the
+    background column past the class filter whatever its video score (only with
+    ``background``).
     """
     columns = pred.cas.shape[1] if background else pred.cas.shape[1] - 1
+    scores = torch.from_numpy(pred.video_scores[:columns])
+    if background and keep_background:
+        # The filter reads the score only (wtal.proposals), so passing it is all it takes.
+        scores = scores.clone()
+        scores[-1] = 1.0
     return detect_segments(
         torch.from_numpy(pred.cas[:, :columns]),
-        torch.from_numpy(pred.video_scores[:columns]),
+        scores,
         dcfg,
         temperature=temperature,
     )

@@ -56,7 +56,13 @@ def generate_pseudo_labels(
         dcfg = replace(dcfg, fusion=cfg.pseudo.fusion)
     found_all = []
     for pred in preds:
-        found = detect(pred, dcfg, temperature=temperature, background=True)
+        found = detect(
+            pred,
+            dcfg,
+            temperature=temperature,
+            background=True,
+            keep_background=cfg.pseudo.keep_background,
+        )
         if cfg.pseudo.gt_classes_only:
             allowed = np.append(pred.labels > 0, True)
             keep = torch.from_numpy(allowed)[found.labels]
