@@ -35,7 +35,8 @@ def test_anet13_has_the_activitynet_settings():
     # the pseudo-label rounds in THUMOS14's proportions, lambda_spl's last change one epoch
     # after the first regeneration as in the reference (201 after 200); in the pseudo-label
     # stage THUMOS14's lr shape (its ratios, its first drop at the first regeneration), the
-    # fusion temperature kept at 0.02, lambda_dist 500 from the first round.
+    # fusion temperature kept at 0.02, lambda_dist 500 from the first round, and the teacher
+    # without dropout (0.7 here) so that the pseudo labels come from the test-time model.
     assert cfg.train.lr_values[0] == 1e-4 and cfg.train.epochs == 100
     first = cfg.pseudo.regen_epochs[0]
     ref = load_config(None).train
@@ -45,6 +46,7 @@ def test_anet13_has_the_activitynet_settings():
     assert ratios == pytest.approx(ref_ratios)
     assert set(cfg.pseudo.temperatures) == {0.02}
     assert cfg.pseudo.dist_weight == cfg.pseudo.dist_max == 500.0
+    assert cfg.pseudo.teacher_dropout is False
     assert first == 60 and cfg.loss.spl_milestones[-1] == first + 1
     assert cfg.train.warmup_epoch == first // 2
     assert first < cfg.pseudo.delta_start < cfg.pseudo.delta_switch < cfg.train.epochs
