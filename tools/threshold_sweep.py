@@ -1,0 +1,102 @@
+"""Validation mAP of trained checkpoints under scaled proposal thresholds (``detect.thresholds``).
+
+The proposal thresholds are absolute CAS levels, and the level that fits depends on the data
+(docs/results.md, "The detection thresholds": a quarter of THUMOS14's levels doubles one
+ActivityNet-shaped benchmark's base stage and twice them lifts another's by 12 points). This
+scores the validation split of each checkpoint's training videos (``data.val_fraction``) with
+the checkpoint's thresholds multiplied by each scale, predicting once per checkpoint::
+
+    python -m tools.threshold_sweep RUN/epoch_060.pt [MORE.pt ...] --scales 0.25,0.5,1,2
+
+Nothing is retrained and nothing is written; pick the range on validation, then train or
+detect with ``--set "detect.thresholds=[START,STOP,STEP]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from wtal.data.split import open_validation
+from wtal.inference import load_trained_model, predict_as_configured
+from wtal.io import InputError
+from wtal.scoring import evaluate_predictions
+
+
+def sweep(
+    checkpoint: str, scales: list[float], overrides: list[str]
+) -> tuple[tuple[float, float, float], list[float]]:
+    """Validation headline mAP (%) of one checkpoint at each scale of its thresholds.
+
+    Returns:
+        ``(thresholds, maps)``: the checkpoint's (start, stop, step) and one mAP per scale.
+
+    Raises:
+        InputError: unreadable checkpoint, or no validation split (``data.val_fraction`` 0).
+    """
+    model, cfg, _ = load_trained_model(checkpoint, overrides)
+    val = open_validation(cfg)
+    if val is None:
+        raise InputError(checkpoint, "has no validation split: give --val-fraction > 0")
+    preds = predict_as_configured(model, val, cfg, torch.device("cpu"))
+    base = cfg.detect.thresholds
+    maps = []
+    for scale in scales:
+        scaled = tuple(float(x) * scale for x in base)
+        run_cfg = replace(cfg, detect=replace(cfg.detect, thresholds=scaled))
+        maps.append(evaluate_predictions(preds, val, run_cfg)[1]["headline"])
+    return base, maps
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        scales = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        what = f"expected numbers separated by commas, got {text!r}"
+        raise argparse.ArgumentTypeError(what) from None
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive scales, got {text!r}")
+    return scales
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.threshold_sweep",
+        description="Validation mAP of checkpoints under scaled detect.thresholds.",
+    )
+    parser.add_argument("checkpoints", nargs="+", help="wtal checkpoints (.pt or run folders)")
+    parser.add_argument("--scales", type=_scales, default=[0.25, 0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--data", help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--val-fraction", type=float, help="default: the checkpoint's")
+    args = parser.parse_args(argv)
+    overrides = [f"data.path={args.data!r}"] if args.data else []
+    if args.val_fraction is not None:
+        overrides.append(f"data.val_fraction={args.val_fraction!r}")
+    columns, base = [], None
+    try:
+        for checkpoint in args.checkpoints:
+            levels, maps = sweep(checkpoint, args.scales, overrides)
+            if base is not None and levels != base:
+                raise InputError(checkpoint, f"thresholds {levels} differ from {base}")
+            base = levels
+            columns.append(maps)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = np.array(columns).T  # (scales, checkpoints)
+    names = " | ".join(f"ckpt {i}" for i in range(len(columns)))
+    print(f"| scale | thresholds (start, stop, step) | {names} | mean |")
+    print("|---" * (len(columns) + 3) + "|")
+    for scale, row in zip(args.scales, table, strict=True):
+        levels = ", ".join(f"{float(x) * scale:.6g}" for x in base)
+        cells = " | ".join(f"{m:.2f}" for m in row)
+        print(f"| {scale:g} | ({levels}) | {cells} | {row.mean():.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
