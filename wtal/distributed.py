@@ -21,6 +21,7 @@ untouched. Process groups come from the environment ``torchrun`` sets (``RANK``,
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from collections.abc import Iterator
@@ -119,9 +120,13 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) ->
     )
     try:
         yield dist.get_world_size()
+        # DDP's reducer (and its pending gradient futures) may sit in a reference cycle; freed
+        # at interpreter exit, after the group is gone, gloo's threads abort the process
+        # ("terminate called without an active exception"). Free it while the group lives.
+        gc.collect()
         # On success every rank waits for the others before tearing down its connections:
-        # a gloo peer that goes first can abort a rank still finishing ("terminate called
-        # without an active exception"). After an exception a barrier could hang instead.
+        # a gloo peer that goes first can abort a rank still finishing (the same message).
+        # After an exception a barrier could hang instead.
         dist.barrier()
     finally:
         dist.destroy_process_group()
