@@ -207,3 +207,32 @@ def test_resume_under_ddp_is_bit_identical(ddp_run, tmp_path):
         assert torch.equal(a[key], b[key]), key
     resumed = (run / "log.jsonl").read_text().splitlines()
     assert resumed[:2] == lines[:2] and [json.loads(x)["epoch"] for x in resumed] == [0, 1, 2]
+
+
+def test_two_processes_choose_the_single_process_thresholds(tiny, tmp_path):
+    """Thresholds chosen on a validation split (detect.threshold_scales): each rank scores
+    the whole split, so both ranks choose alike, and as one process does."""
+    data, _ = tiny
+    changes = [
+        "data.val_fraction=0.25",
+        "detect.threshold_scales=[0.25,1.0,4.0]",
+        "detect.class_threshold=0.0",
+        "train.epochs=3",
+    ]
+    config = tmp_path / "calibrated.yaml"
+    config.write_text(TINY)
+    runs = {"one": tmp_path / "one", "two": tmp_path / "two"}
+    fit(load_config(config, [f"data.path={str(data)!r}", *changes]), runs["one"], progress=False)
+    _torchrun(str(config), "--data", str(data), "--run-dir", str(runs["two"]),
+              *(x for c in changes for x in ("--set", c)))  # fmt: skip
+    logs = {
+        k: [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+        for k, run in runs.items()
+    }
+    for key in ("calibration_start", "calibration"):
+        chosen = [[r[key]["scale"] for r in log if key in r] for log in logs.values()]
+        assert chosen[0] == chosen[1] and chosen[0]  # made, and made alike
+    a, b = (load_checkpoint(run) for run in runs.values())
+    assert a["thresholds"] == b["thresholds"]
+    metrics = [json.loads((run / "metrics_val.json").read_text()) for run in runs.values()]
+    assert metrics[1]["headline"] == pytest.approx(metrics[0]["headline"], abs=1e-6)

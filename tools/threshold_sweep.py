@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
 import numpy as np
 import torch
 
+from wtal.calibration import threshold_scores
 from wtal.data.split import open_validation
-from wtal.inference import detections_to_results, load_trained_model, predict_as_configured
+from wtal.inference import load_trained_model
 from wtal.io import InputError
-from wtal.scoring import score_results
 
 
 def sweep(
@@ -42,20 +41,8 @@ def sweep(
     val = open_validation(cfg)
     if val is None:
         raise InputError(checkpoint, "has no validation split: give --val-fraction > 0")
-    preds = predict_as_configured(model, val, cfg, torch.device("cpu"))
-    # Only the detections depend on the thresholds: the ground truth is read once, and the
-    # floors and the other protocol of a full evaluation are left out.
-    ground_truth, grids = val.ground_truth(), val.grids()
-    base = cfg.detect.thresholds
-    maps = []
-    for scale in scales:
-        scaled = replace(cfg.detect, thresholds=tuple(float(x) * scale for x in base))
-        results = detections_to_results(preds, val, scaled)
-        metrics = score_results(
-            results, ground_truth, val.subset, cfg, grid_by_video=grids, headline_only=True
-        )
-        maps.append(metrics["headline"])
-    return base, maps
+    maps = threshold_scores(model, val, cfg, torch.device("cpu"), scales)
+    return cfg.detect.thresholds, maps
 
 
 def _scales(text: str) -> list[float]:

@@ -33,7 +33,7 @@ from wtal.config import Config, config_to_dict
 from wtal.configfile import config_from_dict
 from wtal.data import FeatureDataset
 from wtal.featmeta import checkpoint_extractor
-from wtal.io import InputError, atomic_path
+from wtal.io import InputError, atomic_path, read_json
 from wtal.model import WTALModel
 
 log = logging.getLogger("wtal")
@@ -150,6 +150,10 @@ def checkpoint_config(
 ) -> Config:
     """The config stored in a checkpoint, after checking the metadata commands rely on.
 
+    A run that chose its proposal thresholds on validation (``detect.threshold_scales``)
+    stored its last choice as ``thresholds``: it replaces ``detect.thresholds`` (before the
+    ``overrides``), and the scales are dropped, as the choice is made.
+
     Raises:
         InputError: a missing ``config``, ``feat_dim`` or ``class_names`` entry, one of the
             wrong type (``feat_dim`` an integer >= 1, ``class_names`` a non-empty list of
@@ -165,7 +169,11 @@ def checkpoint_config(
         raise InputError(path, "entry 'class_names': expected a non-empty list of strings")
     if not isinstance(state["config"], dict):
         raise InputError(path, "entry 'config': expected a mapping of config sections")
-    return config_from_dict(state["config"], overrides, source=str(path))
+    stored = state["config"]
+    if "thresholds" in state:  # chosen on validation by the run (wtal.calibration)
+        detect = {**stored.get("detect", {}), "thresholds": state["thresholds"]}
+        stored = {**stored, "detect": {**detect, "threshold_scales": []}}
+    return config_from_dict(stored, overrides, source=str(path))
 
 
 def rng_state() -> dict[str, Any]:
@@ -356,3 +364,33 @@ def restore(
         saved = len(rng_ranks) or 1
         log.warning("checkpoint of %d process(es), run of %d: new dropout seeds", saved, world)
     return history, fused, int(state["epoch"])
+
+
+def starting_checkpoint(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    init_from: str | Path | None,
+    train_set: FeatureDataset,
+) -> tuple[dict[str, Any] | None, Path | None, dict[str, Any] | None]:
+    """``(state, source, branch)``: the checkpoint a run continues from (None for a fresh
+    start), the path it was read from, and the ``init_from.json`` record of a branched run.
+
+    A resumed run continues ``run_dir/last.pt``; a branch that stopped before its first
+    checkpoint starts again from the checkpoint its ``init_from.json`` names, which must
+    still have the sha256 recorded there.
+    """
+    state, source, branch = None, None, None
+    expected_sha = None
+    if resume:
+        state = resume_state(run_dir, cfg, train_set)
+        source = run_dir / "last.pt"
+        if state is not None:
+            branch = state.get("init_from")
+        elif (run_dir / INIT_FROM_FILE).is_file():  # a branch that crashed before epoch 1
+            saved = read_json(run_dir / INIT_FROM_FILE)
+            init_from, expected_sha = saved["path"], saved["sha256"]
+    if init_from is not None:
+        source = Path(init_from).expanduser()
+        state, branch = branch_state(source, cfg, train_set, expected_sha)
+    return state, source, branch

@@ -211,6 +211,11 @@ class DetectConfig:
     """Classes with video score below this get no proposals (``--class-threshold``)."""
     thresholds: tuple[float, float, float] = allowed((0.001, 0.04, 0.002), _NON_NEGATIVE)
     """CAS thresholds as ``np.arange(start, stop, step)``: 20 values 0.001 ... 0.039."""
+    threshold_scales: tuple[float, ...] = allowed((), _POSITIVE)
+    """Multiples of ``thresholds`` to choose from on the validation split each time a run
+    detects (each pseudo-label regeneration, each evaluation, the end): the one with the best
+    validation mAP is used and stored in the checkpoint (:mod:`wtal.calibration`). Empty: the
+    thresholds as given. Needs ``data.val_fraction`` > 0."""
     min_length: int = allowed(2, _COUNT)
     """Shortest run kept as a proposal, in snippets."""
     outer_scale: float = allowed(REFERENCE_OUTER_BAND[0], _NON_NEGATIVE)
@@ -360,6 +365,10 @@ class Config:
             what = f"a first regeneration before train.epochs = {epochs} "
             what += "(or pseudo.enabled = false for the base stage only)"
             check(regen[0] < epochs, "pseudo.regen_epochs", regen, what)
+        if self.detect.threshold_scales:  # they are chosen on the validation split
+            what = "empty unless data.val_fraction > 0 (the scales are chosen on validation)"
+            ok = self.data.val_fraction > 0
+            check(ok, "detect.threshold_scales", self.detect.threshold_scales, what)
 
 
 RANGES: dict[str, Range] = {

@@ -23,15 +23,15 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wtal import distributed
+from wtal.calibration import calibrate
 from wtal.checkpoint import (
     CHECKPOINT_VERSION,
     INIT_FROM_FILE,
-    branch_state,
     fault_point,
     restore,
-    resume_state,
     rng_state,
     save_checkpoint,
+    starting_checkpoint,
 )
 from wtal.config import Config, config_to_dict
 from wtal.configfile import save_config
@@ -41,7 +41,7 @@ from wtal.diagnostics import negative_share, parameter_change, parameter_snapsho
 from wtal.distributed import Shard, ShardedLoader
 from wtal.featmeta import copy_features_meta
 from wtal.inference import build_model
-from wtal.io import InputError, read_json, write_json
+from wtal.io import InputError, write_json
 from wtal.losses import compute_losses
 from wtal.model import WTALModel
 from wtal.pseudo import update_history
@@ -286,7 +286,7 @@ def _fit(
     history: list[tuple[int, dict[str, Tensor]]] = []  # (regeneration epoch, labels per video)
     fused: list[tuple[int, dict[str, Any]]] = []  # every regeneration's LP input (small)
     start = 0
-    state, source, branch = _starting_checkpoint(cfg, run_dir, resume, init_from, train_set)
+    state, source, branch = starting_checkpoint(cfg, run_dir, resume, init_from, train_set)
     if state is not None:
         history, fused, start = restore(state, source, model, optimizer, cfg, train_set.video_ids)
         log.info("%s %s at epoch %d", "resuming" if resume else "branching", run_dir, start)
@@ -304,19 +304,22 @@ def _fit(
     ddp = distributed.wrap_model(model, device) if world > 1 else None
     ordered = distributed.batch_loader(train_fixed, tc.batch_size)  # memory initialisation
 
+    dcfg = cfg  # cfg with the proposal thresholds last chosen on validation (wtal.calibration)
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
         if branch is not None and epoch == branch["epoch"]:
             record["init_from"] = branch
-        if pc.enabled and epoch == pc.regen_epochs[0]:  # the base stage's result, for reference
-            record["eval_base"] = _evaluate_base(model, test_set, val_set, cfg, device, run_dir)
         temperature = regeneration_temperature(epoch, cfg)
+        if temperature is not None:  # this model detects: its thresholds are chosen now
+            dcfg = _calibrated(model, val_set, cfg, device, record, "calibration_start")
+        if pc.enabled and epoch == pc.regen_epochs[0]:  # the base stage's result, for reference
+            record["eval_base"] = _evaluate_base(model, test_set, val_set, dcfg, device, run_dir)
         if temperature is not None:  # before the epoch's first batch (§1.8)
             if pc.reset_memory:
                 model.memory.reset()
             labels, stats, inputs = generate_pseudo_labels(
-                model, train_fixed, cfg, temperature, device
+                model, train_fixed, dcfg, temperature, device
             )
             fault_point("pseudo", epoch)
             history = update_history(history, epoch, labels, history_length=pc.history_length)
@@ -347,14 +350,18 @@ def _fit(
             init_memory(model, ordered, device, tc.max_padding)
         record["lr"] = lr
         record["time_s"] = time.perf_counter() - t0
-        if tc.eval_every and (epoch + 1) % tc.eval_every == 0 and epoch + 1 < tc.epochs:
+        evaluate = tc.eval_every and (epoch + 1) % tc.eval_every == 0 and epoch + 1 < tc.epochs
+        keep = tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0
+        if evaluate or keep or epoch + 1 == tc.epochs:  # thresholds for what is scored or kept
+            dcfg = _calibrated(model, val_set, cfg, device, record, "calibration")
+        if evaluate:
             record["eval"] = {}
             if val_set is not None:
-                m = evaluate_model(model, val_set, cfg, device)[1]
+                m = evaluate_model(model, val_set, dcfg, device)[1]
                 record["eval"]["val"] = m["headline"]
                 record["eval"]["val_detail"] = {k: m[k] for k in _EVAL_DETAIL}
             if val_set is None or tc.eval_test:
-                m = evaluate_model(model, test_set, cfg, device)[1]
+                m = evaluate_model(model, test_set, dcfg, device)[1]
                 record["eval"]["average_mAP"] = m["headline"]
                 record["eval"]["detail"] = {k: m[k] for k in _EVAL_DETAIL}
 
@@ -373,6 +380,8 @@ def _fit(
             "pseudo_segments": [inputs for _, inputs in fused],
             "rng": rng_state(),
         }
+        if cfg.detect.threshold_scales:
+            state["thresholds"] = list(dcfg.detect.thresholds)
         if branch is not None:
             state["init_from"] = branch
         if world > 1:  # every rank's dropout stream, for an exact resume
@@ -381,51 +390,38 @@ def _fit(
             # last.pt goes last: it commits the epoch. A crash before its rename re-runs the
             # epoch on resume (dropping its log record), so nothing is missing or duplicated.
             logbook.write(record)
-            if tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0:
+            if keep:
                 save_checkpoint(run_dir / f"epoch_{epoch + 1:03d}.pt", state)
             save_checkpoint(run_dir / "last.pt", state)
 
     # The final model on the test split (and the validation split).
+    dcfg = calibrate(model, val_set, cfg, device, warn=main)[0]
     cache = run_dir / "cas_test.npz" if main else None
-    results, metrics = evaluate_model(model, test_set, cfg, device, cache=cache)
+    results, metrics = evaluate_model(model, test_set, dcfg, device, cache=cache)
     if main:
         write_json(run_dir / "detections_test.json", results)
         write_json(run_dir / "metrics.json", metrics)
     if val_set is not None:
-        metrics_val = evaluate_model(model, val_set, cfg, device)[1]
+        metrics_val = evaluate_model(model, val_set, dcfg, device)[1]
         if main:
             write_json(run_dir / "metrics_val.json", metrics_val)
     return metrics
 
 
-def _starting_checkpoint(
+def _calibrated(
+    model: WTALModel,
+    val_set: FeatureDataset | None,
     cfg: Config,
-    run_dir: Path,
-    resume: bool,
-    init_from: str | Path | None,
-    train_set: FeatureDataset,
-) -> tuple[dict[str, Any] | None, Path | None, dict[str, Any] | None]:
-    """``(state, source, branch)``: the checkpoint a run continues from (None for a fresh
-    start), the path it was read from, and the ``init_from.json`` record of a branched run.
-
-    A resumed run continues ``run_dir/last.pt``; a branch that stopped before its first
-    checkpoint starts again from the checkpoint its ``init_from.json`` names, which must
-    still have the sha256 recorded there.
-    """
-    state, source, branch = None, None, None
-    expected_sha = None
-    if resume:
-        state = resume_state(run_dir, cfg, train_set)
-        source = run_dir / "last.pt"
-        if state is not None:
-            branch = state.get("init_from")
-        elif (run_dir / INIT_FROM_FILE).is_file():  # a branch that crashed before epoch 1
-            saved = read_json(run_dir / INIT_FROM_FILE)
-            init_from, expected_sha = saved["path"], saved["sha256"]
-    if init_from is not None:
-        source = Path(init_from).expanduser()
-        state, branch = branch_state(source, cfg, train_set, expected_sha)
-    return state, source, branch
+    device: torch.device,
+    record: dict[str, Any],
+    key: str,
+) -> Config:
+    """:func:`~wtal.calibration.calibrate`, its choice logged as the epoch's ``record[key]``:
+    ``calibration_start`` before the epoch (pseudo labels), ``calibration`` after it."""
+    dcfg, chosen = calibrate(model, val_set, cfg, device)
+    if chosen is not None:
+        record[key] = chosen
+    return dcfg
 
 
 def _evaluate_base(

@@ -1,0 +1,132 @@
+"""Proposal thresholds chosen on the validation split (``detect.threshold_scales``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from wtal.calibration import calibrate, scaled_thresholds, threshold_scores
+from wtal.checkpoint import load_checkpoint
+from wtal.configcheck import ConfigError
+from wtal.configfile import load_config
+from wtal.data.split import open_validation
+from wtal.inference import load_trained_model
+from wtal.scoring import evaluate_model
+
+SCALES = [0.25, 1.0, 4.0, 16.0]
+CHANGES = {
+    "model.embed_dim": 32,
+    "train.epochs": 4,
+    "train.lr_milestones": [3],
+    "train.checkpoint_every": 0,
+    "train.eval_every": 2,
+    "train.tensorboard": False,
+    "pseudo.regen_epochs": [3],
+    "pseudo.temperatures": [0.02],
+    "data.val_fraction": 0.3,
+    "detect.class_threshold": 0.0,  # a barely trained model: keep every class
+    "detect.threshold_scales": SCALES,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("calibration")
+    spec = dict(train_videos=12, test_videos=3, feat_dim=16, median_snippets=40, max_snippets=50)
+    return tiny_run(root, tiny_config(**CHANGES), **spec)[2]
+
+
+def _reference_choice(model, cfg) -> tuple[int, list[float]]:
+    """A full evaluation per scale (both protocols, floors), the best by a plain loop."""
+    val = open_validation(cfg)
+    maps = []
+    for scale in SCALES:
+        scaled = replace(cfg, detect=scaled_thresholds(cfg.detect, scale))
+        maps.append(evaluate_model(model, val, scaled, torch.device("cpu"))[1]["headline"])
+    best = 0
+    for i, m in enumerate(maps):
+        if m > maps[best]:
+            best = i
+    return best, maps
+
+
+def test_the_chosen_scale_is_the_best_full_evaluation(run):
+    model, cfg, state = load_trained_model(run, ["detect.thresholds=[0.001,0.04,0.002]"])
+    cfg = replace(cfg, detect=replace(cfg.detect, threshold_scales=tuple(SCALES)))
+    best, maps = _reference_choice(model, cfg)
+    val = open_validation(cfg)
+    fast = threshold_scores(model, val, cfg, torch.device("cpu"), SCALES)
+    assert fast == pytest.approx(maps, abs=1e-9)
+    assert len(set(round(m, 6) for m in maps)) > 1  # the levels matter on this data
+    chosen, record = calibrate(model, val, cfg, torch.device("cpu"))
+    assert record["scale"] == SCALES[best]
+    assert chosen.detect.thresholds == pytest.approx(
+        [x * SCALES[best] for x in (0.001, 0.04, 0.002)]
+    )
+    assert record["val"][f"{SCALES[best]:g}"] == pytest.approx(max(maps), abs=1e-4)
+    # the run's last choice is the one stored, and the loaded config carries it
+    assert state["thresholds"] == pytest.approx(list(chosen.detect.thresholds))
+
+
+def test_the_run_logs_its_choices_and_scores_with_them(run):
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    chosen = {r["epoch"]: r["calibration"] for r in records if "calibration" in r}
+    assert sorted(chosen) == [1, 3]  # an evaluation, the end
+    start = {r["epoch"]: r["calibration_start"] for r in records if "calibration_start" in r}
+    assert sorted(start) == [3]  # the regeneration
+    for c in [*chosen.values(), *start.values()]:
+        assert set(c["val"]) == {f"{s:g}" for s in SCALES}
+        assert c["val"][f"{c['scale']:g}"] == max(c["val"].values())
+    evaluated = next(r for r in records if r["epoch"] == 1)
+    assert evaluated["eval"]["val"] == pytest.approx(max(chosen[1]["val"].values()), abs=1e-3)
+    base = next(r for r in records if r["epoch"] == 3)["eval_base"]
+    assert base["val"] == pytest.approx(max(start[3]["val"].values()), abs=1e-3)
+    final = json.loads((run / "metrics_val.json").read_text())["headline"]
+    state = load_checkpoint(run / "last.pt")
+    model, cfg, _ = load_trained_model(run)
+    assert cfg.detect.thresholds == pytest.approx(state["thresholds"])
+    assert cfg.detect.threshold_scales == ()  # the choice is made; loading does not re-choose
+    val = open_validation(cfg)
+    again = threshold_scores(model, val, cfg, torch.device("cpu"), [1.0])[0]
+    assert again == pytest.approx(final, abs=1e-6)
+
+
+def test_an_override_beats_the_stored_choice(run):
+    _, cfg, _ = load_trained_model(run, ["detect.thresholds=[0.5,0.6,0.05]"])
+    assert cfg.detect.thresholds == (0.5, 0.6, 0.05)
+
+
+def test_without_scales_nothing_is_chosen(run):
+    model, cfg, _ = load_trained_model(run)
+    assert cfg.detect.threshold_scales == ()
+    same, record = calibrate(model, open_validation(cfg), cfg, torch.device("cpu"))
+    assert same is cfg and record is None
+
+
+def test_scales_need_a_validation_split():
+    with pytest.raises(ConfigError, match="detect.threshold_scales"):
+        load_config(None, ["detect.threshold_scales=[0.5,1]"])
+    with pytest.raises(ConfigError, match="detect.threshold_scales"):
+        load_config(None, ["data.val_fraction=0.2", "detect.threshold_scales=[0,1]"])
+
+
+def test_a_choice_at_the_end_of_the_scales_is_flagged(run, caplog):
+    model, cfg, _ = load_trained_model(run, ["detect.thresholds=[0.001,0.04,0.002]"])
+    cfg = replace(cfg, detect=replace(cfg.detect, threshold_scales=(1.0, 4.0)))
+    logger = logging.getLogger("wtal")  # the CLI may have stopped it propagating: listen here
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="wtal"):
+            calibrate(model, open_validation(cfg), cfg, torch.device("cpu"))
+            assert "extend the scales" not in caplog.text  # only when asked
+            _, record = calibrate(model, open_validation(cfg), cfg, torch.device("cpu"), warn=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert max(record["val"].values()) > 0  # something was found, at one of the two ends
+    assert "extend the scales" in caplog.text
