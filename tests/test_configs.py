@@ -47,6 +47,12 @@ def test_anet13_has_the_activitynet_settings():
     assert set(cfg.pseudo.temperatures) == {0.02}
     assert cfg.pseudo.dist_weight == cfg.pseudo.dist_max == 500.0
     assert cfg.pseudo.teacher_dropout is False
+    # thresholds chosen on a held-out validation split, on a grid that spans both
+    # ActivityNet-shaped sets' best multiples (1/4 and 2.83) with room on each side
+    scales = cfg.detect.threshold_scales
+    assert cfg.data.val_fraction == 0.2 and 1.0 in scales
+    assert min(scales) <= 0.0625 and max(scales) >= 8 and list(scales) == sorted(scales)
+    assert all(1.3 < b / a < 1.5 for a, b in zip(scales[:-1], scales[1:], strict=True))
     assert first == 60 and cfg.loss.spl_milestones[-1] == first + 1
     assert cfg.train.warmup_epoch == first // 2
     assert first < cfg.pseudo.delta_start < cfg.pseudo.delta_switch < cfg.train.epochs
