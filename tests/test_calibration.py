@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,13 +16,14 @@ import torch
 from conftest import tiny_config
 
 from wtal.calibration import calibrate, scaled_thresholds, threshold_scores
-from wtal.checkpoint import load_checkpoint
+from wtal.checkpoint import FAULT_ENV, load_checkpoint
 from wtal.configcheck import ConfigError
 from wtal.configfile import load_config
 from wtal.data.split import open_validation
 from wtal.inference import load_trained_model
 from wtal.scoring import evaluate_model
 
+REPO = Path(__file__).resolve().parents[1]
 SCALES = [0.25, 1.0, 4.0, 16.0]
 CHANGES = {
     "model.embed_dim": 32,
@@ -130,3 +135,30 @@ def test_a_choice_at_the_end_of_the_scales_is_flagged(run, caplog):
         logger.removeHandler(caplog.handler)
     assert max(record["val"].values()) > 0  # something was found, at one of the two ends
     assert "extend the scales" in caplog.text
+
+
+def test_a_resumed_run_keeps_the_choice_made_before_it_stopped(run, tmp_path):
+    """Killed after epoch 1's choice, resumed: the last.pt of epoch 2 (no choice of its own)
+    holds epoch 1's choice, as in the run that never stopped."""
+    data = Path(load_config(run / "config.yaml", []).data.path)
+    config = tmp_path / "calibrated.yaml"
+    config.write_text(
+        json.dumps(tiny_config(**{**CHANGES, "detect.threshold_scales": [0.25, 4.0]}))
+    )
+    train = ["train", str(config), "--data", str(data), "--run-dir"]
+
+    def wtal(args: list[str], fault: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+        env[FAULT_ENV] = fault
+        cmd = [sys.executable, "-m", "wtal", *args, "--quiet"]
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+    wtal([*train, str(tmp_path / "straight")], "epoch:3")  # last.pt: after epoch 2
+    wtal([*train, str(tmp_path / "stopped")], "epoch:2")  # last.pt: after epoch 1
+    wtal(["train", "--resume", str(tmp_path / "stopped")], "epoch:3")
+    straight, resumed = (load_checkpoint(tmp_path / n / "last.pt") for n in ("straight", "stopped"))
+    assert straight["epoch"] == resumed["epoch"] == 3
+    # a multiple of 0.25 or 4, never the configured levels themselves
+    assert straight["thresholds"] != pytest.approx([0.001, 0.04, 0.002])
+    assert resumed["thresholds"] == straight["thresholds"]

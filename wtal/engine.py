@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +306,8 @@ def _fit(
     ordered = distributed.batch_loader(train_fixed, tc.batch_size)  # memory initialisation
 
     dcfg = cfg  # cfg with the proposal thresholds last chosen on validation (wtal.calibration)
+    if resume and state is not None and "thresholds" in state:  # the choice made before the stop
+        dcfg = replace(cfg, detect=replace(cfg.detect, thresholds=tuple(state["thresholds"])))
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
