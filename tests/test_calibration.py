@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from tools.threshold_sweep import main as sweep_main
 from wtal.calibration import calibrate, scaled_thresholds, threshold_scores
 from wtal.checkpoint import FAULT_ENV, load_checkpoint
 from wtal.configcheck import ConfigError
@@ -162,3 +163,33 @@ def test_a_resumed_run_keeps_the_choice_made_before_it_stopped(run, tmp_path):
     # a multiple of 0.25 or 4, never the configured levels themselves
     assert straight["thresholds"] != pytest.approx([0.001, 0.04, 0.002])
     assert resumed["thresholds"] == straight["thresholds"]
+
+
+def test_the_sweep_scales_the_configured_levels_not_the_choice(run, tmp_path, capsys):
+    state = load_checkpoint(run / "last.pt")
+    state["thresholds"] = [0.016, 0.64, 0.032]  # as if the run had chosen 16
+    torch.save(state, tmp_path / "chose16.pt")
+    assert sweep_main([str(run / "last.pt"), str(tmp_path / "chose16.pt"), "--scales", "1,4"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[1].strip() for r in rows] == ["(0.001, 0.04, 0.002)", "(0.004, 0.16, 0.008)"]
+    for row in rows:  # the same weights, the same levels: the same scores
+        assert row[2] == row[3]
+
+
+def test_a_branch_stores_no_choice_before_its_own(run, tmp_path):
+    """Branched from a run that chose, killed before its first choice: its last.pt holds no
+    choice (commands then use the configured levels), not the parent's."""
+    assert "thresholds" in load_checkpoint(run / "last.pt")
+    data = Path(load_config(run / "config.yaml", []).data.path)
+    config = tmp_path / "longer.yaml"
+    longer = {**CHANGES, "train.epochs": 6, "train.eval_every": 0}
+    config.write_text(json.dumps(tiny_config(**longer)))
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    env[FAULT_ENV] = "epoch:5"  # after epoch 4 (no choice: no regeneration, evaluation, keep)
+    branch = tmp_path / "branch"
+    cmd = [sys.executable, "-m", "wtal", "train", str(config), "--data", str(data)]
+    cmd += ["--run-dir", str(branch), "--init-from", str(run / "last.pt"), "--quiet"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    state = load_checkpoint(branch / "last.pt")
+    assert state["epoch"] == 5 and "thresholds" not in state

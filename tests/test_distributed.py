@@ -210,8 +210,8 @@ def test_resume_under_ddp_is_bit_identical(ddp_run, tmp_path):
 
 
 def test_two_processes_choose_the_single_process_thresholds(tiny, tmp_path):
-    """Thresholds chosen on a validation split (detect.threshold_scales): each rank scores
-    the whole split, so both ranks choose alike, and as one process does."""
+    """Thresholds chosen on a validation split (detect.threshold_scales): rank 0 chooses and
+    sends its choice to rank 1 (whose pseudo labels use it), and chooses as one process does."""
     data, _ = tiny
     changes = [
         "data.val_fraction=0.25",
@@ -234,5 +234,8 @@ def test_two_processes_choose_the_single_process_thresholds(tiny, tmp_path):
         assert chosen[0] == chosen[1] and chosen[0]  # made, and made alike
     a, b = (load_checkpoint(run) for run in runs.values())
     assert a["thresholds"] == b["thresholds"]
+    assert sorted(b["pseudo"][0]) == sorted(a["pseudo"][0])  # both ranks' videos
+    for vid, y in a["pseudo"][0].items():  # labelled at the levels rank 0 chose
+        torch.testing.assert_close(b["pseudo"][0][vid], y, rtol=0, atol=1e-4, msg=vid)
     metrics = [json.loads((run / "metrics_val.json").read_text()) for run in runs.values()]
     assert metrics[1]["headline"] == pytest.approx(metrics[0]["headline"], abs=1e-6)

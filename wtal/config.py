@@ -213,9 +213,9 @@ class DetectConfig:
     """CAS thresholds as ``np.arange(start, stop, step)``: 20 values 0.001 ... 0.039."""
     threshold_scales: tuple[float, ...] = allowed((), _POSITIVE)
     """Multiples of ``thresholds`` to choose from on the validation split each time a run
-    detects (each pseudo-label regeneration, each evaluation, the end): the one with the best
-    validation mAP is used and stored in the checkpoint (:mod:`wtal.calibration`). Empty: the
-    thresholds as given. Needs ``data.val_fraction`` > 0."""
+    detects (each pseudo-label regeneration, evaluation, kept checkpoint, the last epoch): the
+    one with the best validation mAP is used and stored in the checkpoints
+    (:mod:`wtal.calibration`). Empty: the thresholds as given. Needs ``data.val_fraction`` > 0."""
     min_length: int = allowed(2, _COUNT)
     """Shortest run kept as a proposal, in snippets."""
     outer_scale: float = allowed(REFERENCE_OUTER_BAND[0], _NON_NEGATIVE)

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wtal import distributed
-from wtal.calibration import calibrate
+from wtal.calibration import calibrate, with_thresholds
 from wtal.checkpoint import (
     CHECKPOINT_VERSION,
     INIT_FROM_FILE,
@@ -306,8 +305,8 @@ def _fit(
     ordered = distributed.batch_loader(train_fixed, tc.batch_size)  # memory initialisation
 
     dcfg = cfg  # cfg with the proposal thresholds last chosen on validation (wtal.calibration)
-    if resume and state is not None and "thresholds" in state:  # the choice made before the stop
-        dcfg = replace(cfg, detect=replace(cfg.detect, thresholds=tuple(state["thresholds"])))
+    if resume and state is not None and source == run_dir / "last.pt" and "thresholds" in state:
+        dcfg = with_thresholds(cfg, state["thresholds"])  # chosen before the stop; not a branch's
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
@@ -315,7 +314,7 @@ def _fit(
             record["init_from"] = branch
         temperature = regeneration_temperature(epoch, cfg)
         if temperature is not None:  # this model detects: its thresholds are chosen now
-            dcfg = _calibrated(model, val_set, cfg, device, record, "calibration_start")
+            dcfg = _calibrated(model, val_set, cfg, device, record, "calibration_start") or dcfg
         if pc.enabled and epoch == pc.regen_epochs[0]:  # the base stage's result, for reference
             record["eval_base"] = _evaluate_base(model, test_set, val_set, dcfg, device, run_dir)
         if temperature is not None:  # before the epoch's first batch (§1.8)
@@ -356,7 +355,8 @@ def _fit(
         evaluate = tc.eval_every and (epoch + 1) % tc.eval_every == 0 and epoch + 1 < tc.epochs
         keep = tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0
         if evaluate or keep or epoch + 1 == tc.epochs:  # thresholds for what is scored or kept
-            dcfg = _calibrated(model, val_set, cfg, device, record, "calibration")
+            warn = main and epoch + 1 == tc.epochs
+            dcfg = _calibrated(model, val_set, cfg, device, record, "calibration", warn) or dcfg
         if evaluate:
             record["eval"] = {}
             if val_set is not None:
@@ -383,7 +383,7 @@ def _fit(
             "pseudo_segments": [inputs for _, inputs in fused],
             "rng": rng_state(),
         }
-        if cfg.detect.threshold_scales:
+        if dcfg is not cfg:  # a choice is made
             state["thresholds"] = list(dcfg.detect.thresholds)
         if branch is not None:
             state["init_from"] = branch
@@ -398,7 +398,8 @@ def _fit(
             save_checkpoint(run_dir / "last.pt", state)
 
     # The final model on the test split (and the validation split).
-    dcfg = calibrate(model, val_set, cfg, device, warn=main)[0]
+    if dcfg is cfg:  # no epoch ran here (a finished run, or a branch past its last epoch)
+        dcfg = _calibrated(model, val_set, cfg, device, {}, "calibration", main) or dcfg
     cache = run_dir / "cas_test.npz" if main else None
     results, metrics = evaluate_model(model, test_set, dcfg, device, cache=cache)
     if main:
@@ -418,12 +419,15 @@ def _calibrated(
     device: torch.device,
     record: dict[str, Any],
     key: str,
-) -> Config:
-    """:func:`~wtal.calibration.calibrate`, its choice logged as the epoch's ``record[key]``:
+    warn: bool = False,
+) -> Config | None:
+    """:func:`~wtal.calibration.calibrate`: the config with the thresholds chosen now (None
+    when the run chooses none), the choice logged as the epoch's ``record[key]``:
     ``calibration_start`` before the epoch (pseudo labels), ``calibration`` after it."""
-    dcfg, chosen = calibrate(model, val_set, cfg, device)
-    if chosen is not None:
-        record[key] = chosen
+    dcfg, chosen = calibrate(model, val_set, cfg, device, warn=warn)
+    if chosen is None:
+        return None
+    record[key] = chosen
     return dcfg
 
 
