@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -106,3 +108,15 @@ def tiny_run() -> Callable[..., tuple[Path, Path, Path]]:
         return root / "data", path, root / run
 
     return make
+
+
+def run_wtal(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m wtal ARGS --quiet`` in a child process, killed at ``fault``
+    (``<point>:<epoch>``, :func:`wtal.checkpoint.fault_point`) when given."""
+    from wtal.checkpoint import FAULT_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    cmd = [sys.executable, "-m", "wtal", *args, "--quiet"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

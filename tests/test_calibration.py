@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_wtal, tiny_config
 
 from tools.threshold_sweep import main as sweep_main
 from wtal.calibration import calibrate, scaled_thresholds, threshold_scores
-from wtal.checkpoint import FAULT_ENV, load_checkpoint
+from wtal.checkpoint import load_checkpoint
 from wtal.configcheck import ConfigError
 from wtal.configfile import load_config
 from wtal.data.split import open_validation
 from wtal.inference import load_trained_model
 from wtal.scoring import evaluate_model
 
-REPO = Path(__file__).resolve().parents[1]
 SCALES = [0.25, 1.0, 4.0, 16.0]
 CHANGES = {
     "model.embed_dim": 32,
@@ -149,10 +145,7 @@ def test_a_resumed_run_keeps_the_choice_made_before_it_stopped(run, tmp_path):
     train = ["train", str(config), "--data", str(data), "--run-dir"]
 
     def wtal(args: list[str], fault: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-        env[FAULT_ENV] = fault
-        cmd = [sys.executable, "-m", "wtal", *args, "--quiet"]
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        done = run_wtal(args, fault)
         assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
 
     wtal([*train, str(tmp_path / "straight")], "epoch:3")  # last.pt: after epoch 2
@@ -184,12 +177,10 @@ def test_a_branch_stores_no_choice_before_its_own(run, tmp_path):
     config = tmp_path / "longer.yaml"
     longer = {**CHANGES, "train.epochs": 6, "train.eval_every": 0}
     config.write_text(json.dumps(tiny_config(**longer)))
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    env[FAULT_ENV] = "epoch:5"  # after epoch 4 (no choice: no regeneration, evaluation, keep)
     branch = tmp_path / "branch"
-    cmd = [sys.executable, "-m", "wtal", "train", str(config), "--data", str(data)]
-    cmd += ["--run-dir", str(branch), "--init-from", str(run / "last.pt"), "--quiet"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    args = ["train", str(config), "--data", str(data), "--run-dir", str(branch)]
+    # killed after epoch 4 (no choice: no regeneration, evaluation or kept checkpoint)
+    done = run_wtal([*args, "--init-from", str(run / "last.pt")], "epoch:5")
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     state = load_checkpoint(branch / "last.pt")
     assert state["epoch"] == 5 and "thresholds" not in state

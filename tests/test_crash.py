@@ -10,17 +10,15 @@ metrics and detections as an uninterrupted run, with no partial or temporary fil
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_wtal, tiny_config
 
-from wtal.checkpoint import FAULT_ENV, load_checkpoint
+from wtal.checkpoint import load_checkpoint
 from wtal.configfile import load_config
 from wtal.engine import fit
 from wtal.runlog import JsonlLog
@@ -43,14 +41,6 @@ def setup(tmp_path_factory, tiny_run) -> tuple[Path, Path, Path]:
     return tiny_run(tmp_path_factory.mktemp("crash"), TINY, run="ref")
 
 
-def _wtal(args: list[str], fault: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    if fault:
-        env[FAULT_ENV] = fault
-    cmd = [sys.executable, "-m", "wtal", *args, "--quiet"]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-
-
 def _epochs(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
 
@@ -64,19 +54,19 @@ def test_killed_three_times_resumes_bit_identical(setup, tmp_path):
     run = tmp_path / "run"
 
     # 1. killed mid-epoch 0, before any checkpoint: resume starts over
-    proc = _wtal(["train", str(config), "--data", str(data), "--run-dir", str(run)], "epoch:0")
+    proc = run_wtal(["train", str(config), "--data", str(data), "--run-dir", str(run)], "epoch:0")
     assert _killed(proc), proc.stderr
     assert (run / "config.yaml").is_file() and not (run / "last.pt").exists()
     assert _epochs(run) == []
 
     # 2. killed during the pseudo-label regeneration of epoch 1
-    proc = _wtal(["train", "--resume", str(run)], "pseudo:1")
+    proc = run_wtal(["train", "--resume", str(run)], "pseudo:1")
     assert _killed(proc), proc.stderr
     assert load_checkpoint(run)["epoch"] == 1 and _epochs(run) == [0]
 
     # 3. killed while last.pt of epoch 2 is written: the old last.pt stays whole and a
     #    stale temporary file is left, like a power cut would leave it
-    proc = _wtal(["train", "--resume", str(run)], "checkpoint:2")
+    proc = run_wtal(["train", "--resume", str(run)], "checkpoint:2")
     assert _killed(proc), proc.stderr
     assert load_checkpoint(run)["epoch"] == 2
     assert len(list(run.glob(".last.pt.*.tmp"))) == 1
@@ -84,7 +74,7 @@ def test_killed_three_times_resumes_bit_identical(setup, tmp_path):
     assert (run / "epoch_002.pt").is_file()
 
     # 4. resumed to the end
-    proc = _wtal(["train", "--resume", str(run)], None)
+    proc = run_wtal(["train", "--resume", str(run)], None)
     assert proc.returncode == 0, proc.stderr
 
     a, b = load_checkpoint(ref)["model"], load_checkpoint(run)["model"]
