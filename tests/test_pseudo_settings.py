@@ -17,6 +17,7 @@ from wtal.configfile import load_config
 from wtal.data.split import open_datasets
 from wtal.inference import build_model
 from wtal.lp import lp_regions, solve_pseudo_labels
+from wtal.pseudo import confident
 from wtal.regenerate import generate_pseudo_labels
 from wtal.scoring import evaluate_model
 from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
@@ -186,3 +187,72 @@ def test_keep_background_reaches_the_pseudo_labels(data, monkeypatch):
         generate_pseudo_labels(model, train_fixed, cfg, 0.02, torch.device("cpu"))
         assert len(seen["pseudo"]) == 4
         assert all(s == 1.0 for s in seen["pseudo"]) == expect_one
+
+
+def _confident_reference(scores, labels, ratio):
+    """One segment at a time: kept when at least ``ratio`` x its column's best, or the best;
+    every segment at ratio 0."""
+    keep = []
+    for s, c in zip(scores.tolist(), labels.tolist(), strict=True):
+        best = max(x for x, d in zip(scores.tolist(), labels.tolist(), strict=True) if d == c)
+        keep.append(ratio == 0 or s >= ratio * best or s == best)
+    return torch.tensor(keep, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.5, 1.0])
+def test_confident_matches_a_loop(seed, ratio):
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 30, (1,), generator=gen))
+    scores = torch.rand(n, generator=gen, dtype=torch.float64) - 0.2  # some negative
+    labels = torch.randint(0, 6, (n,), generator=gen)
+    kept = confident(scores, labels, ratio)
+    assert torch.equal(kept, _confident_reference(scores, labels, ratio))
+    assert kept.any()
+    if ratio == 0.0:  # the reference's pseudo labels: every segment
+        assert kept.all()
+
+
+def test_confident_keeps_the_best_of_a_negative_column():
+    scores = torch.tensor([0.4, 0.01, -0.3, -0.1], dtype=torch.float64)
+    labels = torch.tensor([2, 2, 5, 5])
+    assert confident(scores, labels, 0.2).tolist() == [True, False, False, True]
+    assert confident(scores[:0], labels[:0], 0.2).shape == (0,)
+
+
+def test_min_score_ratio_filters_what_the_lp_gets(data, monkeypatch):
+    seen: dict[str, list] = {}
+    solve = _SOLVE
+
+    def spy(segments, scores, labels, *args, **kwargs):
+        seen["scores"], seen["labels"] = scores, labels
+        return solve(segments, scores, labels, *args, **kwargs)
+
+    monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy)
+    got = {}
+    for ratio in (0.0, 0.5):
+        cfg = load_config(
+            None,
+            [
+                f"data.path={str(data)!r}",
+                "model.embed_dim=16",
+                "train.device='cpu'",
+                "detect.class_threshold=0.0",
+                f"pseudo.min_score_ratio={ratio}",
+            ],
+        )
+        torch.manual_seed(0)
+        train, train_fixed, _ = open_datasets(cfg)
+        model = build_model(cfg, train.feat_dim, train.num_classes)
+        _, stats, _ = generate_pseudo_labels(model, train_fixed, cfg, 0.02, torch.device("cpu"))
+        got[ratio] = (seen["scores"], seen["labels"], stats["segments"])
+    (all_s, all_l, n_all), (kept_s, kept_l, n_kept) = got[0.0], got[0.5]
+    assert n_kept < n_all == sum(len(s) for s in all_s)
+    for s, lab, ks, kl in zip(all_s, all_l, kept_s, kept_l, strict=True):
+        mask = confident(torch.from_numpy(s), torch.from_numpy(lab), 0.5).numpy()
+        assert np.array_equal(ks, s[mask]) and np.array_equal(kl, lab[mask])
+
+
+def test_min_score_ratio_is_checked():
+    with pytest.raises(ConfigError, match="pseudo.min_score_ratio"):
+        load_config(None, ["pseudo.min_score_ratio=1.5"])

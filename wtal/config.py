@@ -269,6 +269,12 @@ class PseudoConfig:
     (every untrimmed video has background). False filters the background column by
     ``detect.class_threshold`` like the classes, as the reference does (§1.6 step 3): a model
     sure of its foreground then gets pseudo labels that only raise the classes."""
+    min_score_ratio: float = allowed(0.0, _UNIT)
+    """Drop a fused segment from the pseudo labels when its score is below this fraction of
+    the best score of its (video, column); the best one is always kept. Detection thresholds
+    chosen for mAP leave many low-score fragments on background, each of which the LP turns
+    into label mass of its class there; mAP barely notices them (they rank last), the pseudo
+    labels do. 0 keeps every segment, as the reference does."""
     delta: bool = True
     """Use delta pseudo labels alpha * (Y_latest - Y_previous) in the last phase (§1.7)."""
     delta_start: int = allowed(251, _NON_NEGATIVE)

@@ -1,5 +1,6 @@
-"""Δ pseudo labels (paper.md §1.7), the pseudo-label target schedule (§1.8), the quality of
-pseudo labels against ground truth, and their export as an annotation file.
+"""Δ pseudo labels (paper.md §1.7), the pseudo-label target schedule (§1.8), which fused
+segments become pseudo labels, the quality of pseudo labels against ground truth, and their
+export as an annotation file.
 
 The pseudo labels themselves (fused segments -> snippet labels, the LP of §1.6) come from
 :mod:`wtal.lp`.
@@ -11,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from wtal.io import InputError
 from wtal.segments import pairwise_tiou, snippets_to_seconds, to_numpy
@@ -110,6 +113,27 @@ def pseudo_target(
     return delta_pseudo_labels(
         store[done[-1]], store[done[-2]], alpha, clamp_min=clamp_min, anchor=anchor
     )
+
+
+def confident(scores: Tensor, labels: Tensor, ratio: float) -> Tensor:
+    """Which fused segments of one video are kept as pseudo labels (``pseudo.min_score_ratio``).
+
+    Args:
+        scores: (N,) fused scores phi.
+        labels: (N,) int64 CAS columns.
+        ratio: a segment is kept when its score is at least ``ratio`` times the best score of
+            its column in this video; the best segment of each column is always kept, and
+            ``ratio = 0`` keeps every segment (negative scores included).
+
+    Returns:
+        (N,) bool mask.
+    """
+    if not len(scores) or ratio == 0:
+        return torch.ones(len(scores), dtype=torch.bool)
+    size = int(labels.max()) + 1
+    best = torch.full((size,), -torch.inf, dtype=scores.dtype)
+    best = best.scatter_reduce(0, labels, scores, reduce="amax")[labels]
+    return (scores >= ratio * best) | (scores == best)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from wtal.inference import Prediction, detect, predict_as_configured
 from wtal.lp import solve_pseudo_labels_batch
 from wtal.model import WTALModel
 from wtal.proposals import Segments
-from wtal.pseudo import pseudo_label_quality, summarize_quality
+from wtal.pseudo import confident, pseudo_label_quality, summarize_quality
 from wtal.segments import seconds_to_snippets
 
 
@@ -67,6 +67,8 @@ def generate_pseudo_labels(
             allowed = np.append(pred.labels > 0, True)
             keep = torch.from_numpy(allowed)[found.labels]
             found = type(found)(*(x[keep] for x in found))
+        keep = confident(found.scores, found.labels, cfg.pseudo.min_score_ratio)
+        found = type(found)(*(x[keep] for x in found))
         found_all.append(found)
     ys, solved = solve_pseudo_labels_batch(
         [f.segments.numpy() for f in found_all],
