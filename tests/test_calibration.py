@@ -1,4 +1,5 @@
-"""Proposal thresholds chosen on the validation split (``detect.threshold_scales``)."""
+"""Proposal thresholds and the fusion temperature chosen on the validation split
+(``detect.threshold_scales``, ``detect.temperature_scales``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_wtal, tiny_config
 
 from tools.threshold_sweep import main as sweep_main
-from wtal.calibration import calibrate, scaled_thresholds, threshold_scores
+from wtal.calibration import calibrate, detection_scores, scaled_thresholds, threshold_scores
 from wtal.checkpoint import load_checkpoint
 from wtal.configcheck import ConfigError
 from wtal.configfile import load_config
@@ -22,6 +24,7 @@ from wtal.inference import load_trained_model
 from wtal.scoring import evaluate_model
 
 SCALES = [0.25, 1.0, 4.0, 16.0]
+TEMPERATURE_SCALES = [0.05, 1.0, 5.0]
 CHANGES = {
     "model.embed_dim": 32,
     "train.epochs": 4,
@@ -76,6 +79,62 @@ def test_the_chosen_scale_is_the_best_full_evaluation(run):
     assert state["thresholds"] == pytest.approx(list(chosen.detect.thresholds))
 
 
+def _reference_pair(model, cfg) -> tuple[tuple[int, int], list[list[float]]]:
+    """A full evaluation per (threshold scale, temperature scale), the best by a plain loop
+    (the first of equal ones, thresholds outer)."""
+    val = open_validation(cfg)
+    maps = []
+    for scale in SCALES:
+        row = []
+        for tscale in TEMPERATURE_SCALES:
+            detect = scaled_thresholds(cfg.detect, scale)
+            detect = replace(detect, temperature=cfg.detect.temperature * tscale)
+            scaled = replace(cfg, detect=detect)
+            row.append(evaluate_model(model, val, scaled, torch.device("cpu"))[1]["headline"])
+        maps.append(row)
+    best = (0, 0)
+    for i, row in enumerate(maps):
+        for j, m in enumerate(row):
+            if m > maps[best[0]][best[1]]:
+                best = (i, j)
+    return best, maps
+
+
+def test_the_chosen_pair_is_the_best_full_evaluation(run):
+    model, cfg, _ = load_trained_model(
+        run, ["detect.thresholds=[0.001,0.04,0.002]", "detect.temperature=0.2"]
+    )
+    detect = replace(
+        cfg.detect,
+        threshold_scales=tuple(SCALES),
+        temperature_scales=tuple(TEMPERATURE_SCALES),
+    )
+    cfg = replace(cfg, detect=detect)
+    (i, j), maps = _reference_pair(model, cfg)
+    val = open_validation(cfg)
+    fast = detection_scores(model, val, cfg, torch.device("cpu"), SCALES, TEMPERATURE_SCALES)
+    assert fast == pytest.approx(np.array(maps), abs=1e-9)
+    by_temperature = [[row[k] for row in maps] for k in range(len(TEMPERATURE_SCALES))]
+    assert len({tuple(round(m, 6) for m in col) for col in by_temperature}) > 1  # T matters
+    chosen, record = calibrate(model, val, cfg, torch.device("cpu"))
+    assert (record["scale"], record["temperature_scale"]) == (SCALES[i], TEMPERATURE_SCALES[j])
+    assert chosen.detect.temperature == pytest.approx(0.2 * TEMPERATURE_SCALES[j])
+    assert chosen.detect.thresholds == pytest.approx([x * SCALES[i] for x in (0.001, 0.04, 0.002)])
+    assert chosen.detect.threshold_scales == chosen.detect.temperature_scales == ()
+    assert record["val"][f"{SCALES[i]:g}"] == pytest.approx(maps[i][j], abs=1e-4)
+    logged = record["val_by_temperature"]
+    assert set(logged) == {f"{0.2 * t:g}" for t in TEMPERATURE_SCALES}
+    assert logged[f"{0.2 * TEMPERATURE_SCALES[j]:g}"] == record["val"]
+    # temperatures alone: the configured thresholds, the best temperature
+    only_t = replace(cfg, detect=replace(cfg.detect, threshold_scales=()))
+    chosen_t, record_t = calibrate(model, val, only_t, torch.device("cpu"))
+    k = SCALES.index(1.0)
+    assert chosen_t.detect.thresholds == pytest.approx((0.001, 0.04, 0.002))
+    assert record_t["temperature"] == pytest.approx(
+        0.2 * TEMPERATURE_SCALES[max(range(3), key=lambda t: (maps[k][t], -t))]
+    )
+
+
 def test_the_run_logs_its_choices_and_scores_with_them(run):
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     chosen = {r["epoch"]: r["calibration"] for r in records if "calibration" in r}
@@ -114,6 +173,10 @@ def test_without_scales_nothing_is_chosen(run):
 def test_scales_need_a_validation_split():
     with pytest.raises(ConfigError, match="detect.threshold_scales"):
         load_config(None, ["detect.threshold_scales=[0.5,1]"])
+    with pytest.raises(ConfigError, match="detect.temperature_scales"):
+        load_config(None, ["detect.temperature_scales=[0.5,1]"])
+    with pytest.raises(ConfigError, match="detect.temperature_scales"):
+        load_config(None, ["data.val_fraction=0.2", "detect.temperature_scales=[-1]"])
     with pytest.raises(ConfigError, match="detect.threshold_scales"):
         load_config(None, ["data.val_fraction=0.2", "detect.threshold_scales=[0,1]"])
 
@@ -139,9 +202,8 @@ def test_a_resumed_run_keeps_the_choice_made_before_it_stopped(run, tmp_path):
     holds epoch 1's choice, as in the run that never stopped."""
     data = Path(load_config(run / "config.yaml", []).data.path)
     config = tmp_path / "calibrated.yaml"
-    config.write_text(
-        json.dumps(tiny_config(**{**CHANGES, "detect.threshold_scales": [0.25, 4.0]}))
-    )
+    scales = {"detect.threshold_scales": [0.25, 4.0], "detect.temperature_scales": [0.05, 5.0]}
+    config.write_text(json.dumps(tiny_config(**{**CHANGES, **scales})))
     train = ["train", str(config), "--data", str(data), "--run-dir"]
 
     def wtal(args: list[str], fault: str) -> None:
@@ -156,11 +218,17 @@ def test_a_resumed_run_keeps_the_choice_made_before_it_stopped(run, tmp_path):
     # a multiple of 0.25 or 4, never the configured levels themselves
     assert straight["thresholds"] != pytest.approx([0.001, 0.04, 0.002])
     assert resumed["thresholds"] == straight["thresholds"]
+    assert straight["temperature"] in (pytest.approx(0.01), pytest.approx(1.0))
+    assert resumed["temperature"] == straight["temperature"]
+    _, cfg, _ = load_trained_model(tmp_path / "stopped")
+    assert cfg.detect.temperature == resumed["temperature"]  # what detect and infer use
+    assert cfg.detect.temperature_scales == ()
 
 
 def test_the_sweep_scales_the_configured_levels_not_the_choice(run, tmp_path, capsys):
     state = load_checkpoint(run / "last.pt")
     state["thresholds"] = [0.016, 0.64, 0.032]  # as if the run had chosen 16
+    state["temperature"] = 0.001  # and a temperature
     torch.save(state, tmp_path / "chose16.pt")
     assert sweep_main([str(run / "last.pt"), str(tmp_path / "chose16.pt"), "--scales", "1,4"]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]

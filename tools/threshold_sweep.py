@@ -4,8 +4,9 @@ The proposal thresholds are absolute CAS levels, and the level that fits depends
 (docs/results.md, "The detection thresholds": a quarter of THUMOS14's levels doubles one
 ActivityNet-shaped benchmark's base stage and twice them lifts another's by 12 points). This
 scores the validation split of each checkpoint's training videos (``data.val_fraction``) with
-the thresholds its run was configured with (``detect.thresholds``, not the levels a run with
-``detect.threshold_scales`` chose) multiplied by each scale, predicting once per checkpoint::
+the thresholds and fusion temperature its run was configured with (``detect.thresholds``,
+``detect.temperature``, not what a run with ``detect.threshold_scales`` chose), the thresholds
+multiplied by each scale, predicting once per checkpoint::
 
     python -m tools.threshold_sweep RUN/epoch_060.pt [MORE.pt ...] --scales 0.25,0.5,1,2
 
@@ -42,17 +43,16 @@ def sweep(
     """
     model, cfg, state = load_trained_model(checkpoint, overrides)
     if "thresholds" in state:  # a run that chose its own: scale the levels it was configured with
-        cfg = replace(cfg, detect=replace(cfg.detect, thresholds=_configured(state, checkpoint)))
+        configured = config_from_dict(state["config"], source=checkpoint).detect
+        detect = replace(cfg.detect, thresholds=configured.thresholds)
+        if "temperature" in state:
+            detect = replace(detect, temperature=configured.temperature)
+        cfg = replace(cfg, detect=detect)
     val = open_validation(cfg)
     if val is None:
         raise InputError(checkpoint, "has no validation split: give --val-fraction > 0")
     maps = threshold_scores(model, val, cfg, torch.device("cpu"), scales)
     return cfg.detect.thresholds, maps
-
-
-def _configured(state: dict, checkpoint: str) -> tuple[float, float, float]:
-    """The ``detect.thresholds`` a checkpoint's run was configured with, before any choice."""
-    return config_from_dict(state["config"], source=checkpoint).detect.thresholds
 
 
 def _scales(text: str) -> list[float]:

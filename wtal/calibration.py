@@ -1,4 +1,5 @@
-"""Proposal thresholds chosen on the validation split (``detect.threshold_scales``).
+"""Proposal thresholds and the fusion temperature chosen on the validation split
+(``detect.threshold_scales``, ``detect.temperature_scales``).
 
 The proposal thresholds (``detect.thresholds``) are absolute CAS levels, and the CAS level a
 model reaches depends on the data and grows as it trains: on two ActivityNet-shaped synthetic
@@ -12,6 +13,11 @@ best validation mAP is used, and the last choice is stored in the checkpoints
 (``thresholds``), where :func:`wtal.checkpoint.checkpoint_config` puts it back into the config
 of every command that loads one.
 
+The fusion temperature compares CAS levels as well (weights ``exp(inner / T)``): with
+``detect.temperature_scales`` every pair of a threshold multiple and a temperature multiple is
+scored and the best pair is used and stored (``temperature``). The pseudo labels keep their own
+temperatures (``pseudo.temperatures``); they use the chosen thresholds.
+
 The validation split is the one the choice is made on, so the validation mAP a calibrated run
 logs is optimistic (a maximum over the scales); the test split is untouched by the choice.
 """
@@ -23,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from wtal import distributed
@@ -42,10 +49,15 @@ def scaled_thresholds(dcfg: DetectConfig, scale: float) -> DetectConfig:
     return replace(dcfg, thresholds=tuple(float(x) * scale for x in dcfg.thresholds))
 
 
-def with_thresholds(cfg: Config, thresholds: Sequence[float]) -> Config:
-    """``cfg`` with ``detect.thresholds`` replaced by a choice already made (scales emptied)."""
+def with_choice(
+    cfg: Config, thresholds: Sequence[float], temperature: float | None = None
+) -> Config:
+    """``cfg`` with ``detect.thresholds`` (and ``detect.temperature`` unless None) replaced by
+    a choice already made; both lists of scales emptied."""
     detect = replace(cfg.detect, thresholds=tuple(float(x) for x in thresholds))
-    return replace(cfg, detect=replace(detect, threshold_scales=()))
+    if temperature is not None:
+        detect = replace(detect, temperature=float(temperature))
+    return replace(cfg, detect=replace(detect, threshold_scales=(), temperature_scales=()))
 
 
 def threshold_scores(
@@ -56,21 +68,40 @@ def threshold_scores(
     scales: Sequence[float],
 ) -> list[float]:
     """Headline mAP (%) of ``model`` on an annotated ``dataset`` at each multiple of
-    ``cfg.detect.thresholds``.
+    ``cfg.detect.thresholds`` (:func:`detection_scores` at the configured temperature)."""
+    return detection_scores(model, dataset, cfg, device, scales, (1.0,))[:, 0].tolist()
 
-    The model predicts once (test-time mixing, dropout off); only the proposals and the
-    scoring are repeated per scale, the ground truth is read once, and only the headline
-    protocol is scored.
+
+def detection_scores(
+    model: WTALModel,
+    dataset: FeatureDataset,
+    cfg: Config,
+    device: torch.device,
+    scales: Sequence[float],
+    temperature_scales: Sequence[float],
+) -> np.ndarray:
+    """Headline mAP (%) of ``model`` on an annotated ``dataset`` at each multiple of
+    ``cfg.detect.thresholds`` and of ``cfg.detect.temperature``.
+
+    The model predicts once (test-time mixing, dropout off); only the proposals, the fusion
+    and the scoring are repeated per pair, the ground truth is read once, and only the
+    headline protocol is scored.
+
+    Returns:
+        (len(scales), len(temperature_scales)) float64 mAP.
     """
     preds = predict_as_configured(model, dataset, cfg, device)
     ground_truth, grids = dataset.ground_truth(), dataset.grids()
-    maps = []
-    for scale in scales:
-        results = detections_to_results(preds, dataset, scaled_thresholds(cfg.detect, scale))
-        metrics = score_results(
-            results, ground_truth, dataset.subset, cfg, grid_by_video=grids, headline_only=True
-        )
-        maps.append(float(metrics["headline"]))
+    maps = np.zeros((len(scales), len(temperature_scales)))
+    for i, scale in enumerate(scales):
+        for j, tscale in enumerate(temperature_scales):
+            dcfg = scaled_thresholds(cfg.detect, scale)
+            dcfg = replace(dcfg, temperature=cfg.detect.temperature * tscale)
+            results = detections_to_results(preds, dataset, dcfg)
+            metrics = score_results(
+                results, ground_truth, dataset.subset, cfg, grid_by_video=grids, headline_only=True
+            )
+            maps[i, j] = float(metrics["headline"])
     return maps
 
 
@@ -82,23 +113,25 @@ def calibrate(
     *,
     warn: bool = False,
 ) -> tuple[Config, dict[str, Any] | None]:
-    """``cfg`` with the proposal thresholds that score best on the validation split; with
-    ``warn``, a best score at either end of the scales is logged as a warning (for a trained
-    model: early in training the smallest scale often wins, as the CAS is still low).
+    """``cfg`` with the proposal thresholds (and, with ``detect.temperature_scales``, the
+    fusion temperature) that score best on the validation split; with ``warn``, a best score
+    at either end of the scales is logged as a warning (for a trained model: early in training
+    the smallest scale often wins, as the CAS is still low).
 
     The choice is made on the test-time scores (``detect.cas_mix``, dropout off); pseudo labels
     use the chosen levels on the teacher's CAS, as they use ``detect.thresholds`` otherwise.
     Under DDP rank 0 chooses and every rank gets its choice.
 
     Returns:
-        ``(config, record)``: with ``detect.threshold_scales`` empty (or no validation split),
-        ``cfg`` itself and None; otherwise ``cfg`` with ``detect.thresholds`` multiplied by
-        the scale of the highest validation headline mAP (the first of equal ones) and the
-        scales emptied (the choice is made), and ``{"scale", "thresholds", "val"}`` with
-        ``val`` the mAP of every scale, for the log.
+        ``(config, record)``: with both lists of scales empty (or no validation split),
+        ``cfg`` itself and None; otherwise ``cfg`` with ``detect.thresholds`` (and
+        ``detect.temperature``) multiplied by the pair of scales of the highest validation
+        headline mAP (the first of equal ones, thresholds outer), the scales emptied (the
+        choice is made), and ``{"scale", "thresholds", "val"}`` with ``val`` the mAP of every
+        threshold scale at the chosen temperature, plus ``{"temperature_scale",
+        "temperature", "val_by_temperature"}`` when temperatures are chosen, for the log.
     """
-    scales = cfg.detect.threshold_scales
-    if not scales or val_set is None:
+    if not (cfg.detect.threshold_scales or cfg.detect.temperature_scales) or val_set is None:
         return cfg, None
     if distributed.world_size() > 1:  # one choice on every rank, whatever the float noise
         mine = _choose(model, val_set, cfg, device, warn) if distributed.is_main() else None
@@ -109,21 +142,41 @@ def calibrate(
 def _choose(
     model: WTALModel, val_set: FeatureDataset, cfg: Config, device: torch.device, warn: bool
 ) -> tuple[Config, dict[str, Any]]:
-    scales = cfg.detect.threshold_scales
-    maps = threshold_scores(model, val_set, cfg, device, scales)
-    best = max(range(len(scales)), key=lambda i: (maps[i], -i))
-    at_end = scales[best] in (min(scales), max(scales))
-    if warn and len(scales) > 1 and at_end and maps[best] > 0:
-        log.warning(
-            "detect.threshold_scales: the best validation mAP (%.2f) is at the end of the "
-            "scales (%g); the levels that fit may lie beyond, extend the scales",
-            maps[best],
-            scales[best],
-        )
-    chosen = with_thresholds(cfg, scaled_thresholds(cfg.detect, scales[best]).thresholds)
-    record = {
+    scales = cfg.detect.threshold_scales or (1.0,)
+    tscales = cfg.detect.temperature_scales or (1.0,)
+    maps = detection_scores(model, val_set, cfg, device, scales, tscales)
+    # the first of equal ones, in the order the lists give (thresholds outer)
+    best, tbest = np.unravel_index(int(np.argmax(maps)), maps.shape)
+    for name, grid, k in (
+        ("threshold_scales", scales, best),
+        ("temperature_scales", tscales, tbest),
+    ):
+        at_end = grid[k] in (min(grid), max(grid))
+        if warn and len(grid) > 1 and at_end and maps[best, tbest] > 0:
+            log.warning(
+                "detect.%s: the best validation mAP (%.2f) is at the end of the scales (%g); "
+                "the value that fits may lie beyond, extend the scales",
+                name,
+                maps[best, tbest],
+                grid[k],
+            )
+    chosen_detect = scaled_thresholds(cfg.detect, scales[best])
+    temperature = None
+    if cfg.detect.temperature_scales:
+        temperature = cfg.detect.temperature * tscales[tbest]
+    chosen = with_choice(cfg, chosen_detect.thresholds, temperature)
+    record: dict[str, Any] = {
         "scale": scales[best],
         "thresholds": list(chosen.detect.thresholds),
-        "val": {f"{s:g}": round(m, 4) for s, m in zip(scales, maps, strict=True)},
+        "val": {f"{s:g}": round(float(m), 4) for s, m in zip(scales, maps[:, tbest], strict=True)},
     }
+    if temperature is not None:
+        record["temperature_scale"] = tscales[tbest]
+        record["temperature"] = temperature
+        record["val_by_temperature"] = {
+            f"{cfg.detect.temperature * t:g}": {
+                f"{s:g}": round(float(m), 4) for s, m in zip(scales, maps[:, j], strict=True)
+            }
+            for j, t in enumerate(tscales)
+        }
     return chosen, record

@@ -151,8 +151,10 @@ def checkpoint_config(
     """The config stored in a checkpoint, after checking the metadata commands rely on.
 
     A run that chose its proposal thresholds on validation (``detect.threshold_scales``)
-    stored its last choice as ``thresholds``: it replaces ``detect.thresholds`` (before the
-    ``overrides``), and the scales are dropped, as the choice is made.
+    stored its last choice as ``thresholds`` (and ``temperature``, with
+    ``detect.temperature_scales``): it replaces ``detect.thresholds`` (and
+    ``detect.temperature``) before the ``overrides``, and the scales are dropped, as the
+    choice is made.
 
     Raises:
         InputError: a missing ``config``, ``feat_dim`` or ``class_names`` entry, one of the
@@ -172,7 +174,9 @@ def checkpoint_config(
     stored = state["config"]
     if "thresholds" in state:  # chosen on validation by the run (wtal.calibration)
         detect = {**stored.get("detect", {}), "thresholds": state["thresholds"]}
-        stored = {**stored, "detect": {**detect, "threshold_scales": []}}
+        if "temperature" in state:
+            detect["temperature"] = state["temperature"]
+        stored = {**stored, "detect": {**detect, "threshold_scales": [], "temperature_scales": []}}
     return config_from_dict(stored, overrides, source=str(path))
 
 

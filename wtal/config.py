@@ -216,6 +216,12 @@ class DetectConfig:
     detects (each pseudo-label regeneration, evaluation, kept checkpoint, the last epoch): the
     one with the best validation mAP is used and stored in the checkpoints
     (:mod:`wtal.calibration`). Empty: the thresholds as given. Needs ``data.val_fraction`` > 0."""
+    temperature_scales: tuple[float, ...] = allowed((), _POSITIVE)
+    """Multiples of ``temperature`` chosen on the validation split together with
+    ``threshold_scales`` (every pair is scored; the best pair is used and stored). The fusion
+    weights ``exp(inner / T)`` compare CAS levels too, so the temperature that fits depends on
+    the data like the thresholds do. Empty: the temperature as given. Needs
+    ``data.val_fraction`` > 0."""
     min_length: int = allowed(2, _COUNT)
     """Shortest run kept as a proposal, in snippets."""
     outer_scale: float = allowed(REFERENCE_OUTER_BAND[0], _NON_NEGATIVE)
@@ -371,10 +377,10 @@ class Config:
             what = f"a first regeneration before train.epochs = {epochs} "
             what += "(or pseudo.enabled = false for the base stage only)"
             check(regen[0] < epochs, "pseudo.regen_epochs", regen, what)
-        if self.detect.threshold_scales:  # they are chosen on the validation split
+        for name in ("threshold_scales", "temperature_scales"):  # chosen on the validation split
+            scales = getattr(self.detect, name)
             what = "empty unless data.val_fraction > 0 (the scales are chosen on validation)"
-            ok = self.data.val_fraction > 0
-            check(ok, "detect.threshold_scales", self.detect.threshold_scales, what)
+            check(not scales or self.data.val_fraction > 0, f"detect.{name}", scales, what)
 
 
 RANGES: dict[str, Range] = {

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wtal import distributed
-from wtal.calibration import calibrate, with_thresholds
+from wtal.calibration import calibrate, with_choice
 from wtal.checkpoint import (
     CHECKPOINT_VERSION,
     INIT_FROM_FILE,
@@ -306,7 +306,8 @@ def _fit(
 
     dcfg = cfg  # cfg with the proposal thresholds last chosen on validation (wtal.calibration)
     if resume and state is not None and source == run_dir / "last.pt" and "thresholds" in state:
-        dcfg = with_thresholds(cfg, state["thresholds"])  # chosen before the stop; not a branch's
+        # chosen before the stop; not a branch's
+        dcfg = with_choice(cfg, state["thresholds"], state.get("temperature"))
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
@@ -385,6 +386,8 @@ def _fit(
         }
         if dcfg is not cfg:  # a choice is made
             state["thresholds"] = list(dcfg.detect.thresholds)
+            if cfg.detect.temperature_scales:
+                state["temperature"] = dcfg.detect.temperature
         if branch is not None:
             state["init_from"] = branch
         if world > 1:  # every rank's dropout stream, for an exact resume
