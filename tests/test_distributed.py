@@ -210,12 +210,14 @@ def test_resume_under_ddp_is_bit_identical(ddp_run, tmp_path):
 
 
 def test_two_processes_choose_the_single_process_thresholds(tiny, tmp_path):
-    """Thresholds chosen on a validation split (detect.threshold_scales): rank 0 chooses and
-    sends its choice to rank 1 (whose pseudo labels use it), and chooses as one process does."""
+    """Thresholds and temperature chosen on a validation split (detect.threshold_scales,
+    detect.temperature_scales): rank 0 chooses and sends its choice to rank 1 (whose pseudo
+    labels use it), and chooses as one process does."""
     data, _ = tiny
     changes = [
         "data.val_fraction=0.25",
         "detect.threshold_scales=[0.25,1.0,4.0]",
+        "detect.temperature_scales=[0.1,1.0]",
         "detect.class_threshold=0.0",
         "train.epochs=3",
     ]
@@ -230,10 +232,13 @@ def test_two_processes_choose_the_single_process_thresholds(tiny, tmp_path):
         for k, run in runs.items()
     }
     for key in ("calibration_start", "calibration"):
-        chosen = [[r[key]["scale"] for r in log if key in r] for log in logs.values()]
+        chosen = [
+            [(r[key]["scale"], r[key]["temperature"]) for r in log if key in r]
+            for log in logs.values()
+        ]
         assert chosen[0] == chosen[1] and chosen[0]  # made, and made alike
     a, b = (load_checkpoint(run) for run in runs.values())
-    assert a["thresholds"] == b["thresholds"]
+    assert a["thresholds"] == b["thresholds"] and a["temperature"] == b["temperature"]
     assert sorted(b["pseudo"][0]) == sorted(a["pseudo"][0])  # both ranks' videos
     for vid, y in a["pseudo"][0].items():  # labelled at the levels rank 0 chose
         torch.testing.assert_close(b["pseudo"][0][vid], y, rtol=0, atol=1e-4, msg=vid)

@@ -163,7 +163,8 @@ def _choose(
     chosen_detect = scaled_thresholds(cfg.detect, scales[best])
     temperature = None
     if cfg.detect.temperature_scales:
-        temperature = cfg.detect.temperature * tscales[tbest]
+        # 12 digits: 0.2 * 0.1 is 0.020000000000000004 in binary, and the value is printed
+        temperature = float(f"{cfg.detect.temperature * tscales[tbest]:.12g}")
     chosen = with_choice(cfg, chosen_detect.thresholds, temperature)
     record: dict[str, Any] = {
         "scale": scales[best],
