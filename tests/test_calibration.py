@@ -21,6 +21,7 @@ from wtal.configcheck import ConfigError
 from wtal.configfile import load_config
 from wtal.data.split import open_validation
 from wtal.inference import load_trained_model
+from wtal.io import InputError
 from wtal.scoring import evaluate_model
 
 SCALES = [0.25, 1.0, 4.0, 16.0]
@@ -252,3 +253,25 @@ def test_a_branch_stores_no_choice_before_its_own(run, tmp_path):
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     state = load_checkpoint(branch / "last.pt")
     assert state["epoch"] == 5 and "thresholds" not in state
+
+
+@pytest.mark.parametrize(
+    "entry, value, message",
+    [
+        ("thresholds", "0.1,0.2", "entry 'thresholds': expected a list of 3 numbers"),
+        ("thresholds", [0.1, "x", 0.2], "entry 'thresholds': expected a list of 3 numbers"),
+        ("temperature", 0.0, "entry 'temperature' = 0.0: expected a number > 0"),
+        ("temperature", True, "entry 'temperature' = True: expected a number > 0"),
+    ],
+)
+def test_a_malformed_stored_choice_is_one_clear_error(run, tmp_path, entry, value, message):
+    state = load_checkpoint(run / "last.pt")
+    state[entry] = value
+    torch.save(state, tmp_path / "forged.pt")
+    with pytest.raises(InputError, match=message):
+        load_trained_model(tmp_path / "forged.pt")
+    data = load_config(run / "config.yaml", []).data.path
+    out = str(tmp_path / "d.json")
+    done = run_wtal(["detect", str(tmp_path / "forged.pt"), "--data", data, "--out", out])
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "d.json").exists()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from wtal import distributed
-from wtal.config import Config, DetectConfig
+from wtal.config import Config, DetectConfig, with_choice
 from wtal.data import FeatureDataset
 from wtal.inference import detections_to_results, predict_as_configured
 from wtal.model import WTALModel
@@ -47,17 +47,6 @@ def scaled_thresholds(dcfg: DetectConfig, scale: float) -> DetectConfig:
     levels in the same proportions (``np.arange`` may round one level more or less when
     ``(stop - start) / step`` is a whole number)."""
     return replace(dcfg, thresholds=tuple(float(x) * scale for x in dcfg.thresholds))
-
-
-def with_choice(
-    cfg: Config, thresholds: Sequence[float], temperature: float | None = None
-) -> Config:
-    """``cfg`` with ``detect.thresholds`` (and ``detect.temperature`` unless None) replaced by
-    a choice already made; both lists of scales emptied."""
-    detect = replace(cfg.detect, thresholds=tuple(float(x) for x in thresholds))
-    if temperature is not None:
-        detect = replace(detect, temperature=float(temperature))
-    return replace(cfg, detect=replace(detect, threshold_scales=(), temperature_scales=()))
 
 
 def threshold_scores(

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from wtal import distributed
-from wtal.config import Config, config_to_dict
+from wtal.config import Config, config_to_dict, with_choice
 from wtal.configfile import config_from_dict
 from wtal.data import FeatureDataset
 from wtal.featmeta import checkpoint_extractor
@@ -173,11 +173,21 @@ def checkpoint_config(
         raise InputError(path, "entry 'config': expected a mapping of config sections")
     stored = state["config"]
     if "thresholds" in state:  # chosen on validation by the run (wtal.calibration)
-        detect = {**stored.get("detect", {}), "thresholds": state["thresholds"]}
-        if "temperature" in state:
-            detect["temperature"] = state["temperature"]
-        stored = {**stored, "detect": {**detect, "threshold_scales": [], "temperature_scales": []}}
+        thresholds, temperature = state["thresholds"], state.get("temperature")
+        if not (
+            isinstance(thresholds, list) and len(thresholds) == 3 and all(map(_number, thresholds))
+        ):
+            raise InputError(path, "entry 'thresholds': expected a list of 3 numbers")
+        if temperature is not None and not (_number(temperature) and temperature > 0):
+            raise InputError(path, f"entry 'temperature' = {temperature!r}: expected a number > 0")
+        cfg = config_from_dict(stored, source=str(path))
+        cfg = with_choice(cfg, thresholds, temperature)
+        stored = config_to_dict(cfg)
     return config_from_dict(stored, overrides, source=str(path))
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def rng_state() -> dict[str, Any]:

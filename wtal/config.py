@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wtal.configcheck import Range, allowed, check, check_fields, check_increasing
@@ -395,6 +396,18 @@ float must also be finite. Cross-field rules live in the ``__post_init__`` metho
 points (lr and L_spl milestones, later regenerations, delta epochs) at or after
 ``train.epochs`` are allowed and never reached; only the first regeneration must come before
 it (see :class:`Config`)."""
+
+
+def with_choice(
+    cfg: Config, thresholds: Sequence[float], temperature: float | None = None
+) -> Config:
+    """``cfg`` with ``detect.thresholds`` (and ``detect.temperature`` unless None) replaced by
+    a choice made on validation (:mod:`wtal.calibration`); both lists of scales emptied, as
+    the choice is made."""
+    detect = replace(cfg.detect, thresholds=tuple(float(x) for x in thresholds))
+    if temperature is not None:
+        detect = replace(detect, temperature=float(temperature))
+    return replace(cfg, detect=replace(detect, threshold_scales=(), temperature_scales=()))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

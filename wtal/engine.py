@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wtal import distributed
-from wtal.calibration import calibrate, with_choice
+from wtal.calibration import calibrate
 from wtal.checkpoint import (
     CHECKPOINT_VERSION,
     INIT_FROM_FILE,
@@ -33,7 +33,7 @@ from wtal.checkpoint import (
     save_checkpoint,
     starting_checkpoint,
 )
-from wtal.config import Config, config_to_dict
+from wtal.config import Config, config_to_dict, with_choice
 from wtal.configfile import save_config
 from wtal.data import Batch, FeatureDataset, split_batch
 from wtal.data.split import check_splits, open_datasets, open_validation, report_warnings
