@@ -94,6 +94,18 @@ def detection_scores(
     return maps
 
 
+def stored_choice(cfg: Config, chosen: Config) -> dict[str, Any]:
+    """The checkpoint entries of the choice ``chosen`` made from a run's ``cfg``
+    (``thresholds``, and ``temperature`` when temperatures are chosen); none while ``chosen``
+    is ``cfg`` itself (no choice made yet)."""
+    if chosen is cfg:
+        return {}
+    entries: dict[str, Any] = {"thresholds": list(chosen.detect.thresholds)}
+    if cfg.detect.temperature_scales:
+        entries["temperature"] = chosen.detect.temperature
+    return entries
+
+
 def calibrate(
     model: WTALModel,
     val_set: FeatureDataset | None,

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wtal import distributed
-from wtal.calibration import calibrate
+from wtal.calibration import calibrate, stored_choice
 from wtal.checkpoint import (
     CHECKPOINT_VERSION,
     INIT_FROM_FILE,
@@ -383,11 +383,8 @@ def _fit(
             "pseudo_segment_epochs": [e for e, _ in fused],
             "pseudo_segments": [inputs for _, inputs in fused],
             "rng": rng_state(),
+            **stored_choice(cfg, dcfg),
         }
-        if dcfg is not cfg:  # a choice is made
-            state["thresholds"] = list(dcfg.detect.thresholds)
-            if cfg.detect.temperature_scales:
-                state["temperature"] = dcfg.detect.temperature
         if branch is not None:
             state["init_from"] = branch
         if world > 1:  # every rank's dropout stream, for an exact resume
