@@ -234,8 +234,9 @@ def test_the_sweep_scales_the_configured_levels_not_the_choice(run, tmp_path, ca
     assert sweep_main([str(run / "last.pt"), str(tmp_path / "chose16.pt"), "--scales", "1,4"]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
     assert [r[1].strip() for r in rows] == ["(0.001, 0.04, 0.002)", "(0.004, 0.16, 0.008)"]
+    assert [r[2].strip() for r in rows] == ["0.2", "0.2"]  # not the forged 0.001
     for row in rows:  # the same weights, the same levels: the same scores
-        assert row[2] == row[3]
+        assert row[3] == row[4]
 
 
 def test_a_branch_stores_no_choice_before_its_own(run, tmp_path):

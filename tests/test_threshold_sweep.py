@@ -51,15 +51,32 @@ def test_scale_one_is_the_runs_own_validation_score(run, capsys):
     rows = _table(capsys)
     assert [r[0] for r in rows] == ["1", "4"]
     assert rows[0][1] == "(0.001, 0.04, 0.002)" and rows[1][1] == "(0.004, 0.16, 0.008)"
+    assert rows[0][2] == rows[1][2] == "0.2"  # the configured temperature
     logged = json.loads((run / "metrics_val.json").read_text())["headline"]
-    assert float(rows[0][2]) == pytest.approx(logged, abs=0.005)
-    assert rows[0][2] != rows[1][2]  # other levels, other proposals
+    assert float(rows[0][3]) == pytest.approx(logged, abs=0.005)
+    assert rows[0][3] != rows[1][3]  # other levels, other proposals
 
 
 def test_two_checkpoints_and_their_mean(run, capsys):
     assert main([str(run), str(run / "last.pt"), "--scales", "2"]) == 0
     (row,) = _table(capsys)
-    assert row[2] == row[3] == row[4]  # the same weights twice: their mean is their value
+    assert row[3] == row[4] == row[5]  # the same weights twice: their mean is their value
+
+
+def test_every_temperature_at_every_scale(run, capsys):
+    assert main([str(run), "--scales", "1,4", "--temperature-scales", "0.05,1"]) == 0
+    rows = _table(capsys)
+    assert [(r[0], r[2]) for r in rows] == [
+        ("1", "0.01"),
+        ("1", "0.2"),
+        ("4", "0.01"),
+        ("4", "0.2"),
+    ]
+    assert main([str(run), "--scales", "1,4"]) == 0
+    at_02 = _table(capsys)
+    assert [r[3] for r in at_02] == [rows[1][3], rows[3][3]]  # the same pairs, the same scores
+    logged = json.loads((run / "metrics_val.json").read_text())["headline"]
+    assert float(rows[1][3]) == pytest.approx(logged, abs=0.005)
 
 
 def test_bad_input_is_one_line(run, tmp_path, capsys):
