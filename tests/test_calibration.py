@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from conftest import run_wtal, tiny_config
 from tools.threshold_sweep import main as sweep_main
 from wtal.calibration import calibrate, detection_scores, scaled_thresholds, threshold_scores
 from wtal.checkpoint import load_checkpoint
+from wtal.config import with_choice
 from wtal.configcheck import ConfigError
 from wtal.configfile import load_config
 from wtal.data.split import open_validation
@@ -276,3 +278,14 @@ def test_a_malformed_stored_choice_is_one_clear_error(run, tmp_path, entry, valu
     done = run_wtal(["detect", str(tmp_path / "forged.pt"), "--data", data, "--out", out])
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "d.json").exists()
+
+
+def test_levels_that_detect_nothing_score_zero_without_a_warning(run):
+    model, cfg, _ = load_trained_model(run, ["detect.thresholds=[0.001,0.04,0.002]"])
+    val = open_validation(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        maps = threshold_scores(model, val, cfg, torch.device("cpu"), [1.0, 1e6])
+    assert maps[1] == 0.0 and maps[0] > 0.0
+    with pytest.warns(RuntimeWarning, match="no prediction matches"):  # scoring still warns
+        evaluate_model(model, val, with_choice(cfg, [1e3, 4e4, 2e3]), torch.device("cpu"))
