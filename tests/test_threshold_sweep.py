@@ -72,6 +72,7 @@ def test_every_temperature_at_every_scale(run, capsys):
         ("4", "0.01"),
         ("4", "0.2"),
     ]
+    assert rows[0][3] != rows[1][3]  # the temperature reaches the fusion
     assert main([str(run), "--scales", "1,4"]) == 0
     at_02 = _table(capsys)
     assert [r[3] for r in at_02] == [rows[1][3], rows[3][3]]  # the same pairs, the same scores
@@ -87,3 +88,6 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     with pytest.raises(SystemExit):
         main([str(run), "--scales", "0,1"])
+    for bad in ("nan", "inf,1"):
+        with pytest.raises(SystemExit):
+            main([str(run), "--temperature-scales", bad])

@@ -19,6 +19,7 @@ is written; pick the range on validation, then train or detect with ``--set
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import replace
 
@@ -65,8 +66,8 @@ def _scales(text: str) -> list[float]:
     except ValueError:
         what = f"expected numbers separated by commas, got {text!r}"
         raise argparse.ArgumentTypeError(what) from None
-    if not scales or min(scales) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive scales, got {text!r}")
+    if not scales or not all(math.isfinite(x) and x > 0 for x in scales):
+        raise argparse.ArgumentTypeError(f"expected positive finite scales, got {text!r}")
     return scales
 
 

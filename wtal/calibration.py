@@ -50,18 +50,6 @@ def scaled_thresholds(dcfg: DetectConfig, scale: float) -> DetectConfig:
     return replace(dcfg, thresholds=tuple(float(x) * scale for x in dcfg.thresholds))
 
 
-def threshold_scores(
-    model: WTALModel,
-    dataset: FeatureDataset,
-    cfg: Config,
-    device: torch.device,
-    scales: Sequence[float],
-) -> list[float]:
-    """Headline mAP (%) of ``model`` on an annotated ``dataset`` at each multiple of
-    ``cfg.detect.thresholds`` (:func:`detection_scores` at the configured temperature)."""
-    return detection_scores(model, dataset, cfg, device, scales, (1.0,))[:, 0].tolist()
-
-
 def detection_scores(
     model: WTALModel,
     dataset: FeatureDataset,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import pickle
 import pickletools
@@ -151,7 +152,7 @@ def checkpoint_config(
     """The config stored in a checkpoint, after checking the metadata commands rely on.
 
     A run that chose its proposal thresholds on validation (``detect.threshold_scales``)
-    stored its last choice as ``thresholds`` (and ``temperature``, with
+    stored its last choice (:func:`stored_choice_of`) as ``thresholds`` (and ``temperature``, with
     ``detect.temperature_scales``): it replaces ``detect.thresholds`` (and
     ``detect.temperature``) before the ``overrides``, and the scales are dropped, as the
     choice is made.
@@ -172,22 +173,42 @@ def checkpoint_config(
     if not isinstance(state["config"], dict):
         raise InputError(path, "entry 'config': expected a mapping of config sections")
     stored = state["config"]
-    if "thresholds" in state:  # chosen on validation by the run (wtal.calibration)
-        thresholds, temperature = state["thresholds"], state.get("temperature")
-        if not (
-            isinstance(thresholds, list) and len(thresholds) == 3 and all(map(_number, thresholds))
-        ):
-            raise InputError(path, "entry 'thresholds': expected a list of 3 numbers")
-        if temperature is not None and not (_number(temperature) and temperature > 0):
-            raise InputError(path, f"entry 'temperature' = {temperature!r}: expected a number > 0")
-        cfg = config_from_dict(stored, source=str(path))
-        cfg = with_choice(cfg, thresholds, temperature)
+    choice = stored_choice_of(state, path)
+    if choice is not None:  # chosen on validation by the run (wtal.calibration)
+        cfg = with_choice(config_from_dict(stored, source=str(path)), *choice)
         stored = config_to_dict(cfg)
     return config_from_dict(stored, overrides, source=str(path))
 
 
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def stored_choice_of(
+    state: dict[str, Any], path: str | Path
+) -> tuple[list[float], float | None] | None:
+    """The detection choice a run stored in a checkpoint (wtal.calibration): ``(thresholds,
+    temperature)``, the temperature None when the run chose none; None when it stored no choice.
+
+    Raises:
+        InputError: ``thresholds`` not three finite numbers ``start < stop``, ``step > 0``,
+            none negative, or ``temperature`` not a finite number > 0.
+    """
+    if "thresholds" not in state:
+        return None
+    thresholds, temperature = state["thresholds"], state.get("temperature")
+    ok = isinstance(thresholds, list) and len(thresholds) == 3 and all(map(_finite, thresholds))
+    if not (ok and min(thresholds) >= 0 and thresholds[2] > 0 and thresholds[0] < thresholds[1]):
+        what = "expected [start, stop, step], finite, none negative, start < stop, step > 0"
+        raise InputError(path, f"entry 'thresholds' = {thresholds!r}: {what}")
+    if temperature is not None and not (_finite(temperature) and temperature > 0):
+        raise InputError(path, f"entry 'temperature' = {temperature!r}: expected a number > 0")
+    return [float(x) for x in thresholds], None if temperature is None else float(temperature)
+
+
+def _finite(x: Any) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def rng_state() -> dict[str, Any]:

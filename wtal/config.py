@@ -281,7 +281,9 @@ class PseudoConfig:
     the best score of its (video, column); the best one is always kept. Detection thresholds
     chosen for mAP leave many low-score fragments on background, each of which the LP turns
     into label mass of its class there; mAP barely notices them (they rank last), the pseudo
-    labels do. 0 keeps every segment, as the reference does."""
+    labels do. 0 keeps every segment, as the reference does. Any ratio > 0 drops the
+    negative scores of a column whose best is positive, and keeps only the best of a column
+    whose best is negative."""
     delta: bool = True
     """Use delta pseudo labels alpha * (Y_latest - Y_previous) in the last phase (§1.7)."""
     delta_start: int = allowed(251, _NON_NEGATIVE)

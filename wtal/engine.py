@@ -32,6 +32,7 @@ from wtal.checkpoint import (
     rng_state,
     save_checkpoint,
     starting_checkpoint,
+    stored_choice_of,
 )
 from wtal.config import Config, config_to_dict, with_choice
 from wtal.configfile import save_config
@@ -287,6 +288,7 @@ def _fit(
     fused: list[tuple[int, dict[str, Any]]] = []  # every regeneration's LP input (small)
     start = 0
     state, source, branch = starting_checkpoint(cfg, run_dir, resume, init_from, train_set)
+    choice = stored_choice_of(state, source) if resume and state is not None else None
     if state is not None:
         history, fused, start = restore(state, source, model, optimizer, cfg, train_set.video_ids)
         log.info("%s %s at epoch %d", "resuming" if resume else "branching", run_dir, start)
@@ -304,10 +306,9 @@ def _fit(
     ddp = distributed.wrap_model(model, device) if world > 1 else None
     ordered = distributed.batch_loader(train_fixed, tc.batch_size)  # memory initialisation
 
-    dcfg = cfg  # cfg with the proposal thresholds last chosen on validation (wtal.calibration)
-    if resume and state is not None and source == run_dir / "last.pt" and "thresholds" in state:
-        # chosen before the stop; not a branch's
-        dcfg = with_choice(cfg, state["thresholds"], state.get("temperature"))
+    dcfg = cfg  # cfg with the detection last chosen on validation (wtal.calibration)
+    if choice is not None and source == run_dir / "last.pt":  # chosen before the stop
+        dcfg = with_choice(cfg, *choice)  # (not a branch's)
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch}
@@ -421,7 +422,7 @@ def _calibrated(
     key: str,
     warn: bool = False,
 ) -> Config | None:
-    """:func:`~wtal.calibration.calibrate`: the config with the thresholds chosen now (None
+    """:func:`~wtal.calibration.calibrate`: the config with the detection chosen now (None
     when the run chooses none), the choice logged as the epoch's ``record[key]``:
     ``calibration_start`` before the epoch (pseudo labels), ``calibration`` after it."""
     dcfg, chosen = calibrate(model, val_set, cfg, device, warn=warn)

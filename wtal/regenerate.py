@@ -63,11 +63,9 @@ def generate_pseudo_labels(
             background=True,
             keep_background=cfg.pseudo.keep_background,
         )
-        if cfg.pseudo.gt_classes_only:
-            allowed = np.append(pred.labels > 0, True)
-            keep = torch.from_numpy(allowed)[found.labels]
-            found = type(found)(*(x[keep] for x in found))
         keep = confident(found.scores, found.labels, cfg.pseudo.min_score_ratio)
+        if cfg.pseudo.gt_classes_only:  # the GT classes and the background column
+            keep &= torch.from_numpy(np.append(pred.labels > 0, True))[found.labels]
         found = type(found)(*(x[keep] for x in found))
         found_all.append(found)
     ys, solved = solve_pseudo_labels_batch(
