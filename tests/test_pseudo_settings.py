@@ -161,6 +161,17 @@ def test_keep_background_lets_only_the_background_column_past_the_filter(backgro
     assert pred.video_scores[3] == background_score  # the prediction is not modified
 
 
+def _pseudo_labels(data: Path, *extra: str) -> dict:
+    """One regeneration by an untrained model (seed 0) under ``extra`` overrides; its stats."""
+    cfg = load_config(
+        None, [f"data.path={str(data)!r}", "model.embed_dim=16", "train.device='cpu'", *extra]
+    )
+    torch.manual_seed(0)
+    train, train_fixed, _ = open_datasets(cfg)
+    model = build_model(cfg, train.feat_dim, train.num_classes)
+    return generate_pseudo_labels(model, train_fixed, cfg, 0.02, torch.device("cpu"))[1]
+
+
 def test_keep_background_reaches_the_pseudo_labels(data, monkeypatch):
     seen: dict[str, list] = {"pseudo": []}
     detect = _DETECT
@@ -172,19 +183,7 @@ def test_keep_background_reaches_the_pseudo_labels(data, monkeypatch):
     monkeypatch.setattr(inference, "detect_segments", spy)
     for flag, expect_one in (("False", False), ("True", True)):
         seen["pseudo"].clear()
-        cfg = load_config(
-            None,
-            [
-                f"data.path={str(data)!r}",
-                "model.embed_dim=16",
-                "train.device='cpu'",
-                f"pseudo.keep_background={flag}",
-            ],
-        )
-        torch.manual_seed(0)
-        train, train_fixed, test = open_datasets(cfg)
-        model = build_model(cfg, train.feat_dim, train.num_classes)
-        generate_pseudo_labels(model, train_fixed, cfg, 0.02, torch.device("cpu"))
+        _pseudo_labels(data, f"pseudo.keep_background={flag}")
         assert len(seen["pseudo"]) == 4
         assert all(s == 1.0 for s in seen["pseudo"]) == expect_one
 
@@ -232,20 +231,9 @@ def test_min_score_ratio_filters_what_the_lp_gets(data, monkeypatch):
     monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy)
     got = {}
     for ratio in (0.0, 0.5):
-        cfg = load_config(
-            None,
-            [
-                f"data.path={str(data)!r}",
-                "model.embed_dim=16",
-                "train.device='cpu'",
-                "detect.class_threshold=0.0",
-                f"pseudo.min_score_ratio={ratio}",
-            ],
+        stats = _pseudo_labels(
+            data, "detect.class_threshold=0.0", f"pseudo.min_score_ratio={ratio}"
         )
-        torch.manual_seed(0)
-        train, train_fixed, _ = open_datasets(cfg)
-        model = build_model(cfg, train.feat_dim, train.num_classes)
-        _, stats, _ = generate_pseudo_labels(model, train_fixed, cfg, 0.02, torch.device("cpu"))
         got[ratio] = (seen["scores"], seen["labels"], stats["segments"])
     (all_s, all_l, n_all), (kept_s, kept_l, n_kept) = got[0.0], got[0.5]
     assert n_kept < n_all == sum(len(s) for s in all_s)

@@ -49,9 +49,9 @@ def sweep(
     model, cfg, state = load_trained_model(checkpoint, overrides)
     if "thresholds" in state:  # a run that chose its own: scale the levels it was configured with
         configured = config_from_dict(state["config"], source=checkpoint).detect
-        detect = replace(cfg.detect, thresholds=configured.thresholds)
-        if "temperature" in state:
-            detect = replace(detect, temperature=configured.temperature)
+        detect = replace(
+            cfg.detect, thresholds=configured.thresholds, temperature=configured.temperature
+        )
         cfg = replace(cfg, detect=detect)
     val = open_validation(cfg)
     if val is None:

@@ -72,9 +72,9 @@ def detection_scores(
     ground_truth, grids = dataset.ground_truth(), dataset.grids()
     maps = np.zeros((len(scales), len(temperature_scales)))
     for i, scale in enumerate(scales):
+        scaled = scaled_thresholds(cfg.detect, scale)
         for j, tscale in enumerate(temperature_scales):
-            dcfg = scaled_thresholds(cfg.detect, scale)
-            dcfg = replace(dcfg, temperature=cfg.detect.temperature * tscale)
+            dcfg = replace(scaled, temperature=cfg.detect.temperature * tscale)
             results = detections_to_results(preds, dataset, dcfg)
             with warnings.catch_warnings():
                 # levels above every CAS value detect nothing: mAP 0 is their score, not news
