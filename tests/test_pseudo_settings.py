@@ -17,7 +17,7 @@ from wtal.configfile import load_config
 from wtal.data.split import open_datasets
 from wtal.inference import build_model
 from wtal.lp import lp_regions, solve_pseudo_labels
-from wtal.pseudo import confident
+from wtal.pseudo import background_gaps, confident
 from wtal.regenerate import generate_pseudo_labels
 from wtal.scoring import evaluate_model
 from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
@@ -245,3 +245,80 @@ def test_min_score_ratio_filters_what_the_lp_gets(data, monkeypatch):
 def test_min_score_ratio_is_checked():
     with pytest.raises(ConfigError, match="pseudo.min_score_ratio"):
         load_config(None, ["pseudo.min_score_ratio=1.5"])
+
+
+def _gaps_reference(segments, scores, num_snippets):
+    """One segment at a time in start order, bounds clipped to the video: every stretch of
+    ``[0, T)`` no segment covers, kept when the LP would give it an inner snippet."""
+    if not len(scores) or scores.mean() <= 0:
+        return []
+    segs = sorted(tuple(np.clip([s, e], 0, num_snippets)) for s, e in segments.tolist())
+    gaps, covered = [], 0.0
+    for s, e in segs:
+        if s > covered:
+            gaps.append((covered, s))
+        covered = max(covered, e)
+    gaps.append((covered, float(num_snippets)))
+    return [(a, b) for a, b in gaps if np.floor(b) > np.floor(a)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_background_gaps_match_a_loop(seed):
+    gen = torch.Generator().manual_seed(seed)
+    T = int(torch.randint(5, 80, (1,), generator=gen))
+    n = int(torch.randint(0, 8, (1,), generator=gen))
+    start = torch.rand(n, generator=gen, dtype=torch.float64) * (T + 4) - 2  # some outside
+    length = torch.rand(n, generator=gen, dtype=torch.float64) * T / 3
+    segments = torch.stack([start, start + length], 1)
+    scores = torch.rand(n, generator=gen, dtype=torch.float64) + 0.05
+    gaps, gap_scores = background_gaps(segments, scores, T)
+    expected = _gaps_reference(segments.numpy(), scores.numpy(), T)
+    assert gaps.shape == (len(expected), 2) and gap_scores.shape == (len(expected),)
+    if expected:
+        np.testing.assert_allclose(gaps.numpy(), np.array(expected))
+        assert torch.all(gap_scores == scores.mean())
+
+
+def test_background_gaps_of_a_video_without_a_sure_action():
+    one = torch.tensor([[3.0, 7.0]], dtype=torch.float64)
+    assert background_gaps(one[:0], torch.zeros(0, dtype=torch.float64), 10)[0].shape == (0, 2)
+    assert len(background_gaps(one, torch.tensor([-0.1], dtype=torch.float64), 10)[0]) == 0
+    gaps, scores = background_gaps(one, torch.tensor([0.3], dtype=torch.float64), 10)
+    assert gaps.tolist() == [[0.0, 3.0], [7.0, 10.0]] and scores.tolist() == [0.3, 0.3]
+    # a gap shorter than a snippet the LP would see is dropped
+    two = torch.tensor([[0.0, 3.2], [3.8, 10.0]], dtype=torch.float64)
+    assert len(background_gaps(two, torch.tensor([0.3, 0.3], dtype=torch.float64), 10)[0]) == 0
+
+
+def test_background_gaps_replace_the_background_detections(data, monkeypatch):
+    seen: dict[str, list] = {}
+    solve = _SOLVE
+
+    def spy(segments, scores, labels, num_snippets, num_columns, **kwargs):
+        seen.update(segments=segments, scores=scores, labels=labels, T=num_snippets)
+        return solve(segments, scores, labels, num_snippets, num_columns, **kwargs)
+
+    monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy)
+    extra = ("detect.class_threshold=0.0", "pseudo.keep_background=True")
+    _pseudo_labels(data, *extra)
+    plain = dict(seen)
+    _pseudo_labels(data, "detect.class_threshold=0.0", "pseudo.background_gaps=True")
+    background = 3  # 3 classes, then the background column
+    for i, T in enumerate(seen["T"]):
+        cls = plain["labels"][i] != background
+        segments, labels = seen["segments"][i], seen["labels"][i]
+        n = int(cls.sum())  # the class segments first, untouched
+        np.testing.assert_array_equal(segments[:n], plain["segments"][i][cls])
+        np.testing.assert_array_equal(seen["scores"][i][:n], plain["scores"][i][cls])
+        gaps, gap_scores = background_gaps(
+            torch.from_numpy(segments[:n]), torch.from_numpy(seen["scores"][i][:n]), T
+        )
+        assert np.all(labels[n:] == background) and len(labels) == n + len(gaps)
+        np.testing.assert_array_equal(segments[n:], gaps.numpy())
+        np.testing.assert_array_equal(seen["scores"][i][n:], gap_scores.numpy())
+    assert any(np.any(lab == background) for lab in seen["labels"])
+
+
+def test_background_gaps_exclude_keep_background():
+    with pytest.raises(ConfigError, match="pseudo.keep_background"):
+        load_config(None, ["pseudo.keep_background=True", "pseudo.background_gaps=True"])

@@ -136,6 +136,37 @@ def confident(scores: Tensor, labels: Tensor, ratio: float) -> Tensor:
     return (scores >= ratio * best) | (scores == best)
 
 
+def background_gaps(segments: Tensor, scores: Tensor, num_snippets: int) -> tuple[Tensor, Tensor]:
+    """Background pseudo segments: the gaps between one video's fused class segments
+    (``pseudo.background_gaps``).
+
+    Each gap gets the mean score of the class segments, so the background column asks for as
+    much label mass per segment as the classes do. A gap the LP would see without an inner
+    snippet (``floor(end) <= floor(start)``, as :func:`wtal.lp.lp_regions` rounds) is dropped.
+    A video without class segments, or whose mean class score is not positive, gets none: it
+    has an action somewhere (its video label says so) and nothing says where.
+
+    Args:
+        segments: (N, 2) float64 class segments, snippets, ``[start, end)``.
+        scores: (N,) float64 their fused scores phi.
+        num_snippets: T, the video's length in snippets.
+
+    Returns:
+        ``(gaps, gap_scores)``: (G, 2) float64 snippets, sorted by start, and (G,) float64.
+    """
+    empty = (torch.zeros((0, 2), dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+    if not len(scores) or float(scores.mean()) <= 0:
+        return empty
+    seg = segments.to(torch.float64).clamp(0, num_snippets)
+    seg = seg[torch.argsort(seg[:, 0], stable=True)]
+    reach = torch.cummax(seg[:, 1], 0).values  # covered from 0 up to here, segments 0..i
+    starts = torch.cat([seg.new_zeros(1), reach])
+    ends = torch.cat([seg[:, 0], seg.new_full((1,), float(num_snippets))])
+    keep = torch.floor(ends) > torch.floor(starts)
+    gaps = torch.stack([starts, ends], 1)[keep]
+    return gaps, torch.full((len(gaps),), float(scores.mean()), dtype=torch.float64)
+
+
 # --------------------------------------------------------------------------------------------
 # Quality of pseudo labels against ground truth
 

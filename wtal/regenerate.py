@@ -19,7 +19,7 @@ from wtal.inference import Prediction, detect, predict_as_configured
 from wtal.lp import solve_pseudo_labels_batch
 from wtal.model import WTALModel
 from wtal.proposals import Segments
-from wtal.pseudo import confident, pseudo_label_quality, summarize_quality
+from wtal.pseudo import background_gaps, confident, pseudo_label_quality, summarize_quality
 from wtal.segments import seconds_to_snippets
 
 
@@ -67,6 +67,8 @@ def generate_pseudo_labels(
         if cfg.pseudo.gt_classes_only:  # the GT classes and the background column
             keep &= torch.from_numpy(np.append(pred.labels > 0, True))[found.labels]
         found = type(found)(*(x[keep] for x in found))
+        if cfg.pseudo.background_gaps:
+            found = _with_background_gaps(found, pred.cas.shape[0], pred.cas.shape[1] - 1)
         found_all.append(found)
     ys, solved = solve_pseudo_labels_batch(
         [f.segments.numpy() for f in found_all],
@@ -112,6 +114,19 @@ def generate_pseudo_labels(
     if per_video:
         stats["quality"] = summarize_quality(per_video)
     return labels, stats, {"segments": segments, "timing": timing}
+
+
+def _with_background_gaps(found: Segments, num_snippets: int, background: int) -> Segments:
+    """``found``'s class segments and, as the background column's, the gaps between them
+    (:func:`wtal.pseudo.background_gaps`); ``inner`` of a gap is its score (no CAS is read)."""
+    cls = found.labels != background
+    gaps, scores = background_gaps(found.segments[cls], found.scores[cls], num_snippets)
+    return Segments(
+        torch.cat([found.segments[cls], gaps]),
+        torch.cat([found.scores[cls], scores]),
+        torch.cat([found.inner[cls], scores]),
+        torch.cat([found.labels[cls], torch.full((len(gaps),), background)]),
+    )
 
 
 def _pseudo_quality(
