@@ -3,12 +3,15 @@ the outer band of the LP regions (``detect.outer_scale/outer_power``)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_wtal
 
 import wtal.inference as inference
 import wtal.regenerate as regenerate
@@ -20,7 +23,7 @@ from wtal.lp import lp_regions, solve_pseudo_labels
 from wtal.pseudo import background_gaps, confident
 from wtal.regenerate import generate_pseudo_labels
 from wtal.scoring import evaluate_model
-from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width
+from wtal.segments import REFERENCE_OUTER_BAND, outer_band_width, seconds_to_snippets
 from wtal.synth import THUMOS, write_synthetic
 
 _DETECT, _SOLVE = inference.detect_segments, regenerate.solve_pseudo_labels_batch
@@ -322,3 +325,66 @@ def test_background_gaps_replace_the_background_detections(data, monkeypatch):
 def test_background_gaps_exclude_keep_background():
     with pytest.raises(ConfigError, match="pseudo.keep_background"):
         load_config(None, ["pseudo.keep_background=True", "pseudo.background_gaps=True"])
+
+
+def test_oracle_feeds_the_ground_truth_to_the_lp(data, monkeypatch):
+    seen: dict[str, list] = {}
+    solve = _SOLVE
+
+    def spy(segments, scores, labels, num_snippets, num_columns, **kwargs):
+        seen.update(segments=segments, scores=scores, labels=labels, T=num_snippets)
+        return solve(segments, scores, labels, num_snippets, num_columns, **kwargs)
+
+    monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy)
+    _pseudo_labels(data, "detect.class_threshold=0.0")  # the same model's detections
+    background = 3
+    detected = np.concatenate(
+        [s[lab != background] for s, lab in zip(seen["scores"], seen["labels"], strict=True)]
+    )
+    score = detected[detected > 0].mean()
+    stats = _pseudo_labels(data, "detect.class_threshold=0.0", "pseudo.oracle=True")
+    cfg = load_config(None, [f"data.path={str(data)!r}"])
+    train_fixed = open_datasets(cfg)[1]
+    truth = train_fixed.segments_by_video()
+    for i, video in enumerate(train_fixed.video_ids):
+        gt_s, gt_labels = truth[video]
+        rec = train_fixed[i]
+        gt = seconds_to_snippets(gt_s, rec.fps, rec.snippet_frames)
+        n = len(gt_labels)
+        np.testing.assert_allclose(seen["segments"][i][:n], gt)
+        assert np.array_equal(seen["labels"][i][:n], gt_labels)
+        gaps, _ = background_gaps(
+            torch.from_numpy(gt), torch.ones(n, dtype=torch.float64), seen["T"][i]
+        )
+        np.testing.assert_allclose(seen["segments"][i][n:], gaps.numpy())
+        assert np.all(seen["labels"][i][n:] == background)
+        np.testing.assert_allclose(seen["scores"][i], score)
+    assert stats["quality"]["precision"] == 1.0 and stats["quality"]["recall"] == 1.0
+
+
+def test_oracle_needs_ground_truth_on_every_training_video(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    ann = json.loads((copy / "annotations.json").read_text())
+    video = next(v for v, r in ann["database"].items() if r["subset"] == "validation")
+    ann["database"][video]["annotations"] = []
+    (copy / "annotations.json").write_text(json.dumps(ann))
+    run = tmp_path / "run"
+    done = run_wtal(
+        [
+            "train",
+            "configs/demo.yaml",
+            "--data",
+            str(copy),
+            "--run-dir",
+            str(run),
+            "--set",
+            "pseudo.oracle=True",
+        ]
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "annotations.json" in done.stderr and repr(video) in done.stderr
+    assert "pseudo.oracle" in done.stderr and not run.exists()
+    cfg = load_config(None, [f"data.path={str(copy)!r}", "pseudo.enabled=False"])
+    assert len(open_datasets(cfg)[1]) == 4  # without the oracle the video is fine

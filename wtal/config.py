@@ -284,6 +284,12 @@ class PseudoConfig:
     raise classes; the gaps say where the model found no action. On the stand-in's validation
     split, labels solved from the ground truth gain 3 points over the base stage with their
     background column and none without it (docs/results.md)."""
+    oracle: bool = False
+    """A diagnostic, not weak supervision: solve the pseudo labels from the training videos'
+    ground-truth instances (the gaps between them as background; scored like the detected
+    segments, :mod:`wtal.regenerate`) instead of from detections. What
+    the pseudo-label stage could add on a dataset if its pseudo labels were right. Needs
+    ground-truth instances on every training video."""
     min_score_ratio: float = allowed(0.0, _UNIT)
     """Drop a fused segment from the pseudo labels when its score is below this fraction of
     the best score of its (video, column); the best one is always kept. Detection thresholds

@@ -46,7 +46,7 @@ from wtal.io import InputError, write_json
 from wtal.losses import compute_losses
 from wtal.model import WTALModel
 from wtal.pseudo import update_history
-from wtal.regenerate import generate_pseudo_labels
+from wtal.regenerate import check_oracle_truth, generate_pseudo_labels
 from wtal.runlock import RunLock
 from wtal.runlog import JsonlLog
 from wtal.schedule import (
@@ -273,6 +273,8 @@ def _fit(
         if dataset is not None:
             dataset.check_features(train_set.feat_dim)
     check_splits(train_set, test_set)
+    if cfg.pseudo.enabled and cfg.pseudo.oracle:
+        check_oracle_truth(train_fixed)
     if main:
         report_warnings(*(d for d in (train_set, test_set, val_set) if d is not None))
 

@@ -16,6 +16,7 @@ from wtal import distributed
 from wtal.config import Config
 from wtal.data import FeatureDataset
 from wtal.inference import Prediction, detect, predict_as_configured
+from wtal.io import InputError
 from wtal.lp import solve_pseudo_labels_batch
 from wtal.model import WTALModel
 from wtal.proposals import Segments
@@ -70,6 +71,8 @@ def generate_pseudo_labels(
         if cfg.pseudo.background_gaps:
             found = _with_background_gaps(found, pred.cas.shape[0], pred.cas.shape[1] - 1)
         found_all.append(found)
+    if cfg.pseudo.oracle:
+        found_all = _oracle_segments(dataset, preds, found_all)
     ys, solved = solve_pseudo_labels_batch(
         [f.segments.numpy() for f in found_all],
         [f.scores.numpy() for f in found_all],
@@ -127,6 +130,42 @@ def _with_background_gaps(found: Segments, num_snippets: int, background: int) -
         torch.cat([found.inner[cls], scores]),
         torch.cat([found.labels[cls], torch.full((len(gaps),), background)]),
     )
+
+
+def check_oracle_truth(dataset: FeatureDataset) -> None:
+    """``pseudo.oracle`` needs ground-truth instances on every training video: the first one
+    without any is an :class:`InputError` naming the annotation file and the video."""
+    for video, (_, labels) in dataset.segments_by_video().items():
+        if not len(labels):
+            what = "no ground-truth instance, which pseudo.oracle needs on every training video"
+            raise InputError(dataset.source.ann_path, what, video=video)
+
+
+def _oracle_segments(
+    dataset: FeatureDataset, preds: list[Prediction], found_all: list[Segments]
+) -> list[Segments]:
+    """The training ground truth as the LP's input (``pseudo.oracle``): each instance in
+    snippets, in its class column, and the gaps between them in the background column, all
+    scored by the mean positive score of the class segments detected in this regeneration
+    (1 if none), so the labels have the detected ones' scale and perfect locations."""
+    detected = torch.cat(
+        [f.scores[f.labels != p.cas.shape[1] - 1] for f, p in zip(found_all, preds, strict=True)]
+    )
+    positive = detected[detected > 0]
+    score = float(positive.mean()) if len(positive) else 1.0
+    truth = dataset.segments_by_video()
+    oracle = []
+    for pred in preds:
+        gt_s, gt_labels = truth[pred.video_id]
+        segments = torch.from_numpy(seconds_to_snippets(gt_s, pred.fps, pred.snippet_frames))
+        scores = torch.full((len(gt_labels),), score, dtype=torch.float64)
+        labels = torch.from_numpy(gt_labels)
+        oracle.append(
+            _with_background_gaps(
+                Segments(segments, scores, scores, labels), pred.cas.shape[0], pred.cas.shape[1] - 1
+            )
+        )
+    return oracle
 
 
 def _pseudo_quality(
