@@ -342,24 +342,26 @@ def test_oracle_feeds_the_ground_truth_to_the_lp(data, monkeypatch):
         [s[lab != background] for s, lab in zip(seen["scores"], seen["labels"], strict=True)]
     )
     score = detected[detected > 0].mean()
-    stats = _pseudo_labels(data, "detect.class_threshold=0.0", "pseudo.oracle=True")
     cfg = load_config(None, [f"data.path={str(data)!r}"])
     train_fixed = open_datasets(cfg)[1]
     truth = train_fixed.segments_by_video()
-    for i, video in enumerate(train_fixed.video_ids):
-        gt_s, gt_labels = truth[video]
-        rec = train_fixed[i]
-        gt = seconds_to_snippets(gt_s, rec.fps, rec.snippet_frames)
-        n = len(gt_labels)
-        np.testing.assert_allclose(seen["segments"][i][:n], gt)
-        assert np.array_equal(seen["labels"][i][:n], gt_labels)
-        gaps, _ = background_gaps(
-            torch.from_numpy(gt), torch.ones(n, dtype=torch.float64), seen["T"][i]
-        )
-        np.testing.assert_allclose(seen["segments"][i][n:], gaps.numpy())
-        assert np.all(seen["labels"][i][n:] == background)
-        np.testing.assert_allclose(seen["scores"][i], score)
-    assert stats["quality"]["precision"] == 1.0 and stats["quality"]["recall"] == 1.0
+    for gaps_too in (False, True):
+        extra = ("pseudo.oracle=True", f"pseudo.background_gaps={gaps_too}")
+        stats = _pseudo_labels(data, "detect.class_threshold=0.0", *extra)
+        for i, video in enumerate(train_fixed.video_ids):
+            gt_s, gt_labels = truth[video]
+            rec = train_fixed[i]
+            gt = seconds_to_snippets(gt_s, rec.fps, rec.snippet_frames)
+            n = len(gt_labels)
+            np.testing.assert_allclose(seen["segments"][i][:n], gt)
+            assert np.array_equal(seen["labels"][i][:n], gt_labels)
+            np.testing.assert_allclose(seen["scores"][i], score)
+            T = seen["T"][i]
+            gaps = background_gaps(torch.from_numpy(gt), torch.ones(n, dtype=torch.float64), T)[0]
+            gaps = gaps if gaps_too else gaps[:0]  # the background column: the gaps or nothing
+            np.testing.assert_allclose(seen["segments"][i][n:], gaps.numpy())
+            assert np.all(seen["labels"][i][n:] == background)
+        assert stats["quality"]["precision"] == 1.0 and stats["quality"]["recall"] == 1.0
 
 
 def test_oracle_needs_ground_truth_on_every_training_video(data, tmp_path):

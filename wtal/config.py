@@ -286,10 +286,10 @@ class PseudoConfig:
     background column and none without it (docs/results.md)."""
     oracle: bool = False
     """A diagnostic, not weak supervision: solve the pseudo labels from the training videos'
-    ground-truth instances (the gaps between them as background; scored like the detected
-    segments, :mod:`wtal.regenerate`) instead of from detections. What
-    the pseudo-label stage could add on a dataset if its pseudo labels were right. Needs
-    ground-truth instances on every training video."""
+    ground-truth instances (scored like the detected segments, :mod:`wtal.regenerate`)
+    instead of from detections, leaving the background column empty unless
+    ``background_gaps`` fills it. What the pseudo-label stage could add on a dataset if its
+    pseudo labels were right. Needs ground-truth instances on every training video."""
     min_score_ratio: float = allowed(0.0, _UNIT)
     """Drop a fused segment from the pseudo labels when its score is below this fraction of
     the best score of its (video, column); the best one is always kept. Detection thresholds

@@ -68,11 +68,14 @@ def generate_pseudo_labels(
         if cfg.pseudo.gt_classes_only:  # the GT classes and the background column
             keep &= torch.from_numpy(np.append(pred.labels > 0, True))[found.labels]
         found = type(found)(*(x[keep] for x in found))
-        if cfg.pseudo.background_gaps:
-            found = _with_background_gaps(found, pred.cas.shape[0], pred.cas.shape[1] - 1)
         found_all.append(found)
     if cfg.pseudo.oracle:
         found_all = _oracle_segments(dataset, preds, found_all)
+    if cfg.pseudo.background_gaps:
+        found_all = [
+            _with_background_gaps(f, p.cas.shape[0], p.cas.shape[1] - 1)
+            for f, p in zip(found_all, preds, strict=True)
+        ]
     ys, solved = solve_pseudo_labels_batch(
         [f.segments.numpy() for f in found_all],
         [f.scores.numpy() for f in found_all],
@@ -145,9 +148,10 @@ def _oracle_segments(
     dataset: FeatureDataset, preds: list[Prediction], found_all: list[Segments]
 ) -> list[Segments]:
     """The training ground truth as the LP's input (``pseudo.oracle``): each instance in
-    snippets, in its class column, and the gaps between them in the background column, all
-    scored by the mean positive score of the class segments detected in this regeneration
-    (1 if none), so the labels have the detected ones' scale and perfect locations."""
+    snippets, in its class column (no background column: ``pseudo.background_gaps`` adds the
+    gaps between them), scored by the mean positive score of the class segments detected in
+    this regeneration (over this process's videos under DDP; 1 if none), so the labels have
+    the detected ones' scale and perfect locations."""
     detected = torch.cat(
         [f.scores[f.labels != p.cas.shape[1] - 1] for f, p in zip(found_all, preds, strict=True)]
     )
@@ -160,11 +164,7 @@ def _oracle_segments(
         segments = torch.from_numpy(seconds_to_snippets(gt_s, pred.fps, pred.snippet_frames))
         scores = torch.full((len(gt_labels),), score, dtype=torch.float64)
         labels = torch.from_numpy(gt_labels)
-        oracle.append(
-            _with_background_gaps(
-                Segments(segments, scores, scores, labels), pred.cas.shape[0], pred.cas.shape[1] - 1
-            )
-        )
+        oracle.append(Segments(segments, scores, scores, labels))
     return oracle
 
 
