@@ -20,6 +20,7 @@ from wtal.configfile import load_config
 from wtal.data.split import open_datasets
 from wtal.inference import build_model
 from wtal.lp import lp_regions, solve_pseudo_labels
+from wtal.proposals import Segments
 from wtal.pseudo import background_gaps, confident
 from wtal.regenerate import generate_pseudo_labels
 from wtal.scoring import evaluate_model
@@ -305,6 +306,7 @@ def test_background_gaps_replace_the_background_detections(data, monkeypatch):
     extra = ("detect.class_threshold=0.0", "pseudo.keep_background=True")
     _pseudo_labels(data, *extra)
     plain = dict(seen)
+    assert any(np.any(lab == 3) for lab in plain["labels"])  # detections to replace
     _pseudo_labels(data, "detect.class_threshold=0.0", "pseudo.background_gaps=True")
     background = 3  # 3 classes, then the background column
     for i, T in enumerate(seen["T"]):
@@ -322,9 +324,11 @@ def test_background_gaps_replace_the_background_detections(data, monkeypatch):
     assert any(np.any(lab == background) for lab in seen["labels"])
 
 
-def test_background_gaps_exclude_keep_background():
+@pytest.mark.parametrize("switch", ["background_gaps", "oracle"])
+def test_keep_background_is_refused_where_nothing_reads_it(switch):
     with pytest.raises(ConfigError, match="pseudo.keep_background"):
-        load_config(None, ["pseudo.keep_background=True", "pseudo.background_gaps=True"])
+        load_config(None, ["pseudo.keep_background=True", f"pseudo.{switch}=True"])
+    load_config(None, [f"pseudo.{switch}=True"])  # alone, each is fine
 
 
 def test_oracle_feeds_the_ground_truth_to_the_lp(data, monkeypatch):
@@ -390,3 +394,22 @@ def test_oracle_needs_ground_truth_on_every_training_video(data, tmp_path):
     assert "pseudo.oracle" in done.stderr and not run.exists()
     cfg = load_config(None, [f"data.path={str(copy)!r}", "pseudo.enabled=False"])
     assert len(open_datasets(cfg)[1]) == 4  # without the oracle the video is fine
+
+
+def test_oracle_score_without_a_positive_detection_or_a_video():
+    pred = _prediction(0.5)
+    seconds = 16.0 / 25.0  # one snippet
+    truth = {"v": (np.array([[2 * seconds, 6 * seconds]]), np.array([1]))}
+    f64 = torch.float64
+    found = Segments(  # a negative class segment and a positive background one: no score
+        torch.tensor([[0.0, 3.0], [10.0, 20.0]], dtype=f64),
+        torch.tensor([-0.2, 0.7], dtype=f64),
+        torch.tensor([-0.2, 0.7], dtype=f64),
+        torch.tensor([0, 3]),
+    )
+    (out,) = regenerate._oracle_segments(truth, [pred], [found], background=3)
+    assert out.segments.tolist() == [[2.0, 6.0]] and out.labels.tolist() == [1]
+    assert out.scores.tolist() == [1.0]
+    found = found._replace(scores=torch.tensor([0.3, 0.7], dtype=f64))
+    assert regenerate._oracle_segments(truth, [pred], [found], 3)[0].scores.tolist() == [0.3]
+    assert regenerate._oracle_segments({}, [], [], 3) == []  # a rank without videos

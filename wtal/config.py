@@ -275,20 +275,24 @@ class PseudoConfig:
     """Give every training video background pseudo labels, whatever its background video score
     (every untrimmed video has background). False filters the background column by
     ``detect.class_threshold`` like the classes, as the reference does (§1.6 step 3): a model
-    sure of its foreground then gets pseudo labels that only raise the classes."""
+    sure of its foreground then gets pseudo labels that only raise the classes. Not with
+    ``background_gaps`` or ``oracle``."""
     background_gaps: bool = False
     """Background pseudo labels from the gaps between each video's class segments
-    (:func:`wtal.pseudo.background_gaps`; the true ones under ``oracle``) instead of the
-    background column's own detections, which reach the LP only through the class filter:
-    a model sure of its videos' foreground gets pseudo labels that only raise classes.
-    Measured on validation, not a default: +1.2 to +2.8 on three 512-d ActivityNet-shaped
-    sets, -6 on the 128-d `anet` preset (docs/results.md)."""
+    (:func:`wtal.pseudo.background_gaps`; the true ones under ``oracle``), scored by the class
+    segments' mean score, instead of the background column's own detections, which reach the
+    LP only through the class filter: a model sure of its videos' foreground gets pseudo
+    labels that only raise classes. Measured on validation, not a default: +1.6 to +2.8 over
+    the base stage on three 512-d ActivityNet-shaped sets; on the 128-d `anet` preset -6, -1.5
+    with the threshold grid extended (docs/results.md)."""
     oracle: bool = False
-    """A diagnostic, not weak supervision: solve the pseudo labels from the training videos'
-    ground-truth instances (scored like the detected segments, :mod:`wtal.regenerate`)
-    instead of from detections, leaving the background column empty unless
-    ``background_gaps`` fills it. What the pseudo-label stage could add on a dataset if its
-    pseudo labels were right. Needs ground-truth instances on every training video."""
+    """A diagnostic, not weak supervision: the LP gets the training videos' ground-truth
+    instances instead of the detections, each scored by one constant (the mean positive score
+    of the class segments detected in that regeneration, 1 if none, so the labels keep their
+    scale), and no background column unless ``background_gaps`` fills it (``keep_background``,
+    ``gt_classes_only`` and ``min_score_ratio`` then only change that constant). What the
+    pseudo-label stage could add on a dataset if its pseudo labels were right. Needs
+    ground-truth instances on every training video."""
     min_score_ratio: float = allowed(0.0, _UNIT)
     """Drop a fused segment from the pseudo labels when its score is below this fraction of
     the best score of its (video, column); the best one is always kept. Detection thresholds
@@ -347,8 +351,8 @@ class PseudoConfig:
         check(ok, "pseudo.temperatures", self.temperatures, what)
         what = f"null (as detect.fusion) or one of {', '.join(FUSIONS)}"
         check(self.fusion in (None, *FUSIONS), "pseudo.fusion", self.fusion, what)
-        what = "false while pseudo.background_gaps is true (the gaps replace those detections)"
-        ok = not (self.keep_background and self.background_gaps)
+        what = "false while pseudo.background_gaps or pseudo.oracle is true (neither uses it)"
+        ok = not (self.keep_background and (self.background_gaps or self.oracle))
         check(ok, "pseudo.keep_background", self.keep_background, what)
         if not self.enabled:
             return

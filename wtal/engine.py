@@ -46,7 +46,7 @@ from wtal.io import InputError, write_json
 from wtal.losses import compute_losses
 from wtal.model import WTALModel
 from wtal.pseudo import update_history
-from wtal.regenerate import check_oracle_truth, generate_pseudo_labels
+from wtal.regenerate import generate_pseudo_labels
 from wtal.runlock import RunLock
 from wtal.runlog import JsonlLog
 from wtal.schedule import (
@@ -272,9 +272,7 @@ def _fit(
     for dataset in (train_set, test_set, val_set):  # fail now, not mid-run
         if dataset is not None:
             dataset.check_features(train_set.feat_dim)
-    check_splits(train_set, test_set)
-    if cfg.pseudo.enabled and cfg.pseudo.oracle:
-        check_oracle_truth(train_fixed)
+    check_splits(train_set, test_set, train_truth=cfg.pseudo.enabled and cfg.pseudo.oracle)
     if main:
         report_warnings(*(d for d in (train_set, test_set, val_set) if d is not None))
 

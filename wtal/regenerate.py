@@ -16,7 +16,6 @@ from wtal import distributed
 from wtal.config import Config
 from wtal.data import FeatureDataset
 from wtal.inference import Prediction, detect, predict_as_configured
-from wtal.io import InputError
 from wtal.lp import solve_pseudo_labels_batch
 from wtal.model import WTALModel
 from wtal.proposals import Segments
@@ -69,11 +68,12 @@ def generate_pseudo_labels(
             keep &= torch.from_numpy(np.append(pred.labels > 0, True))[found.labels]
         found = type(found)(*(x[keep] for x in found))
         found_all.append(found)
+    truth, background = dataset.segments_by_video(), dataset.num_classes  # the last column
     if cfg.pseudo.oracle:
-        found_all = _oracle_segments(dataset, preds, found_all)
+        found_all = _oracle_segments(truth, preds, found_all, background)
     if cfg.pseudo.background_gaps:
         found_all = [
-            _with_background_gaps(f, p.cas.shape[0], p.cas.shape[1] - 1)
+            _with_background_gaps(f, p.cas.shape[0], background)
             for f, p in zip(found_all, preds, strict=True)
         ]
     ys, solved = solve_pseudo_labels_batch(
@@ -109,7 +109,7 @@ def generate_pseudo_labels(
         "fallback": solved.n_fallback,
         "solve_s": solved.solve_time_s,
     }
-    per_video = _pseudo_quality(dataset, preds, ys, found_all)
+    per_video = _pseudo_quality(truth, preds, ys, found_all)
     if distributed.world_size() > 1:
         parts = distributed.all_gather_objects((labels, segments, timing, stats, per_video))
         labels = {k: v for part in parts for k, v in part[0].items()}
@@ -135,48 +135,42 @@ def _with_background_gaps(found: Segments, num_snippets: int, background: int) -
     )
 
 
-def check_oracle_truth(dataset: FeatureDataset) -> None:
-    """``pseudo.oracle`` needs ground-truth instances on every training video: the first one
-    without any is an :class:`InputError` naming the annotation file and the video."""
-    for video, (_, labels) in dataset.segments_by_video().items():
-        if not len(labels):
-            what = "no ground-truth instance, which pseudo.oracle needs on every training video"
-            raise InputError(dataset.source.ann_path, what, video=video)
-
-
 def _oracle_segments(
-    dataset: FeatureDataset, preds: list[Prediction], found_all: list[Segments]
+    truth: dict[str, tuple[np.ndarray, np.ndarray]],
+    preds: list[Prediction],
+    found_all: list[Segments],
+    background: int,
 ) -> list[Segments]:
     """The training ground truth as the LP's input (``pseudo.oracle``): each instance in
-    snippets, in its class column (no background column: ``pseudo.background_gaps`` adds the
-    gaps between them), scored by the mean positive score of the class segments detected in
-    this regeneration (over this process's videos under DDP; 1 if none), so the labels have
-    the detected ones' scale and perfect locations."""
-    detected = torch.cat(
-        [f.scores[f.labels != p.cas.shape[1] - 1] for f, p in zip(found_all, preds, strict=True)]
-    )
-    positive = detected[detected > 0]
-    score = float(positive.mean()) if len(positive) else 1.0
-    truth = dataset.segments_by_video()
+    snippets, in its class column, and no background column (``pseudo.background_gaps`` adds
+    the gaps between them). Every instance gets one score, the mean positive score of the class
+    segments detected in this regeneration over all videos (all ranks under DDP; 1 if there
+    is none), so that the labels have the detected ones' scale and the ground truth's places
+    (to the LP's whole snippets, :func:`wtal.lp.lp_regions`)."""
+    positive = [f.scores[(f.labels != background) & (f.scores > 0)] for f in found_all]
+    total, count = float(sum(x.sum() for x in positive)), sum(len(x) for x in positive)
+    if distributed.world_size() > 1:  # one score for every rank's videos
+        parts = distributed.all_gather_objects((total, count))
+        total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    score = total / count if count else 1.0
     oracle = []
     for pred in preds:
         gt_s, gt_labels = truth[pred.video_id]
         segments = torch.from_numpy(seconds_to_snippets(gt_s, pred.fps, pred.snippet_frames))
         scores = torch.full((len(gt_labels),), score, dtype=torch.float64)
-        labels = torch.from_numpy(gt_labels)
-        oracle.append(Segments(segments, scores, scores, labels))
+        oracle.append(Segments(segments, scores, scores, torch.from_numpy(gt_labels)))
     return oracle
 
 
 def _pseudo_quality(
-    dataset: FeatureDataset,
+    truth: dict[str, tuple[np.ndarray, np.ndarray]],
     preds: list[Prediction],
     ys: list[np.ndarray],
     found_all: list[Segments],
 ) -> list[dict[str, Any]]:
-    """Pseudo labels ``ys`` (T, C+1) and the detections ``found_all`` they were solved from,
-    against the ground truth of each training video that has some."""
-    truth = dataset.segments_by_video()
+    """Pseudo labels ``ys`` (T, C+1) and the segments ``found_all`` they were solved from,
+    against the ground truth (``FeatureDataset.segments_by_video``) of each training video
+    that has some."""
     per_video = []
     for pred, y, found in zip(preds, ys, found_all, strict=True):
         gt_s, gt_labels = truth[pred.video_id]

@@ -139,13 +139,21 @@ def report_warnings(*datasets: FeatureDataset) -> None:
         log.warning("%s", InputError(problem.path, problem.what, problem.video))
 
 
-def check_splits(train_set: FeatureDataset, test_set: FeatureDataset) -> None:
+def check_splits(
+    train_set: FeatureDataset, test_set: FeatureDataset, train_truth: bool = False
+) -> None:
     """Refuse a test split that could not be scored; warn about untrainable test classes.
 
     Without any ground-truth segment in the test split, every mAP of the run would be
     meaningless (and evaluation fails at the end of training). A class with ground truth in
     the test split but on no training video can never be detected: its AP is 0.
+    ``train_truth`` (``pseudo.oracle``, which labels training videos from their ground
+    truth) also refuses the first training video without a ground-truth instance.
     """
+    for r in train_set.records if train_truth else ():
+        if not len(r.segment_labels):
+            what = "no ground-truth instance, which pseudo.oracle needs on every training video"
+            raise InputError(train_set.source.ann_path, what, video=r.video_id)
     if not any(len(r.segments_s) for r in test_set.records):
         what = (
             f"subset {test_set.subset!r} has no ground-truth segments, so nothing could be "
