@@ -244,3 +244,18 @@ def test_two_processes_choose_the_single_process_thresholds(tiny, tmp_path):
         torch.testing.assert_close(b["pseudo"][0][vid], y, rtol=0, atol=1e-4, msg=vid)
     metrics = [json.loads((run / "metrics_val.json").read_text()) for run in runs.values()]
     assert metrics[1]["headline"] == pytest.approx(metrics[0]["headline"], abs=1e-6)
+
+
+def test_two_processes_give_the_oracle_labels_of_one(tiny, tmp_path):
+    """pseudo.oracle scores the ground truth with one constant over every rank's detections,
+    so 2 processes give the pseudo labels of 1."""
+    data, config = tiny
+    changes = ["pseudo.oracle=True", "pseudo.background_gaps=True", "detect.class_threshold=0.0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    fit(load_config(config, [f"data.path={str(data)!r}", *changes]), one, progress=False)
+    _torchrun(str(config), "--data", str(data), "--run-dir", str(two),
+              *(x for c in changes for x in ("--set", c)))  # fmt: skip
+    a, b = load_checkpoint(one)["pseudo"][0], load_checkpoint(two)["pseudo"][0]
+    assert sorted(a) == sorted(b) and all(float(y.sum()) > 0 for y in a.values())
+    for vid, y in a.items():
+        torch.testing.assert_close(b[vid], y, rtol=0, atol=1e-5, msg=vid)
