@@ -224,15 +224,22 @@ def test_confident_keeps_the_best_of_a_negative_column():
     assert confident(scores[:0], labels[:0], 0.2).shape == (0,)
 
 
-def test_min_score_ratio_filters_what_the_lp_gets(data, monkeypatch):
+def _lp_inputs(monkeypatch) -> dict[str, list]:
+    """Spy on the LP: the returned dict holds the ``segments``, ``scores``, ``labels`` and
+    ``T`` (snippets per video) of the last call to ``solve_pseudo_labels_batch``."""
     seen: dict[str, list] = {}
     solve = _SOLVE
 
-    def spy(segments, scores, labels, *args, **kwargs):
-        seen["scores"], seen["labels"] = scores, labels
-        return solve(segments, scores, labels, *args, **kwargs)
+    def spy(segments, scores, labels, num_snippets, *args, **kwargs):
+        seen.update(segments=segments, scores=scores, labels=labels, T=num_snippets)
+        return solve(segments, scores, labels, num_snippets, *args, **kwargs)
 
     monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy)
+    return seen
+
+
+def test_min_score_ratio_filters_what_the_lp_gets(data, monkeypatch):
+    seen = _lp_inputs(monkeypatch)
     got = {}
     for ratio in (0.0, 0.5):
         stats = _pseudo_labels(
@@ -295,14 +302,7 @@ def test_background_gaps_of_a_video_without_a_sure_action():
 
 
 def test_background_gaps_replace_the_background_detections(data, monkeypatch):
-    seen: dict[str, list] = {}
-    solve = _SOLVE
-
-    def spy(segments, scores, labels, num_snippets, num_columns, **kwargs):
-        seen.update(segments=segments, scores=scores, labels=labels, T=num_snippets)
-        return solve(segments, scores, labels, num_snippets, num_columns, **kwargs)
-
-    monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy)
+    seen = _lp_inputs(monkeypatch)
     extra = ("detect.class_threshold=0.0", "pseudo.keep_background=True")
     _pseudo_labels(data, *extra)
     plain = dict(seen)
@@ -332,14 +332,7 @@ def test_keep_background_is_refused_where_nothing_reads_it(switch):
 
 
 def test_oracle_feeds_the_ground_truth_to_the_lp(data, monkeypatch):
-    seen: dict[str, list] = {}
-    solve = _SOLVE
-
-    def spy(segments, scores, labels, num_snippets, num_columns, **kwargs):
-        seen.update(segments=segments, scores=scores, labels=labels, T=num_snippets)
-        return solve(segments, scores, labels, num_snippets, num_columns, **kwargs)
-
-    monkeypatch.setattr(regenerate, "solve_pseudo_labels_batch", spy)
+    seen = _lp_inputs(monkeypatch)
     _pseudo_labels(data, "detect.class_threshold=0.0")  # the same model's detections
     background = 3
     detected = np.concatenate(

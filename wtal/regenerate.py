@@ -81,7 +81,7 @@ def generate_pseudo_labels(
         [f.scores.numpy() for f in found_all],
         [f.labels.numpy() for f in found_all],
         [p.cas.shape[0] for p in preds],
-        preds[0].cas.shape[1] if preds else dataset.num_classes + 1,
+        background + 1,  # the C classes and the background
         outer_scale=dcfg.outer_scale,  # the proposals' outer band (one formula, one setting)
         outer_power=dcfg.outer_power,
         video_ids=[p.video_id for p in preds],
